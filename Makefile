@@ -1,0 +1,32 @@
+# Two commands after cloning: `make run` (install + the analysis on the bundled toy world)
+# and `make test` (install + the test suite). Both create and reuse a local .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-all lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,sklearn]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/linkstyle config show
+	$(BIN)/linkstyle status
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m ''
+
+lint: $(STAMP)
+	$(BIN)/ruff check linkstyle_core storage tasks flows tests
+	$(BIN)/mypy linkstyle_core storage tasks flows
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

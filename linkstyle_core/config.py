@@ -1,0 +1,274 @@
+"""The analysis configuration: typed, validated once, loaded from YAML at the edge.
+
+One pydantic model per stage, composed into ``AnalysisConfig``. The defaults describe the
+bundled toy world, so ``AnalysisConfig()`` is a complete, runnable analysis. Any invalid value
+raises ``ConfigError`` whose message names the field, the allowed values and what was given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """An analysis configuration that cannot be used; the message says which field and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class GeneratorConfig(_Section):
+    """Which generator to analyse (DESIGN.md, "Adapters")."""
+
+    kind: Literal["toy", "stylegan-xl", "python"] = "toy"
+    network: str | None = Field(None, description="stylegan-xl: network pickle path or fsspec URI")
+    source: str | None = Field(None, description="stylegan-xl: path of your StyleGAN-XL checkout")
+    target: str | None = Field(None, description="python: 'package.module:factory'")
+    ops: Literal["auto", "cuda", "ref"] = Field(
+        "auto", description="stylegan-xl custom ops: auto (CUDA plugins, else reference), cuda, ref"
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> GeneratorConfig:
+        if self.kind == "stylegan-xl" and (not self.network or not self.source):
+            raise ValueError(
+                "generator.kind 'stylegan-xl' needs generator.network (the network pickle) and "
+                "generator.source (the path of your StyleGAN-XL code checkout)"
+            )
+        if self.kind == "python":
+            _check_target(self.target, "generator")
+        return self
+
+
+class ClassifierConfig(_Section):
+    """Which classifier to analyse."""
+
+    kind: Literal["toy", "torchvision", "timm", "python"] = "toy"
+    name: str | None = Field(None, description="torchvision/timm model name, e.g. resnet50")
+    weights: str | None = Field(
+        None, description="torchvision weights enum name (e.g. IMAGENET1K_V2) or a local file"
+    )
+    target: str | None = Field(None, description="python: 'package.module:factory'")
+
+    @model_validator(mode="after")
+    def _needs(self) -> ClassifierConfig:
+        if self.kind in ("torchvision", "timm") and not self.name:
+            raise ValueError(f"classifier.kind {self.kind!r} needs classifier.name (e.g. resnet50)")
+        if self.kind == "python":
+            _check_target(self.target, "classifier")
+        return self
+
+
+def _check_target(target: str | None, section: str) -> None:
+    if not target or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", target):
+        raise ValueError(
+            f"{section}.kind 'python' needs {section}.target as 'package.module:factory', "
+            f"got {target!r}"
+        )
+
+
+class DataConfig(_Section):
+    """Stage 1, paired data: which classes, how many correctly classified samples, seeds."""
+
+    classes: Literal["all"] | list[int] = Field(
+        "all", description="class indices of the generator/classifier, or 'all'"
+    )
+    samples_per_class: int = Field(200, ge=1, description="training pairs kept per class")
+    test_samples_per_class: int = Field(50, ge=1, description="held-out pairs kept per class")
+    truncation: float = Field(0.7, gt=0.0, le=1.0, description="truncation psi towards w_avg[c]")
+    seed: int = Field(0, ge=0, description="run seed; latent seeds come from (seed, class, index)")
+    max_attempts_factor: float = Field(
+        8.0, ge=1.0, description="give up on a class after this many times the requested draws"
+    )
+    min_acceptance: float = Field(
+        0.05, ge=0.0, le=1.0, description="a class accepted less often than this is an error"
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("classes must name at least one class, or be 'all'")
+            if any(c < 0 for c in v):
+                raise ValueError("class indices must be >= 0")
+            if len(set(v)) != len(v):
+                raise ValueError("class indices must not repeat")
+        return v
+
+
+class LinkConfig(_Section):
+    """Stage 2, the linear link w ~ A r + b."""
+
+    type: Literal["lr", "ridge", "elasticnet"] = "ridge"
+    alpha: float = Field(1.0, ge=0.0, description="regularisation strength (ridge, elasticnet)")
+    l1_ratio: float = Field(0.5, ge=0.0, le=1.0, description="elasticnet mixing, 1 = lasso")
+
+
+_UNIT_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_units(spec: Literal["all"] | int | str | list[int | str]) -> list[tuple[int, int]] | None:
+    """Units as inclusive ranges; None means all. Accepts 'all', 7, '0-127,200', [0, '5-9']."""
+    if spec == "all":
+        return None
+    items: list[int | str]
+    if isinstance(spec, int):
+        items = [spec]
+    elif isinstance(spec, str):
+        items = [s for s in spec.split(",") if s.strip()]
+    else:
+        items = list(spec)
+    if not items:
+        raise ValueError("units must not be empty: use 'all', a list, or ranges like '0-127'")
+    ranges = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"unit {item!r} is not an index")
+        if isinstance(item, int):
+            if item < 0:
+                raise ValueError(f"unit index {item} is negative")
+            ranges.append((item, item))
+            continue
+        m = _UNIT_ITEM.match(str(item))
+        if not m:
+            raise ValueError(f"unit item {item!r} is neither an index nor a range like '0-127'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ValueError(f"unit range {item!r} ends before it starts")
+        ranges.append((lo, hi))
+    return ranges
+
+
+def resolve_units(spec: Any, feature_dim: int) -> list[int]:
+    """Sorted unique unit indices for a classifier with ``feature_dim`` units."""
+    ranges = parse_units(spec)
+    if ranges is None:
+        return list(range(feature_dim))
+    units = sorted({u for lo, hi in ranges for u in range(lo, hi + 1)})
+    bad = [u for u in units if u >= feature_dim]
+    if bad:
+        raise ConfigError(
+            f"tuning.units: unit {bad[0]} is out of range; the classifier has {feature_dim} "
+            f"units (0-{feature_dim - 1})"
+        )
+    return units
+
+
+class TuningConfig(_Section):
+    """Stages 3-4: which units to tune, over how many steps, on how many held-out samples."""
+
+    units: Literal["all"] | int | str | list[int | str] = Field(
+        "all", description="'all', an index, a list, or ranges like '0-127,200'"
+    )
+    steps: int = Field(3, ge=2, description="values spanning each unit's range")
+    samples_per_class: int = Field(4, ge=1, description="held-out samples tuned per class")
+    range: Literal["minmax", "percentile"] = "minmax"
+    percentiles: tuple[float, float] = Field((1.0, 99.0), description="with range: percentile")
+    shard_size: int = Field(64, ge=1, description="units per shard (each commits on its own)")
+    seed: int = Field(0, ge=0, description="seed of the null-control random directions")
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, v: Any) -> Any:
+        parse_units(v)
+        return v
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError("percentiles must satisfy 0 <= low < high <= 100")
+        return v
+
+
+class RuntimeConfig(_Section):
+    """Where and how tensors are computed."""
+
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="autocast precision of generator and classifier calls"
+    )
+    batch_size: int = Field(256, ge=1, description="images per generator/classifier call")
+    channels_last: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+class AnalysisConfig(_Section):
+    """The whole analysis. ``AnalysisConfig()`` is the toy-world default."""
+
+    generator: GeneratorConfig = GeneratorConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    data: DataConfig = DataConfig()
+    link: LinkConfig = LinkConfig()
+    tuning: TuningConfig = TuningConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    artifact_root: str = Field(
+        "artifacts", description="local folder or fsspec URI (s3://, gs://, memory://)"
+    )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> AnalysisConfig:
+        """Load and validate a YAML file; missing sections keep their defaults."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections at the top")
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> AnalysisConfig:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, source)) from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = AnalysisConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} invalid value(s)"]
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_fields(loc)
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"  {where}: unknown field{hint} (allowed: {', '.join(allowed)})")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {where}: {msg}{shown}")
+    return "\n".join(lines)

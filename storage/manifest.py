@@ -1,0 +1,121 @@
+"""The manifest: the one small JSON object whose presence commits an artifact.
+
+An artifact directory may hold any number of ``data-<txid>/`` folders; only the one named by
+``manifest.json`` is part of the artifact. A manifest is written last and atomically, so a
+reader either sees a complete artifact or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+MANIFEST = "manifest.json"
+SHARD_PLAN = "shards.json"
+STARTED = "_started.json"
+FORMAT_VERSION = 1
+
+_VERSIONED_PACKAGES = (
+    "linkstyle", "torch", "torchvision", "numpy", "zarr", "pyarrow", "pandas", "prefect", "fsspec",
+)
+
+
+class CorruptArtifact(RuntimeError):
+    """A manifest or the data it names cannot be read as written."""
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_txid() -> str:
+    """A sortable, unique name for one write attempt: ``<utc timestamp>-<random>``."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages whose behaviour shapes stored results."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass
+class Manifest:
+    """What one committed artifact (or one committed shard) holds.
+
+    arrays: name -> {"shape", "dtype", "chunks"}; tables: name -> {"rows", "columns"};
+    data_dir: the ``data-<txid>`` folder (relative to the artifact) that holds them, or None
+    for a sharded artifact's whole manifest, whose data lives in ``shards``.
+    """
+
+    stage: str
+    key: str
+    code_version: str
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    data_dir: str | None
+    arrays: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shards: list[str] | None = None
+    shard: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=package_versions)
+    created: str = field(default_factory=utcnow)
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Manifest:
+        try:
+            raw = json.loads(text)
+            return cls(**raw)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise CorruptArtifact(
+                f"manifest {where} cannot be read ({exc}); remove the artifact with "
+                "`linkstyle clean --corrupt` or delete that folder, then rerun to rebuild it"
+            ) from exc
+
+
+def atomic_write_text(fs: AbstractFileSystem, path: str, text: str) -> None:
+    """Write ``text`` so that readers see either the old file or the whole new one.
+
+    Local files: write a temporary sibling, then ``os.replace`` (atomic on POSIX).
+    Object stores (s3, gcs) and memory: a single PUT of a small object is already atomic.
+    """
+    data = text.encode("utf-8")
+    if isinstance(fs, LocalFileSystem):
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def read_text(fs: AbstractFileSystem, path: str) -> str | None:
+    """The file's text, or None if it does not exist."""
+    try:
+        return fs.cat_file(path).decode("utf-8")
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,60 @@
+"""The command line: status, clean, config, and clear errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flows.cli import main
+from storage import ArtifactStore
+
+
+def _committed_and_leftover(root: str) -> None:
+    store = ArtifactStore(root)
+    with store.writer("paired", "a" * 20) as w:
+        w.write_array("w", np.zeros((3, 2)))
+    with pytest.raises(RuntimeError):
+        with store.writer("link", "b" * 20) as w:
+            w.write_array("coef", np.zeros(2))
+            raise RuntimeError("killed")
+
+
+def test_status_lists_stage_key_status_and_size(tmp_path, capsys) -> None:
+    root = str(tmp_path / "store")
+    _committed_and_leftover(root)
+    assert main(["status", "--root", root]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert lines["paired"][1:3] == ["a" * 20, "complete"]
+    assert lines["link"][1:3] == ["b" * 20, "uncommitted"]
+
+
+def test_clean_removes_leftovers_and_keeps_commits(tmp_path, capsys) -> None:
+    root = str(tmp_path / "store")
+    _committed_and_leftover(root)
+    assert main(["clean", "--root", root, "--older-than", "0", "--dry-run"]) == 0
+    assert "would remove 1 uncommitted leftover(s)" in capsys.readouterr().out
+    assert main(["clean", "--root", root, "--older-than", "0"]) == 0
+    assert "removed 1 uncommitted" in capsys.readouterr().out
+    assert [(i.stage, i.status) for i in ArtifactStore(root).list()] == [("paired", "complete")]
+
+
+def test_config_show_and_validate(tmp_path, capsys) -> None:
+    assert main(["config", "show"]) == 0
+    assert "kind: toy" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("link:\n  type: lasso\n")
+    assert main(["config", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "link.type: Input should be 'lr', 'ridge' or 'elasticnet' (got 'lasso')" in err
+    assert "Traceback" not in err
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "status" in out.stdout and "clean" in out.stdout
