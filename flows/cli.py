@@ -7,9 +7,12 @@ Heavy imports (torch, prefect) happen inside the commands that need them, so ``-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+
+import pandas as pd
 
 from linkstyle_core.config import AnalysisConfig, ConfigError
 from storage import ArtifactNotFound, ArtifactStore, CorruptArtifact, IncompleteArtifact
@@ -39,6 +42,18 @@ def _human_size(n: int) -> str:
     return f"{n} B"
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that explain a problem with the input: shown as one message, no traceback."""
+    errors: list[type[Exception]] = [ConfigError, UsageError, FileNotFoundError,
+                                     ArtifactNotFound, CorruptArtifact, IncompleteArtifact]
+    if "torch" in sys.modules:  # the model errors live beside torch code; import only if used
+        from linkstyle_core.models.registry import ModelError
+        from linkstyle_core.paired import AcceptanceError
+
+        errors += [ModelError, AcceptanceError, FloatingPointError]
+    return tuple(errors)
+
+
 # -- commands --------------------------------------------------------------------------------
 def cmd_config_show(args: argparse.Namespace) -> int:
     print(load_config(args.config).to_yaml(), end="")
@@ -53,7 +68,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     store = _store_for(args)
-    infos = store.list(args.stage)
+    infos = store.list_artifacts(args.stage)
     if not infos:
         print(f"no artifacts under {store.root_uri}")
         return 0
@@ -78,16 +93,43 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_prefect_defaults() -> None:
+    """Offline, quiet defaults for a local run; the user's own settings win."""
+    for name, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
+                        ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"),
+                        ("PREFECT_LOGGING_LEVEL", "WARNING")):
+        os.environ.setdefault(name, value)
+
+
+def _print_link_metrics(metrics: pd.DataFrame) -> None:
+    columns = ["split", "n", "r2", "mse", "rsa_class", "rsa_sample", "closed_loop_accuracy",
+               "closed_loop_r_corr"]
+    shown = metrics[[c for c in columns if c in metrics.columns]]
+    print("link metrics (held-out = test):")
+    print(shown.to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep="-"))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    store = _store_for(args)
-    print(f"linkstyle {datetime.now():%Y-%m-%d %H:%M}: configuration is valid")
-    print(f"  generator: {config.generator.kind}, classifier: {config.classifier.kind}, "
-          f"link: {config.link.type}, artifact root: {store.root_uri}")
-    raise UsageError(
-        "the analysis stages are not implemented yet in this version; "
-        "`linkstyle status` lists what the store holds"
-    )
+    if args.root:
+        config = config.model_copy(update={"artifact_root": args.root})
+    _quiet_prefect_defaults()
+    from flows.analysis import analysis_flow
+    from tasks.context import models_for
+
+    models_for(config)  # load and check the models before any work is done
+
+    print(f"linkstyle run: {config.generator.kind} generator, {config.classifier.kind} "
+          f"classifier, stages up to {args.until!r}, artifacts under {config.artifact_root}")
+    t0 = time.perf_counter()
+    reports = analysis_flow(config.model_dump(mode="json"), until=args.until)
+    for report in reports.values():
+        print(f"  {report.stage:<8} computed {report.computed:>3}  from cache {report.cached:>3}"
+              f"  already stored {report.reused:>3}  keys {report.keys}")
+    if "link" in reports:
+        _print_link_metrics(reports["link"].extra["metrics"])
+    print(f"done in {time.perf_counter() - t0:.1f} s; `linkstyle status` lists the artifacts")
+    return 0
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -111,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
         with_config(p)
         p.add_argument("--root", metavar="URI", help="artifact root (default: from the config)")
 
-    p = add("run", cmd_run, "run the analysis")
+    p = add("run", cmd_run, "run the analysis (default: the bundled toy world)")
     with_root(p)
+    p.add_argument("--until", default="link", choices=["paired", "link"],
+                   help="last stage to run (default: link)")
 
     p = add("status", cmd_status, "list artifacts: stage, key, complete/partial, size, created")
     with_root(p)
@@ -141,8 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, UsageError, FileNotFoundError, ArtifactNotFound, CorruptArtifact,
-            IncompleteArtifact) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"linkstyle: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

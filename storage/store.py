@@ -395,6 +395,11 @@ class ArtifactStore:
         """True when a committed, readable artifact exists (the source of truth for caching)."""
         return self._valid(self.artifact_path(stage, key))
 
+    def shard_exists(self, stage: str, key: str, shard_id: str) -> bool:
+        """True when that shard of a sharded artifact is committed and readable."""
+        _check_name("shard", shard_id)
+        return self._valid(f"{self.artifact_path(stage, key)}/shards/{shard_id}")
+
     def open(self, stage: str, key: str) -> Artifact:
         """The committed artifact; ``ArtifactNotFound`` if there is none."""
         path = self.artifact_path(stage, key)
@@ -467,7 +472,7 @@ class ArtifactStore:
         except FileNotFoundError:
             return 0
 
-    def list(self, stage: str | None = None) -> list[ArtifactInfo]:
+    def list_artifacts(self, stage: str | None = None) -> list[ArtifactInfo]:
         """Every artifact folder under the root, with its status, size and creation time."""
         stages = [stage] if stage else self._dirs(self.root)
         out = []
@@ -531,7 +536,7 @@ class ArtifactStore:
         Returns the removed (or, with ``dry_run``, the removable) paths.
         """
         removed: list[str] = []
-        for info in self.list():
+        for info in self.list_artifacts():
             path = f"{self.root}/{info.stage}/{info.key}"
             if info.status == "corrupt":
                 if corrupt:

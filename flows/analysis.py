@@ -1,0 +1,113 @@
+"""Prefect flows: paired data (stage 1), link (stage 2), and the full analysis.
+
+Flows only compose tasks. Every task is keyed by its artifact's content key; the artifact
+store decides what is rebuilt (see ``tasks.caching``). The task runner is the flow call's
+choice: by default one thread, since the stages share one device; pass
+``flow.with_options(task_runner=...)`` (e.g. prefect-dask) to fan shards out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from linkstyle_core.config import AnalysisConfig
+from tasks.caching import submit, was_cached
+from tasks.context import Models, as_config, models_for, resolve_classes, store_for
+from tasks.link import fit_link, link_key
+from tasks.paired import SPLITS, paired_finalize, paired_key, paired_shard, shard_id
+
+STAGES = ("paired", "link")
+
+
+@dataclass
+class StageReport:
+    """What one stage did: its artifact keys and how many tasks ran or came from the cache."""
+
+    stage: str
+    keys: dict[str, str]
+    computed: int = 0
+    cached: int = 0
+    reused: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, future: Any) -> None:
+        if was_cached(future):
+            self.cached += 1
+        elif future.result().get("computed"):
+            self.computed += 1
+        else:
+            self.reused += 1  # ran, but found its artifact already committed
+
+
+def run_paired(config: AnalysisConfig, models: Models) -> StageReport:
+    """Submit stage 1 for both splits: one task per (split, class), then a finalize task."""
+    store = store_for(config)
+    classes = resolve_classes(config, models)
+    payload = config.model_dump(mode="json")
+    report = StageReport("paired", {})
+    for split in SPLITS:
+        key = paired_key(config, models, classes, split)
+        report.keys[split] = key
+        complete = store.exists("paired", key)
+        shard_futures = []
+        for cls in classes:
+            shard = shard_id(cls)
+            done = complete or store.shard_exists("paired", key, shard)
+            shard_futures.append(submit(paired_shard, done, config=payload, split=split,
+                                        key=key, shard=shard, cls=cls, classes=classes))
+        final = submit(paired_finalize, complete, config=payload, split=split, key=key,
+                       classes=classes, shards=shard_futures)
+        final.result()
+        for fut in [*shard_futures, final]:
+            report.count(fut)
+    return report
+
+
+def run_link(config: AnalysisConfig, models: Models, paired: StageReport) -> StageReport:
+    """Submit stage 2 and read its metrics back from the store (the source of truth)."""
+    store = store_for(config)
+    key = link_key(config, models, paired.keys)
+    fut = submit(fit_link, store.exists("link", key), config=config.model_dump(mode="json"),
+                 key=key, train_key=paired.keys["train"], test_key=paired.keys["test"])
+    fut.result()
+    report = StageReport("link", {"link": key})
+    report.count(fut)
+    report.extra["metrics"] = store.open("link", key).table("metrics")
+    return report
+
+
+def _analysis(config: AnalysisConfig, until: str) -> dict[str, StageReport]:
+    if until not in STAGES:
+        raise ValueError(f"until must be one of {', '.join(STAGES)}, got {until!r}")
+    models = models_for(config)
+    reports = {"paired": run_paired(config, models)}
+    if until == "paired":
+        return reports
+    reports["link"] = run_link(config, models, reports["paired"])
+    return reports
+
+
+_RUNNER: Any = ThreadPoolTaskRunner(max_workers=1)
+
+
+@flow(name="linkstyle-paired-data", task_runner=_RUNNER, log_prints=True)
+def paired_data_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
+    """Stage 1 alone: paired (w, r) data for the train and test splits."""
+    return _analysis(as_config(config), "paired")
+
+
+@flow(name="linkstyle-link", task_runner=_RUNNER, log_prints=True)
+def link_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
+    """Stages 1-2: paired data (from the cache when unchanged) and the link."""
+    return _analysis(as_config(config), "link")
+
+
+@flow(name="linkstyle-analysis", task_runner=_RUNNER, log_prints=True)
+def analysis_flow(config: dict[str, Any] | None = None,
+                  until: str = "link") -> dict[str, StageReport]:
+    """The full analysis on the configured models, up to and including stage ``until``."""
+    return _analysis(as_config(config), until)

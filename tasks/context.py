@@ -1,0 +1,84 @@
+"""What every task needs besides its inputs: the config, the store, and the loaded models.
+
+Models are not hashable task inputs; each process loads them once per configuration and
+identifies them by a content fingerprint that enters the cache keys.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from linkstyle_core.config import AnalysisConfig
+from linkstyle_core.models.protocols import Classifier, Generator
+from linkstyle_core.models.registry import fingerprint, load_classifier, load_generator
+from linkstyle_core.runtime import resolve_device
+from storage import ArtifactStore
+
+
+@dataclass(frozen=True)
+class Models:
+    generator: Generator
+    classifier: Classifier
+    device: torch.device
+    generator_key: str
+    classifier_key: str
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {"generator": self.generator_key, "classifier": self.classifier_key}
+
+
+def as_config(config: AnalysisConfig | dict[str, Any] | None) -> AnalysisConfig:
+    if isinstance(config, AnalysisConfig):
+        return config
+    return AnalysisConfig.from_dict(config or {})
+
+
+def store_for(config: AnalysisConfig) -> ArtifactStore:
+    return ArtifactStore(config.artifact_root)
+
+
+@lru_cache(maxsize=4)
+def _load(generator_json: str, classifier_json: str, device_spec: str) -> Models:
+    cfg = AnalysisConfig.from_dict({"generator": json.loads(generator_json),
+                                    "classifier": json.loads(classifier_json)})
+    device = resolve_device(device_spec)
+    generator = load_generator(cfg.generator, device)
+    classifier = load_classifier(cfg.classifier, device)
+    if generator.c_dim and classifier.num_classes and generator.c_dim > classifier.num_classes:
+        raise ValueError(
+            f"the generator has {generator.c_dim} classes but the classifier only "
+            f"{classifier.num_classes}; pair models trained on the same label set"
+        )
+    return Models(
+        generator=generator,
+        classifier=classifier,
+        device=device,
+        generator_key=fingerprint(generator, generator_json),
+        classifier_key=fingerprint(classifier, classifier_json),
+    )
+
+
+def models_for(config: AnalysisConfig) -> Models:
+    """The generator and classifier of ``config``, loaded once per process."""
+    return _load(config.generator.model_dump_json(), config.classifier.model_dump_json(),
+                 config.runtime.device)
+
+
+def resolve_classes(config: AnalysisConfig, models: Models) -> list[int]:
+    """The configured classes, checked against the generator's classes."""
+    c_dim = models.generator.c_dim
+    if config.data.classes == "all":
+        return list(range(c_dim))
+    bad = [c for c in config.data.classes if c >= c_dim]
+    if bad:
+        raise ValueError(
+            f"data.classes: class {bad[0]} is out of range; the generator has {c_dim} classes "
+            f"(0-{c_dim - 1})"
+        )
+    return list(config.data.classes)
