@@ -19,8 +19,19 @@ from tasks.caching import submit, was_cached
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import fit_link, link_key
 from tasks.paired import SPLITS, paired_finalize, paired_key, paired_shard, shard_id
+from tasks.score import score_units, selectivity_key
+from tasks.tuning import (
+    compute_ranges,
+    fit_segmenter,
+    stage_keys,
+    tune_finalize,
+    tune_null,
+    tune_params,
+    tune_shard,
+    unit_shards,
+)
 
-STAGES = ("paired", "link")
+STAGES = ("paired", "link", "tune", "score")
 
 
 @dataclass
@@ -80,6 +91,53 @@ def run_link(config: AnalysisConfig, models: Models, paired: StageReport) -> Sta
     return report
 
 
+def run_tune(config: AnalysisConfig, models: Models, paired: StageReport,
+             link: StageReport) -> StageReport:
+    """Submit stage 3: ranges, segmenter, one task per unit shard, the null control."""
+    store = store_for(config)
+    payload = config.model_dump(mode="json")
+    keys = {**stage_keys(config, models, link.keys["link"], paired.keys),
+            "link": link.keys["link"], "test": paired.keys["test"]}
+    report = StageReport("tune", {k: keys[k] for k in ("ranges", "segmenter", "tune", "null")})
+    ranges = submit(compute_ranges, store.exists("ranges", keys["ranges"]), config=payload,
+                    key=keys["ranges"], train_key=paired.keys["train"])
+    segmenter = submit(fit_segmenter, store.exists("segmenter", keys["segmenter"]),
+                       config=payload, key=keys["segmenter"])
+    futures = [ranges, segmenter]
+    for fut in futures:
+        fut.result()
+    seg = store.open("segmenter", keys["segmenter"])
+    report.extra["miou"] = seg.info["miou"]
+    complete = store.exists("tune", keys["tune"])
+    shards = []
+    for shard in unit_shards(tune_params(config, models)["units"], config.tuning.shard_size):
+        done = complete or store.shard_exists("tune", keys["tune"], shard)
+        shards.append(submit(tune_shard, done, config=payload, key=keys["tune"], shard=shard,
+                             keys=keys))
+    final = submit(tune_finalize, complete, config=payload, key=keys["tune"], keys=keys,
+                   shards=shards)
+    null = submit(tune_null, store.exists("null", keys["null"]), config=payload,
+                  key=keys["null"], keys=keys)
+    for fut in [*futures, *shards, final, null]:
+        fut.result()
+        report.count(fut)
+    return report
+
+
+def run_score(config: AnalysisConfig, tune: StageReport) -> StageReport:
+    """Submit stage 4: selectivity against the null; read the unit summary back."""
+    store = store_for(config)
+    key = selectivity_key(tune.keys["tune"], tune.keys["null"])
+    fut = submit(score_units, store.exists("selectivity", key),
+                 config=config.model_dump(mode="json"), key=key, tune_key=tune.keys["tune"],
+                 null_key=tune.keys["null"])
+    fut.result()
+    report = StageReport("score", {"selectivity": key})
+    report.count(fut)
+    report.extra["units"] = store.open("selectivity", key).table("units")
+    return report
+
+
 def _analysis(config: AnalysisConfig, until: str) -> dict[str, StageReport]:
     if until not in STAGES:
         raise ValueError(f"until must be one of {', '.join(STAGES)}, got {until!r}")
@@ -88,6 +146,12 @@ def _analysis(config: AnalysisConfig, until: str) -> dict[str, StageReport]:
     if until == "paired":
         return reports
     reports["link"] = run_link(config, models, reports["paired"])
+    if until == "link":
+        return reports
+    reports["tune"] = run_tune(config, models, reports["paired"], reports["link"])
+    if until == "tune":
+        return reports
+    reports["score"] = run_score(config, reports["tune"])
     return reports
 
 
@@ -106,8 +170,14 @@ def link_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
     return _analysis(as_config(config), "link")
 
 
+@flow(name="linkstyle-tune-score", task_runner=_RUNNER, log_prints=True)
+def tune_score_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
+    """Stages 3-4 (with 1-2 from the cache when unchanged): tuning and selectivity."""
+    return _analysis(as_config(config), "score")
+
+
 @flow(name="linkstyle-analysis", task_runner=_RUNNER, log_prints=True)
 def analysis_flow(config: dict[str, Any] | None = None,
-                  until: str = "link") -> dict[str, StageReport]:
+                  until: str = "score") -> dict[str, StageReport]:
     """The full analysis on the configured models, up to and including stage ``until``."""
     return _analysis(as_config(config), until)

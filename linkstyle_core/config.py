@@ -173,6 +173,10 @@ class TuningConfig(_Section):
     range: Literal["minmax", "percentile"] = "minmax"
     percentiles: tuple[float, float] = Field((1.0, 99.0), description="with range: percentile")
     shard_size: int = Field(64, ge=1, description="units per shard (each commits on its own)")
+    null_directions: int = Field(
+        32, ge=2, description="random r-space directions of the null control"
+    )
+    store_images: bool = Field(True, description="keep the tuned images (uint8) in the store")
     seed: int = Field(0, ge=0, description="seed of the null-control random directions")
 
     @field_validator("units")
@@ -187,6 +191,28 @@ class TuningConfig(_Section):
         lo, hi = v
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError("percentiles must satisfy 0 <= low < high <= 100")
+        return v
+
+
+class SegmentConfig(_Section):
+    """Stage 4: the few-shot part segmenter."""
+
+    parts: list[str] | None = Field(
+        None, description="part names, label 0 first (default: the toy world's parts)"
+    )
+    labels: str | None = Field(
+        None, description="folder prepared by `linkstyle labels export/import` (real generators)"
+    )
+    labelled_images: int = Field(32, ge=2, description="labelled images used for training")
+    steps: int = Field(400, ge=1, description="training steps")
+    hidden: int = Field(48, ge=4, description="channels of the segmenter")
+    seed: int = Field(0, ge=0)
+
+    @field_validator("parts")
+    @classmethod
+    def _parts(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError("parts must list at least 2 distinct names, background first")
         return v
 
 
@@ -216,6 +242,7 @@ class AnalysisConfig(_Section):
     data: DataConfig = DataConfig()
     link: LinkConfig = LinkConfig()
     tuning: TuningConfig = TuningConfig()
+    segment: SegmentConfig = SegmentConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     artifact_root: str = Field(
         "artifacts", description="local folder or fsspec URI (s3://, gs://, memory://)"

@@ -39,7 +39,8 @@ def test_clean_removes_leftovers_and_keeps_commits(tmp_path, capsys) -> None:
     assert "would remove 1 uncommitted leftover(s)" in capsys.readouterr().out
     assert main(["clean", "--root", root, "--older-than", "0"]) == 0
     assert "removed 1 uncommitted" in capsys.readouterr().out
-    assert [(i.stage, i.status) for i in ArtifactStore(root).list_artifacts()] == [("paired", "complete")]
+    infos = ArtifactStore(root).list_artifacts()
+    assert [(i.stage, i.status) for i in infos] == [("paired", "complete")]
 
 
 def test_config_show_and_validate(tmp_path, capsys) -> None:

@@ -81,7 +81,7 @@ def test_writer_that_raises_commits_nothing(store: ArtifactStore) -> None:
             w.write_array("w", np.ones((4, 2)))
             raise RuntimeError("boom")
     assert not store.exists("paired", key)
-    [info] = store.list("paired")
+    [info] = store.list_artifacts("paired")
     assert info.status == "uncommitted"
 
 
@@ -151,10 +151,10 @@ def test_corrupt_manifest_is_reported_and_not_counted(store: ArtifactStore) -> N
     assert not store.exists("paired", key)
     with pytest.raises(CorruptArtifact, match="cannot be read.*linkstyle clean --corrupt"):
         store.open("paired", key)
-    assert [i.status for i in store.list()] == ["corrupt"]
+    assert [i.status for i in store.list_artifacts()] == ["corrupt"]
     assert store.cleanup() == []  # only with corrupt=True
     assert len(store.cleanup(corrupt=True)) == 1
-    assert store.list() == []
+    assert store.list_artifacts() == []
 
 
 def test_missing_data_under_a_manifest_is_corrupt(store: ArtifactStore) -> None:
@@ -181,7 +181,7 @@ def test_sharded_artifact_resumes_and_reports_missing_shards(store: ArtifactStor
     resumed = store.sharded("tune", "shardkey000000000000", plan, params={"steps": 3})
     assert resumed.committed() == plan[:2]
     assert resumed.missing() == plan[2:]
-    [info] = store.list("tune")
+    [info] = store.list_artifacts("tune")
     assert (info.status, info.shards_done, info.shards_total) == ("partial", 2, 4)
     with pytest.raises(IncompleteArtifact, match="2 of 4 shards missing"):
         resumed.finalize()
@@ -195,7 +195,7 @@ def test_sharded_artifact_resumes_and_reports_missing_shards(store: ArtifactStor
     assert art.shards == plan and art.info == {"units": 256}
     assert art.load("v")[:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # plan order
     assert art.table("t")["unit"].tolist() == [0, 1, 2, 3]
-    assert store.list("tune")[0].status == "complete"
+    assert store.list_artifacts("tune")[0].status == "complete"
     with pytest.raises(KeyError, match="not in the plan"):
         with resumed.shard("units-999") as w:
             pass
@@ -204,13 +204,13 @@ def test_sharded_artifact_resumes_and_reports_missing_shards(store: ArtifactStor
 def test_listing_reports_stage_key_size_and_creation(store: ArtifactStore) -> None:
     _write(store, "a" * 20, 1.0, stage="paired")
     _write(store, "b" * 20, 1.0, stage="link")
-    infos = {(i.stage, i.key): i for i in store.list()}
+    infos = {(i.stage, i.key): i for i in store.list_artifacts()}
     assert set(infos) == {("paired", "a" * 20), ("link", "b" * 20)}
     for info in infos.values():
         assert info.status == "complete"
         assert info.size_bytes > 500  # arrays + table + manifest
         assert info.created is not None and info.created.startswith("20")
-    assert [i.stage for i in store.list("link")] == ["link"]
+    assert [i.stage for i in store.list_artifacts("link")] == ["link"]
 
 
 def test_cleanup_removes_only_uncommitted_leftovers(store: ArtifactStore) -> None:
@@ -238,7 +238,7 @@ def test_cleanup_removes_only_uncommitted_leftovers(store: ArtifactStore) -> Non
     assert sorted(removed) == sorted(removable)
     assert any(p.endswith("/orphan00000000000000") for p in removed)
     assert any(p.endswith("/shards/s1") for p in removed)
-    statuses = {(i.stage, i.key): i.status for i in store.list()}
+    statuses = {(i.stage, i.key): i.status for i in store.list_artifacts()}
     assert statuses == {("paired", "keep0000000000000000"): "complete",
                         ("tune", "part0000000000000000"): "partial"}
     np.testing.assert_array_equal(store.open("paired", "keep0000000000000000").load("w"),

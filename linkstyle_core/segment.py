@@ -1,0 +1,110 @@
+"""Few-shot part segmentation from the generator's own feature maps (DESIGN.md "4. Score").
+
+As in DatasetGAN-style segmenters, a handful of labelled generated images suffices because the
+generator's features already separate parts. Each feature map is projected by a 1x1
+convolution at its own resolution, upsampled to the image size and summed; a small head of
+convolutions turns that into part logits. Projecting before upsampling keeps memory at
+O(hidden x H x W) whatever the number of generator channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FewShotSegmenter(nn.Module):
+    """features: list of [N, C_i, H_i, W_i] -> part logits [N, num_parts, H, W].
+
+    in_channels: C_i of each feature map; resolution: output side length (the image size).
+    """
+
+    def __init__(self, in_channels: Sequence[int], num_parts: int, resolution: int,
+                 hidden: int = 48) -> None:
+        super().__init__()
+        self.in_channels = list(in_channels)
+        self.num_parts = num_parts
+        self.resolution = resolution
+        self.project = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in self.in_channels)
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, num_parts, 1),
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(features) != len(self.project):
+            raise ValueError(f"the segmenter was built for {len(self.project)} feature maps, "
+                             f"got {len(features)}; train it on this generator")
+        size = (self.resolution, self.resolution)
+        x = 0.0
+        for proj, feat in zip(self.project, features, strict=True):
+            y = proj(feat.float())
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            x = x + y
+        return self.head(x)
+
+    @torch.no_grad()
+    def predict(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Part labels [N, H, W] int64."""
+        return self.forward(features).argmax(1)
+
+
+def train_segmenter(
+    features: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    num_parts: int,
+    steps: int = 400,
+    lr: float = 3e-3,
+    hidden: int = 48,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> FewShotSegmenter:
+    """Fit a segmenter on a few labelled images.
+
+    features: the generator's feature maps of the labelled images (list of [N, C_i, H_i, W_i]);
+    labels: [N, H, W] int64 in [0, num_parts). Class-balanced cross-entropy, so thin parts
+    (legs, ears, tails) are not drowned by the background. Deterministic for a given seed.
+    """
+    if labels.min() < 0 or labels.max() >= num_parts:
+        raise ValueError(f"labels must lie in [0, {num_parts}), found "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    torch.manual_seed(seed)
+    device = labels.device
+    model = FewShotSegmenter([f.shape[1] for f in features], num_parts, labels.shape[-1],
+                             hidden).to(device)
+    counts = torch.bincount(labels.flatten(), minlength=num_parts).float()
+    weight = (counts.sum() / counts.clamp_min(1)).sqrt()
+    weight = weight / weight.mean()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    n = labels.shape[0]
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=gen)[:batch_size].to(device)
+        logits = model([f[idx].float() for f in features])
+        loss = F.cross_entropy(logits, labels[idx], weight=weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval().requires_grad_(False)
+
+
+def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_parts: int) -> tuple[float, list[float]]:
+    """Mean intersection-over-union over the parts present in ``target`` or ``pred``.
+
+    pred, target: [N, H, W] int64. Returns (mIoU, per-part IoU with NaN for parts in neither).
+    """
+    ious = []
+    for p in range(num_parts):
+        a, b = pred == p, target == p
+        union = (a | b).sum()
+        ious.append(float((a & b).sum() / union) if union > 0 else float("nan"))
+    valid = [v for v in ious if v == v]
+    return (sum(valid) / len(valid) if valid else float("nan")), ious

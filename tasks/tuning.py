@@ -1,0 +1,342 @@
+"""Stage 3-4 tasks: activation ranges, the part segmenter, tuned units (sharded) and the null.
+
+Each tuning shard renders, re-encodes, segments and measures its units in one pass and commits
+on its own, so a killed run resumes at the next unfinished shard.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import task
+from tqdm.auto import tqdm
+
+from linkstyle_core.config import AnalysisConfig, resolve_units
+from linkstyle_core.labels import load_folder, toy_labelled
+from linkstyle_core.measure import MEASURES
+from linkstyle_core.segment import FewShotSegmenter, mean_iou, train_segmenter
+from linkstyle_core.tuning import (
+    TuneResult,
+    activation_ranges,
+    base_logits,
+    null_directions,
+    render_with_features,
+    select_samples,
+    step_values,
+    tune,
+    unit_offsets,
+)
+from storage import Artifact, ArtifactWriter, content_key
+from tasks.caching import by_content_key
+from tasks.context import Models, as_config, models_for, resolve_classes, store_for
+from tasks.link import load_link
+
+VERSIONS = {"ranges": "1", "segmenter": "1", "tune": "1", "null": "1"}
+EVAL_IMAGES = 128  # fresh toy images on which the segmenter's mIoU is measured
+
+
+# -- keys ------------------------------------------------------------------------------------
+def ranges_params(config: AnalysisConfig) -> dict[str, Any]:
+    return {"range": config.tuning.range, "percentiles": config.tuning.percentiles}
+
+
+def segmenter_params(config: AnalysisConfig) -> dict[str, Any]:
+    return {**config.segment.model_dump(exclude={"labels"}), "precision": "fp32"}
+
+
+def segmenter_inputs(config: AnalysisConfig, models: Models) -> dict[str, str]:
+    inputs = {"generator": models.generator_key}
+    if config.segment.labels:
+        inputs["labels"] = load_folder(config.segment.labels)[3]
+    elif config.generator.kind != "toy":
+        raise ValueError(
+            "segment.labels is required for a generator other than the toy world: run "
+            "`linkstyle labels export --out DIR`, label the images, `linkstyle labels import DIR`"
+            ", then set segment.labels: DIR"
+        )
+    return inputs
+
+
+def tune_params(config: AnalysisConfig, models: Models) -> dict[str, Any]:
+    t = config.tuning
+    return {
+        "units": resolve_units(t.units, models.classifier.feature_dim), "steps": t.steps,
+        "samples_per_class": t.samples_per_class, "classes": resolve_classes(config, models),
+        "shard_size": t.shard_size, "store_images": t.store_images,
+        "precision": config.runtime.precision,
+    }
+
+
+def null_params(config: AnalysisConfig, models: Models) -> dict[str, Any]:
+    params = tune_params(config, models)
+    params.pop("shard_size")
+    params.pop("store_images")
+    return {**params, "null_directions": config.tuning.null_directions, "seed": config.tuning.seed}
+
+
+def unit_shards(units: list[int], shard_size: int) -> dict[str, list[int]]:
+    """Shard id -> units, in order: 'units-0000-0063', ..."""
+    out = {}
+    for i in range(0, len(units), shard_size):
+        chunk = units[i:i + shard_size]
+        out[f"units-{chunk[0]:04d}-{chunk[-1]:04d}"] = chunk
+    return out
+
+
+def stage_keys(config: AnalysisConfig, models: Models, link_key: str,
+               paired: dict[str, str]) -> dict[str, str]:
+    ranges = content_key("ranges", VERSIONS["ranges"], ranges_params(config),
+                         {"train": paired["train"]})
+    segmenter = content_key("segmenter", VERSIONS["segmenter"], segmenter_params(config),
+                            segmenter_inputs(config, models))
+    upstream = {"link": link_key, "ranges": ranges, "test": paired["test"],
+                "segmenter": segmenter, **models.keys}
+    return {
+        "ranges": ranges, "segmenter": segmenter,
+        "tune": content_key("tune", VERSIONS["tune"], tune_params(config, models), upstream),
+        "null": content_key("null", VERSIONS["null"], null_params(config, models), upstream),
+    }
+
+
+# -- ranges ----------------------------------------------------------------------------------
+@task(name="ranges", cache_key_fn=by_content_key, persist_result=True, task_run_name="ranges")
+def compute_ranges(config: dict[str, Any], key: str, train_key: str) -> dict[str, Any]:
+    """Per-unit activation range on the training split (the tuning span)."""
+    cfg = as_config(config)
+    store = store_for(cfg)
+    if store.exists("ranges", key):
+        return {"stage": "ranges", "key": key, "computed": False}
+    r = torch.from_numpy(store.open("paired", train_key).load("r"))
+    low, high = activation_ranges(r, cfg.tuning.range, cfg.tuning.percentiles)
+    table = pd.DataFrame({
+        "unit": np.arange(r.shape[1]), "low": low.numpy(), "high": high.numpy(),
+        "mean": r.mean(0).numpy(), "std": r.std(0).numpy(),
+        "active_fraction": (r > 0).float().mean(0).numpy(),
+    })
+    with store.writer("ranges", key, params=ranges_params(cfg), inputs={"train": train_key},
+                      code_version=VERSIONS["ranges"]) as out:
+        out.write_array("low", low.numpy())
+        out.write_array("high", high.numpy())
+        out.write_table("ranges", table)
+    return {"stage": "ranges", "key": key, "computed": True}
+
+
+# -- segmenter -------------------------------------------------------------------------------
+def _labelled(cfg: AnalysisConfig, models: Models) -> tuple[Any, ...]:
+    """(train ws, train labels, eval ws, eval labels, parts)."""
+    if cfg.segment.labels:
+        ws, labels, parts, _ = load_folder(cfg.segment.labels)
+        if cfg.segment.parts and list(cfg.segment.parts) != parts:
+            raise ValueError(f"segment.parts {cfg.segment.parts} differ from the label folder's "
+                             f"parts.json {parts}; make them agree")
+        n_train = min(cfg.segment.labelled_images, len(ws) - max(1, len(ws) // 4))
+        dev = models.device
+        return (ws[:n_train].to(dev), labels[:n_train].to(dev), ws[n_train:].to(dev),
+                labels[n_train:].to(dev), parts)
+    from linkstyle_core.toyworld.renderer import PARTS
+
+    parts = list(cfg.segment.parts or PARTS)
+    if parts != list(PARTS):
+        raise ValueError(f"segment.parts must be the toy world's parts {list(PARTS)} for the toy "
+                         "generator, or left unset")
+    gen, dev, seed = models.generator, models.device, cfg.segment.seed
+    ws, labels = toy_labelled(gen, cfg.segment.labelled_images, seed, dev)
+    ws_eval, labels_eval = toy_labelled(gen, EVAL_IMAGES, seed + 10_000, dev)
+    return ws, labels, ws_eval, labels_eval, parts
+
+
+def load_segmenter(artifact: Artifact, device: torch.device) -> FewShotSegmenter:
+    info = artifact.info
+    model = FewShotSegmenter(info["in_channels"], len(info["parts"]), info["resolution"],
+                             info["hidden"])
+    state = {name: torch.from_numpy(artifact.load(name)) for name in info["state_names"]}
+    model.load_state_dict(state)
+    return model.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def _features(models: Models, ws: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    chunks = [render_with_features(models.generator, ws[i:i + batch])[1]
+              for i in range(0, len(ws), batch)]
+    return [torch.cat(level) for level in zip(*chunks, strict=True)]
+
+
+@task(name="segmenter", cache_key_fn=by_content_key, persist_result=True,
+      task_run_name="segmenter")
+def fit_segmenter(config: dict[str, Any], key: str) -> dict[str, Any]:
+    """Train the few-shot segmenter on labelled images; store weights and held-out mIoU."""
+    cfg = as_config(config)
+    store = store_for(cfg)
+    if store.exists("segmenter", key):
+        return {"stage": "segmenter", "key": key, "computed": False}
+    models = models_for(cfg)
+    ws, labels, ws_eval, labels_eval, parts = _labelled(cfg, models)
+    t0 = time.perf_counter()
+    feats = _features(models, ws, cfg.runtime.batch_size)
+    seg = train_segmenter(feats, labels, len(parts), steps=cfg.segment.steps,
+                          hidden=cfg.segment.hidden, seed=cfg.segment.seed)
+    pred = seg.predict(_features(models, ws_eval, cfg.runtime.batch_size))
+    miou, per_part = mean_iou(pred, labels_eval, len(parts))
+    with store.writer("segmenter", key, params=segmenter_params(cfg),
+                      inputs=segmenter_inputs(cfg, models),
+                      code_version=VERSIONS["segmenter"]) as out:
+        state = seg.state_dict()
+        for name, tensor in state.items():
+            out.write_array(name, tensor.cpu().numpy())
+        out.write_table("iou", pd.DataFrame({"part": parts, "iou": per_part}))
+        out.info.update({
+            "parts": parts, "in_channels": seg.in_channels, "resolution": seg.resolution,
+            "hidden": cfg.segment.hidden, "state_names": list(state), "miou": miou,
+            "train_images": len(ws), "eval_images": len(ws_eval),
+        })
+        out.timings["compute_s"] = round(time.perf_counter() - t0, 3)
+    return {"stage": "segmenter", "key": key, "computed": True}
+
+
+# -- tuning ----------------------------------------------------------------------------------
+def _tuning_inputs(cfg: AnalysisConfig, models: Models, keys: dict[str, str]) -> dict[str, Any]:
+    """Everything a tuning shard or the null needs, loaded from the store."""
+    store = store_for(cfg)
+    dev = models.device
+    link = load_link(store.open("link", keys["link"]))
+    test = store.open("paired", keys["test"])
+    r_all, labels_all = torch.from_numpy(test.load("r")), torch.from_numpy(test.load("label"))
+    classes = resolve_classes(cfg, models)
+    picks = select_samples(labels_all, cfg.tuning.samples_per_class, classes)
+    r, labels = r_all[picks].to(dev), labels_all[picks].to(dev)
+    w0 = link.predict(r)
+    seg_art = store.open("segmenter", keys["segmenter"])
+    ranges = store.open("ranges", keys["ranges"])
+    return {
+        "link": link, "r": r, "labels": labels, "w0": w0, "picks": picks,
+        "base": base_logits(models.generator, models.classifier, w0, cfg.runtime.precision),
+        "segmenter": load_segmenter(seg_art, dev), "parts": seg_art.info["parts"],
+        "low": torch.from_numpy(ranges.load("low")), "high": torch.from_numpy(ranges.load("high")),
+    }
+
+
+def _run(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_dirs: torch.Tensor,
+         readout: torch.Tensor, offsets: torch.Tensor, desc: str, keep_images: bool) -> TuneResult:
+    total = offsets.numel()
+    with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
+        return tune(models.generator, models.classifier, inp["segmenter"], inp["w0"],
+                    inp["labels"], inp["base"], latent_dirs, readout, offsets,
+                    batch_size=cfg.runtime.batch_size, precision=cfg.runtime.precision,
+                    keep_images=keep_images, progress=bar.update)
+
+
+def _write_result(out: ArtifactWriter, ids: np.ndarray, id_name: str, res: TuneResult,
+                  set_value: torch.Tensor, inp: dict[str, Any]) -> None:
+    k, ns, steps = res.offset.shape
+    out.write_array(id_name, ids)
+    out.write_array("sample_index", inp["picks"].numpy())
+    out.write_array("sample_class", inp["labels"].cpu().numpy())
+    for name, value in (("set_value", set_value), ("response", res.response),
+                        ("logit_change", res.logit_change), ("top1", res.top1),
+                        ("measures", res.measures), ("motion", res.motion)):
+        out.write_array(name, value.numpy())
+    if res.images is not None:
+        out.write_array("images", res.images.numpy(), chunks=(1, ns, steps, *res.images.shape[3:]))
+    grid = np.meshgrid(ids, np.arange(ns), np.arange(steps), indexing="ij")
+    out.write_table("response", pd.DataFrame({
+        id_name: grid[0].ravel(), "sample": inp["picks"].numpy()[grid[1].ravel()],
+        "class": inp["labels"].cpu().numpy()[grid[1].ravel()], "step": grid[2].ravel(),
+        "set_value": set_value.numpy().ravel(), "reencoded": res.response.numpy().ravel(),
+        "class_logit_change": res.logit_change.numpy().ravel(), "top1": res.top1.numpy().ravel(),
+    }))
+    parts = inp["parts"]
+    p = len(parts)
+    g4 = np.meshgrid(ids, np.arange(ns), np.arange(steps), np.arange(p), indexing="ij")
+    frame = pd.DataFrame({
+        id_name: g4[0].ravel(), "sample": inp["picks"].numpy()[g4[1].ravel()],
+        "step": g4[2].ravel(), "part": np.asarray(parts, dtype=object)[g4[3].ravel()],
+    })
+    values = res.measures.numpy().reshape(-1, len(MEASURES))
+    for j, name in enumerate(MEASURES):
+        frame[name] = values[:, j]
+    out.write_table("measures", frame)
+    g3 = np.meshgrid(ids, np.arange(ns), np.arange(p), indexing="ij")
+    out.write_table("motion", pd.DataFrame({
+        id_name: g3[0].ravel(), "sample": inp["picks"].numpy()[g3[1].ravel()],
+        "part": np.asarray(parts, dtype=object)[g3[2].ravel()],
+        "motion": res.motion.numpy().ravel(),
+    }))
+
+
+@task(name="tune-shard", cache_key_fn=by_content_key, persist_result=True,
+      cache_result_in_memory=False, task_run_name="tune-{shard}")
+def tune_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str]) -> dict:
+    """Tune one shard of units: trajectories, closed-loop response, parts and measurements."""
+    cfg = as_config(config)
+    models = models_for(cfg)
+    params = tune_params(cfg, models)
+    shards = unit_shards(params["units"], cfg.tuning.shard_size)
+    writer = store_for(cfg).sharded(
+        "tune", key, list(shards), params=params, code_version=VERSIONS["tune"],
+        inputs={k: keys[k] for k in ("link", "ranges", "test", "segmenter")} | models.keys)
+    if shard in writer.committed():
+        return {"shard": shard, "computed": False}
+    t0 = time.perf_counter()
+    inp = _tuning_inputs(cfg, models, keys)
+    units = torch.tensor(shards[shard])
+    values = step_values(inp["low"][units], inp["high"][units], cfg.tuning.steps)  # [U, S]
+    offsets = unit_offsets(values.to(inp["r"].device), inp["r"][:, units]).cpu()
+    latent_dirs = inp["link"].coef_[:, units].T  # A[:, u]
+    readout = torch.nn.functional.one_hot(units, inp["r"].shape[1]).float()
+    res = _run(cfg, models, inp, latent_dirs, readout, offsets, f"tune {shard}",
+               cfg.tuning.store_images)
+    set_value = values[:, None, :].expand_as(res.offset).contiguous()
+    with writer.shard(shard) as out:
+        _write_result(out, units.numpy(), "unit", res, set_value, inp)
+        out.info["parts"] = inp["parts"]
+        out.timings["compute_s"] = round(time.perf_counter() - t0, 3)
+        out.info["images_per_s"] = round(res.offset.numel() / (time.perf_counter() - t0), 1)
+    return {"shard": shard, "computed": True}
+
+
+@task(name="tune-finalize", cache_key_fn=by_content_key, persist_result=True,
+      task_run_name="tune-finalize")
+def tune_finalize(config: dict[str, Any], key: str, keys: dict[str, str],
+                  shards: list[Any]) -> dict[str, Any]:
+    cfg = as_config(config)
+    models = models_for(cfg)
+    store = store_for(cfg)
+    if store.exists("tune", key):
+        return {"stage": "tune", "key": key, "computed": False}
+    params = tune_params(cfg, models)
+    writer = store.sharded(
+        "tune", key, list(unit_shards(params["units"], cfg.tuning.shard_size)), params=params,
+        code_version=VERSIONS["tune"],
+        inputs={k: keys[k] for k in ("link", "ranges", "test", "segmenter")} | models.keys)
+    writer.finalize(info={"units": len(params["units"])})
+    return {"stage": "tune", "key": key, "computed": True}
+
+
+@task(name="null", cache_key_fn=by_content_key, persist_result=True, task_run_name="null")
+def tune_null(config: dict[str, Any], key: str, keys: dict[str, str]) -> dict[str, Any]:
+    """The null control: random r-space directions with the units' step sizes."""
+    cfg = as_config(config)
+    store = store_for(cfg)
+    if store.exists("null", key):
+        return {"stage": "null", "key": key, "computed": False}
+    models = models_for(cfg)
+    t0 = time.perf_counter()
+    inp = _tuning_inputs(cfg, models, keys)
+    units = torch.tensor(tune_params(cfg, models)["units"])
+    spans = (inp["high"] - inp["low"])[units]
+    dirs, offsets = null_directions(inp["r"].shape[1], spans, cfg.tuning.null_directions,
+                                    cfg.tuning.steps, len(inp["picks"]), cfg.tuning.seed)
+    latent_dirs = dirs @ inp["link"].coef_.T  # [K, w_dim]
+    res = _run(cfg, models, inp, latent_dirs, dirs, offsets, "null directions", False)
+    with store.writer("null", key, params=null_params(cfg, models), code_version=VERSIONS["null"],
+                      inputs={k: keys[k] for k in ("link", "ranges", "test", "segmenter")}
+                      | models.keys) as out:
+        _write_result(out, np.arange(len(dirs)), "direction", res, res.offset, inp)
+        out.write_array("directions", dirs.numpy())
+        out.info["parts"] = inp["parts"]
+        out.timings["compute_s"] = round(time.perf_counter() - t0, 3)
+    return {"stage": "null", "key": key, "computed": True}
