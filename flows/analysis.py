@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from linkstyle_core.config import AnalysisConfig
 from tasks.caching import submit, was_cached
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
+from tasks.counterfactual import counterfactual_key, counterfactuals
 from tasks.link import fit_link, link_key
 from tasks.paired import SPLITS, paired_finalize, paired_key, paired_shard, shard_id
 from tasks.score import score_units, selectivity_key
@@ -30,8 +31,9 @@ from tasks.tuning import (
     tune_shard,
     unit_shards,
 )
+from tasks.validate import validate_units, validation_key
 
-STAGES = ("paired", "link", "tune", "score")
+STAGES = ("paired", "link", "tune", "score", "validate")
 
 
 @dataclass
@@ -138,6 +140,20 @@ def run_score(config: AnalysisConfig, tune: StageReport) -> StageReport:
     return report
 
 
+def run_validate(config: AnalysisConfig, models: Models, score: StageReport) -> StageReport:
+    """Toy world only: the pipeline's top parts against the renderer's ground truth."""
+    store = store_for(config)
+    key = validation_key(score.keys["selectivity"], models)
+    fut = submit(validate_units, store.exists("validation", key),
+                 config=config.model_dump(mode="json"), key=key,
+                 selectivity_key=score.keys["selectivity"])
+    fut.result()
+    report = StageReport("validate", {"validation": key})
+    report.count(fut)
+    report.extra["metrics"] = store.open("validation", key).info
+    return report
+
+
 def _analysis(config: AnalysisConfig, until: str) -> dict[str, StageReport]:
     if until not in STAGES:
         raise ValueError(f"until must be one of {', '.join(STAGES)}, got {until!r}")
@@ -152,6 +168,9 @@ def _analysis(config: AnalysisConfig, until: str) -> dict[str, StageReport]:
     if until == "tune":
         return reports
     reports["score"] = run_score(config, reports["tune"])
+    if until == "score":
+        return reports
+    reports["validate"] = run_validate(config, models, reports["score"])
     return reports
 
 
@@ -174,6 +193,58 @@ def link_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
 def tune_score_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
     """Stages 3-4 (with 1-2 from the cache when unchanged): tuning and selectivity."""
     return _analysis(as_config(config), "score")
+
+
+def run_counterfactual(config: AnalysisConfig, models: Models, reports: dict[str, StageReport],
+                       pairs: list[tuple[int, int]]) -> StageReport:
+    """Submit stage 5 for the given (origin, target) class pairs."""
+    store = store_for(config)
+    keys = {"link": reports["link"].keys["link"], "test": reports["paired"].keys["test"]}
+    if "score" in reports:
+        keys["selectivity"] = reports["score"].keys["selectivity"]
+    key = counterfactual_key(config, models, pairs, keys)
+    fut = submit(counterfactuals, store.exists("counterfactual", key),
+                 config=config.model_dump(mode="json"), key=key,
+                 pairs=[list(p) for p in pairs], keys=keys)
+    fut.result()
+    report = StageReport("counterfactual", {"counterfactual": key})
+    report.count(fut)
+    report.extra["summary"] = store.open("counterfactual", key).table("summary")
+    return report
+
+
+def class_pairs(config: AnalysisConfig, models: Models, origin: int | None,
+                target: int | None) -> list[tuple[int, int]]:
+    """One (origin, target) pair, or every ordered pair of the configured classes."""
+    classes = resolve_classes(config, models)
+    if origin is None and target is None:
+        return [(a, b) for a in classes for b in classes if a != b]
+    if origin is None or target is None or origin == target:
+        raise ValueError("give both --origin and --target (different classes), or neither for "
+                         "all pairs of the configured classes")
+    for c in (origin, target):
+        if c not in classes:
+            raise ValueError(f"class {c} is not among the configured classes {classes}")
+    return [(origin, target)]
+
+
+@flow(name="linkstyle-counterfactual", task_runner=_RUNNER, log_prints=True)
+def counterfactual_flow(config: dict[str, Any] | None = None, origin: int | None = None,
+                        target: int | None = None,
+                        with_selectivity: bool = True) -> dict[str, StageReport]:
+    """Stages 1-2 (and 3-4 for the overlap with selective units), then counterfactuals."""
+    cfg = as_config(config)
+    models = models_for(cfg)
+    pairs = class_pairs(cfg, models, origin, target)
+    reports = _analysis(cfg, "score" if with_selectivity else "link")
+    reports["counterfactual"] = run_counterfactual(cfg, models, reports, pairs)
+    return reports
+
+
+@flow(name="linkstyle-validate", task_runner=_RUNNER, log_prints=True)
+def validate_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
+    """Stages 1-4 (cached) and the toy world's ground-truth validation."""
+    return _analysis(as_config(config), "validate")
 
 
 @flow(name="linkstyle-analysis", task_runner=_RUNNER, log_prints=True)

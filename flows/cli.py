@@ -47,10 +47,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     errors: list[type[Exception]] = [ConfigError, UsageError, FileNotFoundError,
                                      ArtifactNotFound, CorruptArtifact, IncompleteArtifact]
     if "torch" in sys.modules:  # the model errors live beside torch code; import only if used
+        from linkstyle_core.labels import LabelError
         from linkstyle_core.models.registry import ModelError
         from linkstyle_core.paired import AcceptanceError
 
-        errors += [ModelError, AcceptanceError, FloatingPointError]
+        errors += [ModelError, AcceptanceError, FloatingPointError, LabelError]
     return tuple(errors)
 
 
@@ -109,7 +110,28 @@ def _print_link_metrics(metrics: pd.DataFrame) -> None:
     print(shown.to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep="-"))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _print_top_units(units: pd.DataFrame, per_part: int = 5) -> None:
+    print(f"top units per part (significant top part, by tuning strength; {per_part} shown):")
+    strong = units[units["significant"]].sort_values("tuning_strength", ascending=False)
+    for part, group in strong.groupby("top_part", sort=True):
+        shown = ", ".join(f"{int(u)} ({c:.2f})" for u, c in
+                          zip(group["unit"][:per_part], group["concentration"][:per_part],
+                              strict=True))
+        print(f"  {part:<10} {len(group):>4} units; e.g. unit (concentration): {shown}")
+    print(f"  {len(units) - len(strong)} of {len(units)} units have no significant top part")
+
+
+def _print_tables(config: AnalysisConfig, reports: dict) -> None:
+    store = ArtifactStore(config.artifact_root)
+    print("artifacts (Parquet tables and Zarr arrays; columns in docs/tables.md):")
+    where = {"paired": ("paired", "train"), "link": ("link", "link"),
+             "tune": ("tune", "tune"), "score": ("selectivity", "selectivity")}
+    for stage, (name, key_name) in where.items():
+        if stage in reports:
+            print(f"  {name:<12} {store.artifact_path(name, reports[stage].keys[key_name])}")
+
+
+def _run_flow(args: argparse.Namespace, until: str) -> tuple[AnalysisConfig, dict]:
     config = load_config(args.config)
     if args.root:
         config = config.model_copy(update={"artifact_root": args.root})
@@ -118,17 +140,156 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.context import models_for
 
     models_for(config)  # load and check the models before any work is done
-
-    print(f"linkstyle run: {config.generator.kind} generator, {config.classifier.kind} "
-          f"classifier, stages up to {args.until!r}, artifacts under {config.artifact_root}")
+    print(f"linkstyle: {config.generator.kind} generator, {config.classifier.kind} "
+          f"classifier, stages up to {until!r}, artifacts under {config.artifact_root}")
     t0 = time.perf_counter()
-    reports = analysis_flow(config.model_dump(mode="json"), until=args.until)
+    reports = analysis_flow(config.model_dump(mode="json"), until=until)
     for report in reports.values():
         print(f"  {report.stage:<8} computed {report.computed:>3}  from cache {report.cached:>3}"
-              f"  already stored {report.reused:>3}  keys {report.keys}")
+              f"  already stored {report.reused:>3}")
+    print(f"stages done in {time.perf_counter() - t0:.1f} s")
+    return config, reports
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config, reports = _run_flow(args, args.until)
     if "link" in reports:
         _print_link_metrics(reports["link"].extra["metrics"])
-    print(f"done in {time.perf_counter() - t0:.1f} s; `linkstyle status` lists the artifacts")
+    if "tune" in reports:
+        print(f"segmenter held-out mIoU: {reports['tune'].extra['miou']:.3f}")
+    if "score" in reports:
+        _print_top_units(reports["score"].extra["units"])
+    _print_tables(config, reports)
+    print("`linkstyle status` lists every artifact")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    _, reports = _run_flow(args, "validate")
+    metrics = reports["validate"].extra["metrics"]
+    print("ground-truth validation (toy world):")
+    print(f"  strongly tuned units: {int(metrics['n_strong'])} of {int(metrics['n_units'])}")
+    print(f"  top part = ground-truth part: {metrics['match_rate']:.1%} "
+          f"(chance {metrics['chance']:.1%})")
+    aucs = {k.removeprefix("auc_"): v for k, v in metrics.items() if k.startswith("auc_")}
+    print("  AUC per part: " + ", ".join(f"{p} {v:.2f}" for p, v in aucs.items()))
+    print(f"  mean AUC: {metrics['mean_auc']:.3f}")
+    return 0
+
+
+def cmd_counterfactual(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    updates: dict = {}
+    if args.root:
+        updates["artifact_root"] = args.root
+    if args.samples:
+        updates["counterfactual"] = config.counterfactual.model_copy(
+            update={"samples": args.samples})
+    config = AnalysisConfig.from_dict({**config.model_dump(mode="json"),
+                                       **{k: v if isinstance(v, str) else v.model_dump()
+                                          for k, v in updates.items()}})
+    _quiet_prefect_defaults()
+    from flows.analysis import counterfactual_flow
+    from tasks.context import models_for
+
+    models_for(config)
+    t0 = time.perf_counter()
+    reports = counterfactual_flow(config.model_dump(mode="json"), origin=args.origin,
+                                  target=args.target, with_selectivity=not args.no_selectivity)
+    report = reports["counterfactual"]
+    summary = report.extra["summary"]
+    print(f"counterfactuals ({'computed' if report.computed else 'from the store'}, "
+          f"{time.perf_counter() - t0:.1f} s):")
+    shown = summary[["origin", "target", "n", "flip_rate", "median_steps", "decision_units"]]
+    print(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    art = ArtifactStore(config.artifact_root).open("counterfactual", report.keys["counterfactual"])
+    print(f"tables and figures: {art.path} (figures: "
+          f"{', '.join(sorted(art.manifest.files))})")
+    return 0
+
+
+def cmd_labels_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from linkstyle_core.labels import export_folder
+    from tasks.context import models_for
+
+    config = load_config(args.config)
+    models = models_for(config)
+    parts = list(config.segment.parts or [])
+    if len(parts) < 2:
+        raise UsageError("set segment.parts in the config (background first) before exporting")
+    export_folder(models.generator, Path(args.out), args.count, parts, args.seed,
+                  config.data.truncation, models.device)
+    print(f"wrote {args.count} images to {args.out}/images; paint index masks into "
+          f"{args.out}/labels (value i = parts[i] of {parts}), then "
+          f"`linkstyle labels import {args.out}`")
+    return 0
+
+
+def cmd_labels_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from linkstyle_core.labels import import_folder
+    from tasks.context import models_for
+
+    config = load_config(args.config)
+    summary = import_folder(Path(args.folder), models_for(config).generator.resolution)
+    print(f"{args.folder}: {summary['images']} labelled images, parts {summary['parts']}")
+    print(f"  pixels per part: {summary['pixels_per_part']}")
+    print(f"set `segment: {{labels: {args.folder}}}` in your config to train the segmenter")
+    return 0
+
+
+def _toy_models():
+    from linkstyle_core.models.toy import load_toy_classifier, load_toy_generator
+
+    return load_toy_generator(), load_toy_classifier()
+
+
+def _bundled_weights(name: str) -> str:
+    from pathlib import Path
+
+    import linkstyle_core.toyworld as toyworld
+
+    return str(Path(toyworld.__file__).parent / "weights" / name)
+
+
+def cmd_toy_train_generator(args: argparse.Namespace) -> int:
+    from linkstyle_core.toyworld import train_generator
+
+    out = args.out or _bundled_weights("generator.pt")
+    metrics = train_generator(out, steps=args.steps, seed=args.seed)
+    print(f"wrote {out}: {metrics}")
+    return 0
+
+
+def cmd_toy_train_classifier(args: argparse.Namespace) -> int:
+    from linkstyle_core.toyworld import train_classifier
+
+    out = args.out or _bundled_weights("classifier.pt")
+    metrics = train_classifier(out, steps=args.steps, seed=args.seed)
+    print(f"wrote {out}: {metrics}")
+    return 0
+
+
+def cmd_toy_evaluate(args: argparse.Namespace) -> int:
+    from linkstyle_core.toyworld import check, evaluate, format_report
+
+    generator, classifier = _toy_models()
+    metrics = evaluate(generator, classifier, n_per_class=args.n, seed=args.seed)
+    print(format_report(metrics))
+    failures = check(metrics)
+    for failure in failures:
+        print(f"below threshold: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_toy_sheet(args: argparse.Namespace) -> int:
+    from linkstyle_core.toyworld import write_sheet
+
+    generator, _ = _toy_models()
+    print(f"wrote {write_sheet(generator, args.out, seed=args.seed)}")
     return 0
 
 
@@ -155,8 +316,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "run the analysis (default: the bundled toy world)")
     with_root(p)
-    p.add_argument("--until", default="link", choices=["paired", "link"],
-                   help="last stage to run (default: link)")
+    p.add_argument("--until", default="score", choices=["paired", "link", "tune", "score"],
+                   help="last stage to run (default: score, the full analysis)")
+
+    p = add("validate", cmd_validate,
+            "toy world: compare each unit's selective part with the renderer's ground truth")
+    with_root(p)
+
+    p = add("counterfactual", cmd_counterfactual,
+            "move samples of one class across the decision boundary to another")
+    with_root(p)
+    p.add_argument("--origin", type=int, help="origin class (omit both for all pairs)")
+    p.add_argument("--target", type=int, help="target class")
+    p.add_argument("--samples", type=int, help="samples per pair (default: from the config)")
+    p.add_argument("--no-selectivity", action="store_true",
+                   help="skip stages 3-4 (no overlap with part-selective units)")
+
+    labels = sub.add_parser("labels", help="label generated images for the part segmenter")
+    lsub = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    p = add("export", cmd_labels_export,
+            "write generated images, their latents and empty masks to label", lsub)
+    with_config(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--count", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p = add("import", cmd_labels_import, "check labelled masks against the part list", lsub)
+    with_config(p)
+    p.add_argument("folder", metavar="DIR")
+
+    toy = sub.add_parser("toy", help="the bundled toy world: train, evaluate, picture")
+    tsub = toy.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
+    for name, func, steps, seed, what in (
+        ("train-generator", cmd_toy_train_generator, 6000, 0, "the toy generator"),
+        ("train-classifier", cmd_toy_train_classifier, 3000, 1, "the toy classifier"),
+    ):
+        p = add(name, func, f"retrain {what} (deterministic on CPU)", tsub)
+        p.add_argument("--steps", type=int, default=steps)
+        p.add_argument("--seed", type=int, default=seed)
+        p.add_argument("--out", metavar="FILE", help="default: the bundled weights file")
+    p = add("evaluate", cmd_toy_evaluate, "measure the toy world's quality on fresh seeds", tsub)
+    p.add_argument("--n", type=int, default=200, help="images per species and measurement")
+    p.add_argument("--seed", type=int, default=12345)
+    p = add("sheet", cmd_toy_sheet, "picture: renderer vs. generator images and labels", tsub)
+    p.add_argument("out", metavar="OUT.png")
+    p.add_argument("--seed", type=int, default=0)
 
     p = add("status", cmd_status, "list artifacts: stage, key, complete/partial, size, created")
     with_root(p)

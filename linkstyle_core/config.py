@@ -216,6 +216,20 @@ class SegmentConfig(_Section):
         return v
 
 
+class CounterfactualConfig(_Section):
+    """Stage 5: counterfactuals from an origin to a target class."""
+
+    samples: int = Field(8, ge=1, description="held-out samples of the origin class per pair")
+    max_steps: int = Field(300, ge=1, description="optimisation steps per batch of pairs")
+    check_every: int = Field(10, ge=1, description="render and re-classify every k steps")
+    lr: float = Field(0.05, gt=0.0, description="Adam learning rate on the shift of r")
+    weight_similarity: float = Field(
+        10.0, ge=0.0, description="weight of 1 - cos(link(r), link(r - s))"
+    )
+    weight_l1: float = Field(0.0, ge=0.0, description="weight of the mean |s| (sparsity)")
+    top_units: int = Field(10, ge=1, description="units reported per pair and class pair")
+
+
 class RuntimeConfig(_Section):
     """Where and how tensors are computed."""
 
@@ -243,6 +257,7 @@ class AnalysisConfig(_Section):
     link: LinkConfig = LinkConfig()
     tuning: TuningConfig = TuningConfig()
     segment: SegmentConfig = SegmentConfig()
+    counterfactual: CounterfactualConfig = CounterfactualConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     artifact_root: str = Field(
         "artifacts", description="local folder or fsspec URI (s3://, gs://, memory://)"

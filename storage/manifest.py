@@ -70,6 +70,7 @@ class Manifest:
     data_dir: str | None
     arrays: dict[str, dict[str, Any]] = field(default_factory=dict)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     shards: list[str] | None = None
     shard: str | None = None
     info: dict[str, Any] = field(default_factory=dict)

@@ -158,6 +158,18 @@ class Artifact:
                 "delete the artifact folder and rerun to rebuild it"
             ) from exc
 
+    def read_file(self, name: str) -> bytes:
+        """The bytes of a file written with ``write_file``."""
+        if name not in self.manifest.files:
+            raise KeyError(f"{self.stage}/{self.key} has no file {name!r}; it has "
+                           f"{sorted(self.manifest.files)}")
+        return bytes(self.store.fs.cat_file(f"{self.path}/{self.manifest.data_dir}/{name}"))
+
+    def file_path(self, name: str) -> str:
+        """Where a file written with ``write_file`` lives (a path or URI under the root)."""
+        self.manifest.files[name]  # noqa: B018 - raises KeyError for unknown names
+        return f"{self.path}/{self.manifest.data_dir}/{name}"
+
     @property
     def array_names(self) -> list[str]:
         if self.manifest.shards is not None and self.shards:
@@ -230,6 +242,12 @@ class ArtifactWriter:
         with self.store.fs.open(f"{self.data_path}/{name}.parquet", "wb") as handle:
             pq.write_table(table, handle)
         self._manifest.tables[name] = {"rows": table.num_rows, "columns": table.column_names}
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Write an opaque file (a figure, a report) into the artifact."""
+        _check_name("file", name)
+        self.store.fs.pipe_file(f"{self.data_path}/{name}", data)
+        self._manifest.files[name] = {"bytes": len(data)}
 
     def _commit(self) -> Manifest:
         for name, arr in self._arrays.items():
