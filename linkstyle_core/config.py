@@ -238,7 +238,9 @@ class RuntimeConfig(_Section):
         "fp32", description="autocast precision of generator and classifier calls"
     )
     batch_size: int = Field(256, ge=1, description="images per generator/classifier call")
-    channels_last: bool = True
+    channels_last: bool = Field(
+        True, description="classifier convolutions in channels_last layout (CUDA only)"
+    )
 
     @field_validator("device")
     @classmethod

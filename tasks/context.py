@@ -11,11 +11,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import fsspec
 import torch
 
 from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.models.protocols import Classifier, Generator
-from linkstyle_core.models.registry import fingerprint, load_classifier, load_generator
+from linkstyle_core.models.registry import (
+    check_compatible,
+    fingerprint,
+    load_classifier,
+    load_generator,
+)
 from linkstyle_core.runtime import resolve_device
 from storage import ArtifactStore
 
@@ -43,18 +49,26 @@ def store_for(config: AnalysisConfig) -> ArtifactStore:
     return ArtifactStore(config.artifact_root)
 
 
+def _channels_last(model: object) -> None:
+    """Put the convolution weights of a model (or an adapter's modules) in channels_last
+    layout; convolutions then run in that layout, which is faster on recent GPUs."""
+    modules = [model] if isinstance(model, torch.nn.Module) else [
+        m for m in getattr(model, "__dict__", {}).values() if isinstance(m, torch.nn.Module)]
+    for module in modules:
+        module.to(memory_format=torch.channels_last)
+
+
 @lru_cache(maxsize=4)
-def _load(generator_json: str, classifier_json: str, device_spec: str) -> Models:
+def _load(generator_json: str, classifier_json: str, device_spec: str,
+          channels_last: bool = False) -> Models:
     cfg = AnalysisConfig.from_dict({"generator": json.loads(generator_json),
                                     "classifier": json.loads(classifier_json)})
     device = resolve_device(device_spec)
-    generator = load_generator(cfg.generator, device)
+    generator = load_generator(cfg.generator, device, open_uri=fsspec.open)
     classifier = load_classifier(cfg.classifier, device)
-    if generator.c_dim and classifier.num_classes and generator.c_dim > classifier.num_classes:
-        raise ValueError(
-            f"the generator has {generator.c_dim} classes but the classifier only "
-            f"{classifier.num_classes}; pair models trained on the same label set"
-        )
+    check_compatible(generator, classifier)
+    if channels_last and device.type == "cuda":
+        _channels_last(classifier)
     return Models(
         generator=generator,
         classifier=classifier,
@@ -67,7 +81,7 @@ def _load(generator_json: str, classifier_json: str, device_spec: str) -> Models
 def models_for(config: AnalysisConfig) -> Models:
     """The generator and classifier of ``config``, loaded once per process."""
     return _load(config.generator.model_dump_json(), config.classifier.model_dump_json(),
-                 config.runtime.device)
+                 config.runtime.device, config.runtime.channels_last)
 
 
 def resolve_classes(config: AnalysisConfig, models: Models) -> list[int]:

@@ -13,6 +13,7 @@ from prefect import task
 from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.link import LinearLink
 from linkstyle_core.metrics import closed_loop, mse, order_agreement, r2_scores
+from linkstyle_core.models.registry import check_compatible
 from storage import Artifact, content_key
 from tasks.caching import by_content_key
 from tasks.context import Models, as_config, models_for, store_for
@@ -52,11 +53,8 @@ def fit_link(config: dict[str, Any], key: str, train_key: str, test_key: str) ->
     models = models_for(cfg)
     r_train, w_train, y_train = _pairs(store.open("paired", train_key))
     r_test, w_test, y_test = _pairs(store.open("paired", test_key))
-    if r_train.shape[1] != models.classifier.feature_dim:
-        raise ValueError(
-            f"the paired data has {r_train.shape[1]} units but the classifier has "
-            f"{models.classifier.feature_dim}; rerun stage 1 for this classifier"
-        )
+    check_compatible(models.generator, models.classifier, paired_r_dim=r_train.shape[1],
+                     paired_w_dim=w_train.shape[1])
     t0 = time.perf_counter()
     link = LinearLink(cfg.link.type, cfg.link.alpha, cfg.link.l1_ratio, models.device)
     link.fit(r_train, w_train)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from linkstyle_core.config import AnalysisConfig, resolve_units
 from linkstyle_core.labels import load_folder, toy_labelled
 from linkstyle_core.measure import MEASURES
+from linkstyle_core.models.registry import check_compatible
 from linkstyle_core.segment import FewShotSegmenter, mean_iou, train_segmenter
 from linkstyle_core.tuning import (
     TuneResult,
@@ -203,6 +204,7 @@ def _tuning_inputs(cfg: AnalysisConfig, models: Models, keys: dict[str, str]) ->
     store = store_for(cfg)
     dev = models.device
     link = load_link(store.open("link", keys["link"]))
+    check_compatible(models.generator, models.classifier, link_coef_shape=link.coef_.shape)
     test = store.open("paired", keys["test"])
     r_all, labels_all = torch.from_numpy(test.load("r")), torch.from_numpy(test.load("label"))
     classes = resolve_classes(cfg, models)

@@ -1,7 +1,9 @@
 """Choose and check the generator and classifier named by the configuration.
 
-Adapters are a dict registry keyed by ``kind`` (DESIGN.md, "Adapters"); ``python`` loads any
-``package.module:factory`` whose result satisfies the protocol.
+Adapters are a dict registry keyed by ``kind`` (DESIGN.md, "Adapters"): ``toy`` (bundled),
+``stylegan-xl`` (``models.stylegan_xl``), ``torchvision``/``timm`` (``models.classifiers``), and
+``python``, which loads any ``package.module:factory`` whose result satisfies the protocol.
+Adapter modules are imported when their kind is used, so timm stays optional.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import inspect
+import numbers
 import os
 import sys
 from collections.abc import Callable
@@ -22,6 +26,8 @@ from linkstyle_core.models.protocols import Classifier, Generator
 _GENERATOR_ATTRS = ("z_dim", "c_dim", "w_dim", "num_ws", "resolution", "mapping", "synthesis",
                     "features")
 _CLASSIFIER_ATTRS = ("num_classes", "feature_dim", "preprocess", "features", "head")
+_DIMS = {"generator": ("z_dim", "c_dim", "w_dim", "num_ws", "resolution"),
+         "classifier": ("num_classes", "feature_dim")}
 
 
 class ModelError(ValueError):
@@ -54,19 +60,72 @@ def check_protocol(obj: Any, kind: str) -> None:
     missing = [a for a in attrs if not hasattr(obj, a)]
     not_callable = [a for a in ("mapping", "synthesis", "features", "preprocess", "head")
                     if a in attrs and hasattr(obj, a) and not callable(getattr(obj, a))]
-    if missing or not_callable:
+    not_counts = [f"{a}={getattr(obj, a)!r}" for a in _DIMS[kind]
+                  if hasattr(obj, a) and not _is_count(getattr(obj, a))]
+    if missing or not_callable or not_counts:
         parts = []
         if missing:
             parts.append(f"missing {', '.join(missing)}")
         if not_callable:
             parts.append(f"not callable: {', '.join(not_callable)}")
+        if not_counts:
+            parts.append(f"not a non-negative int: {', '.join(not_counts)}")
         raise ModelError(
             f"the {kind} ({type(obj).__name__}) does not satisfy the {kind.capitalize()} "
             f"protocol: {'; '.join(parts)} (see linkstyle_core/models/protocols.py)"
         )
 
 
-def _toy_generator(cfg: GeneratorConfig, device: torch.device) -> Generator:
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0
+
+
+def check_compatible(
+    generator: Generator,
+    classifier: Classifier,
+    link_coef_shape: tuple[int, ...] | None = None,
+    paired_r_dim: int | None = None,
+    paired_w_dim: int | None = None,
+) -> None:
+    """Refuse models that do not fit each other or the stored data, before any work is done.
+
+    ``link_coef_shape``: shape of a stored link's ``A`` ([w_dim, D]); ``paired_r_dim`` /
+    ``paired_w_dim``: the widths of stored paired ``r`` / ``w``. Raises ``ModelError`` naming
+    every mismatch with both numbers and the fix.
+    """
+    problems = []
+    c_dim, num_classes = int(generator.c_dim), int(classifier.num_classes)
+    if c_dim > num_classes:
+        problems.append(
+            f"the generator has {c_dim} classes but the classifier only {num_classes}: pair "
+            f"models trained on the same label set (e.g. both ImageNet-1k)"
+        )
+    w_dim, feature_dim = int(generator.w_dim), int(classifier.feature_dim)
+    stored = "rerun the stage with these models (it gets a new artifact key) or configure the " \
+             "models the stored results were made with"
+    if link_coef_shape is not None:
+        shape = tuple(int(n) for n in link_coef_shape)
+        if shape != (w_dim, feature_dim):
+            problems.append(
+                f"the stored link maps r of {shape[-1]} units to w of {shape[0]} dims "
+                f"(coef shape {shape}), but the classifier has {feature_dim} units and the "
+                f"generator w_dim {w_dim} (expected coef shape {(w_dim, feature_dim)}): {stored}"
+            )
+    if paired_r_dim is not None and int(paired_r_dim) != feature_dim:
+        problems.append(
+            f"the stored paired data has r of {paired_r_dim} units but the classifier has "
+            f"{feature_dim}: {stored}"
+        )
+    if paired_w_dim is not None and int(paired_w_dim) != w_dim:
+        problems.append(
+            f"the stored paired data has w of {paired_w_dim} dims but the generator has "
+            f"w_dim {w_dim}: {stored}"
+        )
+    if problems:
+        raise ModelError("the models do not fit: " + "; ".join(problems))
+
+
+def _toy_generator(cfg: GeneratorConfig, device: torch.device, **_: Any) -> Generator:
     from linkstyle_core.models.toy import load_toy_generator
 
     return load_toy_generator(device)
@@ -80,15 +139,52 @@ def _toy_classifier(cfg: ClassifierConfig, device: torch.device) -> Classifier:
 
 def _python_model(cfg: GeneratorConfig | ClassifierConfig, device: torch.device, section: str):
     assert cfg.target is not None
-    return _import_target(cfg.target, section)(device=device)
+    factory = _import_target(cfg.target, section)
+    try:
+        inspect.signature(factory).bind(device=device)
+    except TypeError:
+        raise ModelError(
+            f"{section}.target {cfg.target!r}: the factory must accept a keyword argument "
+            f"device (factory(device=torch.device) -> {section}), its signature is "
+            f"{cfg.target.partition(':')[2]}{inspect.signature(factory)}"
+        ) from None
+    except ValueError:  # no signature to inspect (some builtins): just call it
+        pass
+    return factory(device=device)
 
 
-GENERATORS: dict[str, Callable[[GeneratorConfig, torch.device], Generator]] = {
+def _stylegan_xl(cfg: GeneratorConfig, device: torch.device, open_uri: Any = None) -> Generator:
+    from linkstyle_core.models.stylegan_xl import load_stylegan_xl
+
+    assert cfg.network is not None and cfg.source is not None  # GeneratorConfig checks
+    return load_stylegan_xl(cfg.network, cfg.source, device, ops=cfg.ops, open_uri=open_uri)
+
+
+def _torchvision(cfg: ClassifierConfig, device: torch.device) -> Classifier:
+    from linkstyle_core.models.classifiers import load_torchvision
+
+    assert cfg.name is not None  # ClassifierConfig checks
+    return load_torchvision(cfg.name, cfg.weights, device)
+
+
+def _timm(cfg: ClassifierConfig, device: torch.device) -> Classifier:
+    from linkstyle_core.models.classifiers import load_timm
+
+    assert cfg.name is not None
+    return load_timm(cfg.name, cfg.weights, device)
+
+
+# A generator factory takes (cfg, device, open_uri=None); open_uri opens network URIs
+# (s3://, gs://) and is given by the edge, e.g. fsspec.open (linkstyle_core reads local files).
+GENERATORS: dict[str, Callable[..., Generator]] = {
     "toy": _toy_generator,
-    "python": lambda cfg, device: _python_model(cfg, device, "generator"),
+    "stylegan-xl": _stylegan_xl,
+    "python": lambda cfg, device, **_: _python_model(cfg, device, "generator"),
 }
 CLASSIFIERS: dict[str, Callable[[ClassifierConfig, torch.device], Classifier]] = {
     "toy": _toy_classifier,
+    "torchvision": _torchvision,
+    "timm": _timm,
     "python": lambda cfg, device: _python_model(cfg, device, "classifier"),
 }
 
@@ -104,13 +200,19 @@ def _lookup(registry: dict[str, Any], kind: str, section: str) -> Any:
     return registry[kind]
 
 
-def load_generator(cfg: GeneratorConfig, device: torch.device) -> Generator:
-    generator = _lookup(GENERATORS, cfg.kind, "generator")(cfg, device)
+def load_generator(cfg: GeneratorConfig, device: torch.device, open_uri: Any = None) -> Generator:
+    """The configured generator on ``device``, checked against the protocol.
+
+    ``open_uri``: how to open a ``generator.network`` URI (e.g. ``fsspec.open``); local paths
+    need none.
+    """
+    generator = _lookup(GENERATORS, cfg.kind, "generator")(cfg, device, open_uri=open_uri)
     check_protocol(generator, "generator")
     return generator
 
 
 def load_classifier(cfg: ClassifierConfig, device: torch.device) -> Classifier:
+    """The configured classifier on ``device``, checked against the protocol."""
     classifier = _lookup(CLASSIFIERS, cfg.kind, "classifier")(cfg, device)
     check_protocol(classifier, "classifier")
     return classifier

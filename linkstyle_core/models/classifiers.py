@@ -1,0 +1,400 @@
+"""torchvision and timm classifiers as ``Classifier``s, split at their penultimate layer.
+
+For any such model the penultimate layer is the input of its last ``nn.Linear``, found by
+walking its modules (DESIGN.md, "Interfaces"): that Linear becomes ``head`` and is replaced by
+``nn.Identity`` in the body, so ``features(x)`` returns ``r`` and ``head(r)`` the logits. This
+works for ResNet, VGG, DenseNet, ConvNeXt, ViT and most other torchvision/timm classifiers; at
+load time the split is checked against the unsplit model's output on a random input.
+
+Weights are never downloaded: torchvision weights are read from the torch hub cache
+(``torch.hub.get_dir()/checkpoints/``), anything else from a local state-dict file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from linkstyle_core.models.registry import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+_PROBE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a classifier expects its input: resize the shorter side to ``resize_size``, centre
+    crop ``crop_size``, normalise with ``mean``/``std`` (of images in [0, 1])."""
+
+    resize_size: int = 256
+    crop_size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"  # bilinear, bicubic or nearest
+
+    def __post_init__(self) -> None:
+        if self.resize_size < self.crop_size:
+            raise ModelError(f"preprocessing: resize_size {self.resize_size} is smaller than "
+                             f"crop_size {self.crop_size}")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ModelError(f"preprocessing: interpolation {self.interpolation!r} is not "
+                             f"bilinear, bicubic or nearest")
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The (qualified name, module) of the last ``nn.Linear`` registered in ``model``."""
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ModelError(
+            f"{type(model).__name__} has no nn.Linear layer, so its penultimate layer cannot be "
+            f"found; wrap it in a factory of your own (classifier.kind: python)"
+        )
+    return found[-1]
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+class SplitClassifier(nn.Module):
+    """A classifier split at the input of its last ``nn.Linear`` (``Classifier`` protocol).
+
+    ``body``: the model with that Linear replaced by ``nn.Identity``; ``head``: the Linear.
+    ``num_classes``/``feature_dim``: its out/in features. ``head_name``: where it sat.
+    """
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing | None = None,
+                 *, name: str | None = None, check: bool = True) -> None:
+        super().__init__()
+        preprocessing = preprocessing or Preprocessing()
+        model = model.eval().requires_grad_(False)
+        self.name = name or type(model).__name__
+        self.head_name, linear = last_linear(model)
+        self.num_classes = linear.out_features
+        self.feature_dim = linear.in_features
+        self.preprocessing = preprocessing
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        device = next(model.parameters()).device  # buffers beside the model, wherever it is
+        for key, value in (("mean", preprocessing.mean), ("std", preprocessing.std)):
+            self.register_buffer(key, torch.tensor(value, device=device).view(1, -1, 1, 1))
+        expected = self._probe(model) if check else None
+        _replace(model, self.head_name, nn.Identity())
+        self.body = model
+        self.head = linear
+        if expected is not None:
+            self._check_split(*expected)
+
+    @torch.no_grad()
+    def _probe(self, model: nn.Module) -> tuple[torch.Tensor, Any]:
+        """A random input and the unsplit model's output on it: small (cheap) if the model
+        takes it, else its own input size (ViTs need that)."""
+        device = next(model.parameters()).device
+        gen = torch.Generator().manual_seed(0)
+        sizes = sorted({min(self.preprocessing.crop_size, _PROBE_SIZE),
+                        self.preprocessing.crop_size})
+        for size in sizes:
+            x = torch.randn(1, 3, size, size, generator=gen).to(device)
+            try:
+                return x, model(x)
+            except Exception:
+                if size == sizes[-1]:
+                    raise
+        raise AssertionError("unreachable")
+
+    @torch.no_grad()
+    def _check_split(self, x: torch.Tensor, expected: Any) -> None:
+        r = self.features(x)
+        problem = None
+        if not isinstance(expected, torch.Tensor) or expected.shape != (1, self.num_classes):
+            problem = "the model's output is not [N, num_classes] logits of that layer"
+        elif r.shape != (1, self.feature_dim):
+            problem = f"its input has shape {tuple(r.shape)}, not [N, {self.feature_dim}]"
+        else:
+            logits = self.head(r)
+            tol = 1e-4 * (1.0 + float(expected.abs().max()))
+            if not torch.allclose(logits, expected, rtol=1e-3, atol=tol):
+                problem = "the model computes more after it, so its input is not penultimate"
+        if problem:
+            raise ModelError(
+                f"classifier {self.name}: cannot split at its last nn.Linear "
+                f"({self.head_name}): {problem}; wrap the model in a factory of your own "
+                f"(classifier.kind: python) that returns features and head"
+            )
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [N, 3, H, W] in [-1, 1] -> [N, 3, crop, crop] normalised, on their device.
+
+        Batched: resize the shorter side (antialiased), centre crop, normalise; as torchvision's
+        ``weights.transforms()`` does to one image.
+        """
+        p = self.preprocessing
+        x = (images.float() + 1.0) / 2.0
+        h, w = x.shape[-2:]
+        short, long = min(h, w), max(h, w)
+        new_long = int(p.resize_size * long / short)
+        size = (p.resize_size, new_long) if h <= w else (new_long, p.resize_size)
+        if (h, w) != size:
+            smooth = p.interpolation != "nearest"
+            x = F.interpolate(x, size=size, mode=p.interpolation, antialias=smooth,
+                              align_corners=False if smooth else None)
+        top = int(round((size[0] - p.crop_size) / 2.0))
+        left = int(round((size[1] - p.crop_size) / 2.0))
+        x = x[..., top:top + p.crop_size, left:left + p.crop_size]
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: preprocessed [N, 3, crop, crop] -> r: [N, feature_dim], the last Linear's input."""
+        return self.body(x)
+
+
+# ------------------------------------------------------------------ state-dict files
+
+
+def load_state_dict_file(path: str | Path, what: str = "classifier.weights") -> dict[str, Any]:
+    """A state dict from a local file (.pt/.pth/.bin via torch.load, or .safetensors).
+
+    Checkpoints that wrap it (``{'state_dict': ...}``, ``{'model': ...}``, ``state_dict_ema``)
+    and DataParallel ``module.`` prefixes are unwrapped. Only tensors are loaded (no pickles).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f"{what} file {str(path)!r} does not exist; give the path of a local state-dict "
+            f"file (torch.save(model.state_dict(), path) or .safetensors); nothing is downloaded"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{what} file {str(path)!r} is not a readable state dict "
+                         f"({type(exc).__name__}: {exc})") from exc
+    for key in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ModelError(f"{what} file {str(path)!r} does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _load_into(model: nn.Module, state: dict[str, Any], source: str, name: str,
+               assign: bool = False) -> None:
+    """Load ``state`` strictly, first resizing the last Linear to the file's class count.
+
+    ``assign``: take the file's tensors (cast to the model's dtypes) instead of copying into
+    the model's, for a model built on the meta device.
+    """
+    head_name, linear = last_linear(model)
+    weight = state.get(f"{head_name}.weight")
+    if isinstance(weight, torch.Tensor) and weight.ndim == 2 \
+            and weight.shape[0] != linear.out_features and weight.shape[1] == linear.in_features:
+        _replace(model, head_name, nn.Linear(linear.in_features, weight.shape[0],
+                                             bias=linear.bias is not None, device=weight.device))
+    if assign:
+        own = model.state_dict()
+        state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v
+                 for k, v in state.items()}
+    try:
+        result = model.load_state_dict(state, strict=False, assign=assign)
+    except RuntimeError as exc:  # tensors of the wrong shape
+        first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+        raise ModelError(f"{source} does not fit {name}: {first[0].strip()}; is it a "
+                         f"checkpoint of {name}?") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(
+            f"{source} does not fit {name}: missing keys {result.missing_keys[:5]}, "
+            f"unexpected keys {result.unexpected_keys[:5]}; is it a checkpoint of {name}?"
+        )
+
+
+def _build_and_load(build: Callable[[], nn.Module], state: dict[str, Any], source: str,
+                    name: str) -> nn.Module:
+    """``build()`` with the tensors of ``state``, skipping the random initialisation.
+
+    The model is built on the meta device and takes the file's tensors; models that cannot be
+    built there, or keep tensors a state dict does not hold (non-persistent buffers), are built
+    and initialised normally.
+    """
+    try:
+        with torch.device("meta"):
+            model = build()
+    except Exception:
+        model = None
+    if model is not None:
+        _load_into(model, state, source, name, assign=True)
+        tensors = [*model.parameters(), *model.buffers()]
+        if not any(t.is_meta for t in tensors):
+            return model
+    model = build()
+    _load_into(model, state, source, name)
+    return model
+
+
+def _suggest(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+# ------------------------------------------------------------------ torchvision
+
+
+def torchvision_cache_file(url: str) -> Path:
+    """Where torchvision (``torch.hub.load_state_dict_from_url``) keeps the weights of ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def preprocessing_of(weights: Any) -> Preprocessing:
+    """The preprocessing of a torchvision weights enum, from ``weights.transforms()``."""
+    t = weights.transforms()
+    return Preprocessing(
+        resize_size=int(t.resize_size[0]), crop_size=int(t.crop_size[0]),
+        mean=tuple(t.mean), std=tuple(t.std), interpolation=t.interpolation.value,
+    )
+
+
+def _torchvision_weights(name: str, weights: str) -> Any:
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    available = [w.name for w in enum]
+    if weights != "DEFAULT" and weights not in available:
+        raise ModelError(
+            f"classifier.weights {weights!r} is not a weights name of torchvision {name}"
+            f"{_suggest(weights, available)} (available: {', '.join(available)}, DEFAULT; "
+            f"or the path of a local state-dict file)"
+        )
+    return enum[weights]
+
+
+def load_torchvision(name: str, weights: str | None, device: torch.device | str = "cpu",
+                     check: bool = True) -> SplitClassifier:
+    """A torchvision classifier by model name, split at its last Linear.
+
+    ``weights``: a weights enum name (``IMAGENET1K_V2``; None means ``DEFAULT``), read from the
+    torch hub cache and never downloaded, with its preprocessing from ``weights.transforms()``;
+    or the path of a local state-dict file, with the default preprocessing (256/224, ImageNet).
+    """
+    import torchvision
+
+    models = torchvision.models.list_models()
+    if name not in models:
+        raise ModelError(
+            f"classifier.name {name!r} is not a torchvision model{_suggest(name, models)} "
+            f"(torchvision.models.list_models() lists all {len(models)})"
+        )
+    weights = weights or "DEFAULT"
+    if _ENUM_NAME.fullmatch(weights):
+        enum = _torchvision_weights(name, weights)
+        cached = torchvision_cache_file(enum.url)
+        if not cached.is_file():
+            raise ModelError(
+                f"torchvision weights {name} {enum.name} not found: looked for {cached}. They "
+                f"are never downloaded here: fetch {enum.url} on a machine with internet and "
+                f"put it at that path (the torch hub cache, torch.hub.get_dir()/checkpoints; "
+                f"move it with TORCH_HOME), or set classifier.weights to a local state-dict file"
+            )
+        model = _build_without_download(torchvision.models.get_model, name, weights=enum)
+        preprocessing = preprocessing_of(enum)
+    else:
+        state = load_state_dict_file(weights)
+        model = _build_and_load(lambda: torchvision.models.get_model(name, weights=None), state,
+                                f"classifier.weights {weights!r}", f"torchvision {name}")
+        preprocessing = Preprocessing()
+    return SplitClassifier(model.to(device), preprocessing, name=name, check=check)
+
+
+def _build_without_download(builder: Any, *args: Any, **kwargs: Any) -> nn.Module:
+    """Call ``builder`` with torch.hub downloads made impossible (the cache file must exist)."""
+    import torch.hub
+
+    download = torch.hub.download_url_to_file
+
+    def refuse(url: str, dst: str, *a: Any, **kw: Any) -> None:
+        raise ModelError(f"refusing to download {url} to {dst}: weights are never downloaded "
+                         f"here; put the file there yourself")
+
+    torch.hub.download_url_to_file = refuse  # type: ignore[assignment]
+    try:
+        return builder(*args, **kwargs)
+    finally:
+        torch.hub.download_url_to_file = download
+
+
+# ------------------------------------------------------------------ timm
+
+
+def load_timm(name: str, weights: str | None, device: torch.device | str = "cpu",
+              check: bool = True) -> SplitClassifier:
+    """A timm classifier by model name from a local checkpoint file, split at its last Linear.
+
+    ``timm.create_model(name, pretrained=False, num_classes=<from the file>)``, then the file's
+    state dict; preprocessing from ``timm.data.resolve_data_config`` (resize to
+    ``crop / crop_pct``, centre crop, the model's mean/std and interpolation).
+    """
+    try:
+        import timm
+    except ImportError as exc:
+        raise ModelError(
+            "classifier.kind 'timm' needs the timm package: pip install 'linkstyle[timm]'"
+        ) from exc
+    if not timm.is_model(name):
+        models = timm.list_models()
+        raise ModelError(
+            f"classifier.name {name!r} is not a timm model{_suggest(name, models)} "
+            f"(timm.list_models() lists all {len(models)})"
+        )
+    if not weights:
+        raise ModelError(
+            f"classifier.kind 'timm' ({name}) needs classifier.weights: the path of a local "
+            f"checkpoint file (.pth, .bin or .safetensors); timm weights are never downloaded "
+            f"here, fetch them on a machine with internet (e.g. from the Hugging Face hub)"
+        )
+    state = load_state_dict_file(weights)
+    classifier_key = _timm_classifier_key(timm, name)
+    head = state.get(f"{classifier_key}.weight") if classifier_key else None
+    kwargs: dict[str, Any] = {}
+    if isinstance(head, torch.Tensor):
+        kwargs["num_classes"] = int(head.shape[0])
+    model = _build_and_load(lambda: timm.create_model(name, pretrained=False, **kwargs), state,
+                            f"classifier.weights {weights!r}", f"timm {name}")
+    cfg = timm.data.resolve_data_config({}, model=model)
+    crop = int(cfg["input_size"][-1])
+    crop_pct = float(cfg.get("crop_pct") or 0.875)
+    interpolation = cfg.get("interpolation", "bicubic")
+    preprocessing = Preprocessing(
+        resize_size=max(crop, math.floor(crop / crop_pct)), crop_size=crop,
+        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+        interpolation=interpolation if interpolation in ("bilinear", "bicubic") else "bilinear",
+    )
+    return SplitClassifier(model.to(device), preprocessing, name=name, check=check)
+
+
+def _timm_classifier_key(timm: Any, name: str) -> str | None:
+    try:
+        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    except Exception:
+        return None
+    key = getattr(cfg, "classifier", None)
+    return key if isinstance(key, str) else None

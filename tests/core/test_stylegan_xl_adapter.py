@@ -1,0 +1,387 @@
+"""The StyleGAN-XL adapter against a stand-in checkout (tests/fixtures/stylegan_standin.py):
+loading through the checkout's own loader, truncation, synthesis switches, feature hooks, every
+failure path, and the custom-ops modes with a simulated plugin build."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import fsspec
+import pytest
+import torch
+import torch.utils.cpp_extension
+
+from linkstyle_core.models.registry import ModelError, check_protocol
+from linkstyle_core.models.stylegan_xl import (
+    OP_MODULES,
+    ReferenceOpsWarning,
+    configure_ops,
+    load_stylegan_xl,
+    patch_get_plugin,
+)
+from tests.fixtures.stylegan_standin import (
+    C_DIM,
+    NUM_WS,
+    RES,
+    W_DIM,
+    Z_DIM,
+    write_checkout,
+    write_network,
+)
+
+PLUGINS = [f"{name}_plugin" for name in OP_MODULES]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Plugin builds go to tmp_path; fake plugin modules do not outlive the test."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    yield
+    for name in PLUGINS:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    return write_checkout(tmp_path / "stylegan-xl")
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Path:
+    return write_network(tmp_path / "imagenet16.pkl")
+
+
+@pytest.fixture
+def generator(checkout: Path, network: Path):
+    return load_stylegan_xl(str(network), checkout, "cpu", ops="ref")
+
+
+def _one_hot(labels: list[int]) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(labels), C_DIM).float()
+
+
+def _op(name: str) -> types.ModuleType:
+    return importlib.import_module(f"torch_utils.ops.{name}")
+
+
+# ------------------------------------------------------------------ loading
+
+
+def test_loads_g_ema_through_the_checkouts_loader(generator, checkout: Path) -> None:
+    check_protocol(generator, "generator")
+    dims = (generator.z_dim, generator.c_dim, generator.w_dim, generator.num_ws,
+            generator.resolution)
+    assert dims == (Z_DIM, C_DIM, W_DIM, NUM_WS, RES)
+    # the network's classes come from the checkout on disk, not from a copy in this project
+    network_module = sys.modules[type(generator.G).__module__]
+    assert Path(network_module.__file__).is_relative_to(checkout.resolve())
+    assert Path(sys.modules["legacy"].__file__).is_relative_to(checkout.resolve())
+    assert generator.ops_in_use == "ref"
+    assert not any(p.requires_grad for p in generator.parameters())
+
+
+def test_network_can_come_from_a_uri_through_an_opener(checkout: Path, network: Path) -> None:
+    with fsspec.open("memory://nets/imagenet16.pkl", "wb") as f:
+        f.write(network.read_bytes())
+    g = load_stylegan_xl("memory://nets/imagenet16.pkl", checkout, ops="ref", open_uri=fsspec.open)
+    assert g.c_dim == C_DIM
+    with pytest.raises(ModelError, match="'memory://nets/gone.pkl' does not exist"):
+        load_stylegan_xl("memory://nets/gone.pkl", checkout, ops="ref", open_uri=fsspec.open)
+    with pytest.raises(ModelError, match="is a URI, but no URI opener was given"):
+        load_stylegan_xl("memory://nets/imagenet16.pkl", checkout, ops="ref")
+
+
+def test_a_second_checkout_replaces_the_first(tmp_path: Path, generator) -> None:
+    other = write_checkout(tmp_path / "other-checkout")
+    g2 = load_stylegan_xl(str(write_network(tmp_path / "seed1.pkl", seed=1)), other, ops="ref")
+    assert Path(sys.modules["legacy"].__file__).is_relative_to(other.resolve())
+    assert str((tmp_path / "stylegan-xl").resolve()) not in sys.path
+    z, c = torch.randn(2, Z_DIM), _one_hot([0, 1])
+    assert not torch.equal(g2.mapping(z, c), generator.mapping(z, c))
+    # the first network still works: it holds its own modules
+    assert generator.synthesis(generator.mapping(z, c)).shape == (2, 3, RES, RES)
+
+
+# ------------------------------------------------------------------ mapping and truncation
+
+
+def test_mapping_truncates_towards_the_class_average(generator) -> None:
+    z, labels = torch.randn(6, Z_DIM), [0, 1, 2, 2, 1, 0]
+    c = _one_hot(labels)
+    raw = generator.G.mapping(z, c, truncation_psi=1)
+    torch.testing.assert_close(generator.mapping(z, c), raw)
+    w_avg = generator.G.mapping.w_avg  # [c_dim, w_dim], one average per class
+    assert w_avg.shape == (C_DIM, W_DIM)
+    avg = w_avg[labels].unsqueeze(1)
+    torch.testing.assert_close(generator.mapping(z, c, 0.5), avg + 0.5 * (raw - avg))
+    torch.testing.assert_close(generator.mapping(z, c, 0.0), avg.expand(-1, NUM_WS, -1))
+
+
+def test_mapping_handles_a_single_w_avg(tmp_path: Path, checkout: Path) -> None:
+    net = write_network(tmp_path / "single.pkl", per_class_w_avg=False)
+    g = load_stylegan_xl(str(net), checkout, ops="ref")
+    assert g.G.mapping.w_avg.shape == (W_DIM,)
+    z, c = torch.randn(3, Z_DIM), _one_hot([0, 1, 2])
+    raw = g.mapping(z, c)
+    expected = g.G.mapping.w_avg + 0.7 * (raw - g.G.mapping.w_avg)
+    torch.testing.assert_close(g.mapping(z, c, 0.7), expected)
+
+
+def test_mapping_stays_fp32_under_autocast(generator) -> None:
+    z, c = torch.randn(2, Z_DIM), _one_hot([0, 1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ws = generator.mapping(z, c, 0.7)
+    assert ws.dtype == torch.float32
+    torch.testing.assert_close(ws, generator.mapping(z, c, 0.7))
+
+
+# ------------------------------------------------------------------ synthesis and features
+
+
+def test_synthesis_uses_constant_noise_and_the_fp32_switch(generator) -> None:
+    ws = generator.mapping(torch.randn(2, Z_DIM), _one_hot([0, 2]), 0.7)
+    calls = generator.G.synthesis.calls
+    images = generator.synthesis(ws)
+    assert images.shape == (2, 3, RES, RES) and images.dtype == torch.float32
+    assert calls[-1] == {"noise_mode": "const", "force_fp32": True}  # runtime.precision fp32
+    torch.testing.assert_close(generator.synthesis(ws), images, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # runtime.precision fp16/bf16
+        mixed = generator.synthesis(ws)
+        assert calls[-1] == {"noise_mode": "const", "force_fp32": False}
+        generator.force_fp32 = True
+        generator.synthesis(ws)
+        assert calls[-1]["force_fp32"] is True
+    # autocast is off inside: mixed precision is only the network's own fp16 layers (CUDA)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, images)
+
+
+def test_features_are_every_synthesis_layer_in_order(generator) -> None:
+    ws = generator.mapping(torch.randn(2, Z_DIM), _one_hot([1, 2]), 0.7)
+    maps = generator.features(ws)
+    assert [tuple(m.shape) for m in maps] == [
+        (2, 16, 4, 4), (2, 16, 8, 8), (2, 16, 16, 16), (2, 3, 16, 16)
+    ]
+    torch.testing.assert_close(maps[-1], generator.synthesis(ws))
+    layers = list(generator.G.synthesis.children())
+    assert all(not layer._forward_hooks for layer in layers)  # hooks removed afterwards
+
+
+# ------------------------------------------------------------------ failures
+
+
+def test_no_checkout(tmp_path: Path, network: Path) -> None:
+    with pytest.raises(ModelError, match="is not a folder: it must be the path of your "
+                                         "StyleGAN-XL code checkout") as err:
+        load_stylegan_xl(str(network), tmp_path / "nowhere", ops="ref")
+    assert "nowhere" in str(err.value) and "autonomousvision/stylegan-xl" in str(err.value)
+
+
+def test_checkout_without_the_loader(tmp_path: Path, network: Path, generator) -> None:
+    # a complete checkout was imported before: its legacy module must not be reused
+    broken = write_checkout(tmp_path / "no-loader", loader=False)
+    with pytest.raises(ModelError, match="has no legacy.py, so it is not a StyleGAN-XL checkout"):
+        load_stylegan_xl(str(network), broken, ops="ref")
+
+
+def test_checkout_without_dnnlib(tmp_path: Path, network: Path) -> None:
+    broken = write_checkout(tmp_path / "no-dnnlib", dnnlib=False)
+    with pytest.raises(ModelError, match=r"has no dnnlib package \(dnnlib/__init__.py\)"):
+        load_stylegan_xl(str(network), broken, ops="ref")
+
+
+def test_missing_pickle(tmp_path: Path, checkout: Path) -> None:
+    missing = tmp_path / "nets" / "imagenet256.pkl"
+    with pytest.raises(ModelError, match="does not exist; point it at your StyleGAN-XL network "
+                                         "pickle") as err:
+        load_stylegan_xl(str(missing), checkout, ops="ref")
+    assert str(missing) in str(err.value)
+
+
+def test_pickle_without_g_ema(tmp_path: Path, checkout: Path) -> None:
+    net = write_network(tmp_path / "no-ema.pkl", g_ema=False)
+    with pytest.raises(ModelError, match=r"holds no 'G_ema' network \(found: \['D', 'G', "
+                                         r"'training_set_kwargs'\]\)"):
+        load_stylegan_xl(str(net), checkout, ops="ref")
+
+
+def test_unreadable_pickle(tmp_path: Path, checkout: Path) -> None:
+    net = tmp_path / "corrupt.pkl"
+    net.write_bytes(b"\x80\x04 not a network")
+    with pytest.raises(ModelError, match=r"could not be loaded with .*legacy.py:load_network_pkl "
+                                         r"\(.*\); is it a StyleGAN-XL network pickle"):
+        load_stylegan_xl(str(net), checkout, ops="ref")
+
+
+def test_unknown_ops_mode(checkout: Path, network: Path) -> None:
+    with pytest.raises(ModelError, match="generator.ops must be auto, cuda or ref, got 'fast'"):
+        load_stylegan_xl(str(network), checkout, ops="fast")
+
+
+# ------------------------------------------------------------------ custom ops
+
+
+def _fake_build(monkeypatch: pytest.MonkeyPatch, fail: str | None = None) -> list[str]:
+    """Simulate torch.utils.cpp_extension.load: returns a module object (or raises), no compiler.
+
+    The fake plugins compute with the stand-in's reference code, so results can be compared.
+    """
+    built: list[str] = []
+
+    def load(name: str, sources: list[str], **kwargs) -> types.ModuleType:
+        if fail:
+            raise RuntimeError(f"Error building extension '{name}'\n{fail}")
+        built.append(name)
+        module = types.ModuleType(name)
+        ops = {"bias_act_plugin": "bias_act", "upfirdn2d_plugin": "upfirdn2d",
+               "filtered_lrelu_plugin": "filtered_lrelu"}
+        ref = _op(ops[name])
+        module.bias_act = ref.__dict__.get("_bias_act_ref")
+        module.upsample2d = ref.__dict__.get("_upsample2d_ref")
+        module.filtered_lrelu = ref.__dict__.get("_filtered_lrelu_ref")
+        return module
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", load)
+    return built
+
+
+def test_unpatched_plugin_loader_fails_and_the_patch_returns_the_built_module(
+    generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_build(monkeypatch)
+    custom_ops = importlib.import_module("torch_utils.custom_ops")
+    assert not getattr(custom_ops.get_plugin, "_linkstyle_patched", False)  # ops: ref
+    with pytest.raises(ModuleNotFoundError, match="No module named 'bias_act_plugin'"):
+        custom_ops.get_plugin("bias_act_plugin", sources=["bias_act.cpp"])
+
+    patch_get_plugin(custom_ops)
+    patched = custom_ops.get_plugin
+    patch_get_plugin(custom_ops)  # idempotent
+    assert custom_ops.get_plugin is patched
+    plugin = custom_ops.get_plugin(module_name="bias_act_plugin", sources=["bias_act.cpp"])
+    assert isinstance(plugin, types.ModuleType) and plugin.__name__ == "bias_act_plugin"
+    assert sys.modules["bias_act_plugin"] is plugin
+    assert torch.utils.cpp_extension.load.__name__ == "load"  # the wrapper is gone again
+    assert custom_ops._cached_plugins["bias_act_plugin"] is plugin
+
+
+def test_ops_cuda_builds_every_plugin(checkout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = _fake_build(monkeypatch)
+    ops_in_use, note = configure_ops(checkout, "cuda", torch.device("cuda"))
+    assert (ops_in_use, note) == ("cuda", "CUDA plugins built and loaded")
+    assert built == PLUGINS
+    for name in OP_MODULES:
+        assert _op(name)._init() is True
+        assert _op(name)._plugin is sys.modules[f"{name}_plugin"]
+
+
+def test_ops_ref_forces_the_reference_path_and_can_be_undone(
+    checkout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = _fake_build(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ref is a choice: no warning
+        assert configure_ops(checkout, "ref", torch.device("cuda"))[0] == "ref"
+    assert all(_op(name)._init() is False for name in OP_MODULES) and built == []
+    assert configure_ops(checkout, "auto", torch.device("cuda"))[0] == "cuda"
+    assert all(_op(name)._init() is True for name in OP_MODULES) and built == PLUGINS
+
+
+def test_ops_auto_falls_back_with_the_expected_slowdown_when_building_fails(
+    checkout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_build(monkeypatch, fail="nvcc: command not found")
+    with pytest.warns(ReferenceOpsWarning, match=r"building the bias_act plugin failed: "
+                                                 r"RuntimeError: nvcc: command not found.*"
+                                                 r"about 8-11x slower"):
+        ops_in_use, note = configure_ops(checkout, "auto", torch.device("cuda"))
+    assert ops_in_use == "ref" and "nvcc" in note
+    assert all(_op(name)._init() is False for name in OP_MODULES)
+
+
+def test_ops_cuda_is_an_error_when_building_fails(
+    checkout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_build(monkeypatch, fail="nvcc: command not found")
+    with pytest.raises(ModelError, match=r"generator.ops 'cuda': StyleGAN-XL's CUDA plugins cannot "
+                                         r"be built: building the bias_act plugin failed.*nvcc.*"
+                                         r"set generator.ops to auto or ref"):
+        configure_ops(checkout, "cuda", torch.device("cuda"))
+
+
+def test_incomplete_checkout(tmp_path: Path, network: Path) -> None:
+    bare = write_checkout(tmp_path / "no-torch-utils", ops=False)
+    with pytest.raises(ModelError, match=r"importing its legacy.py failed \(ModuleNotFoundError: "
+                                         r"No module named 'torch_utils'\); the checkout is "
+                                         r"incomplete"):
+        load_stylegan_xl(str(network), bare, ops="ref")
+
+
+def test_ops_auto_without_a_cuda_device_warns_and_uses_the_reference_ops(
+    checkout: Path, network: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = _fake_build(monkeypatch)
+    with pytest.warns(ReferenceOpsWarning, match=r"the device is cpu, not a CUDA device\); "
+                                                 r"using the pure-PyTorch reference ops instead: "
+                                                 r"synthesis with the reference ops is about "
+                                                 r"8-11x slower"):
+        g = load_stylegan_xl(str(network), checkout, "cpu", ops="auto")
+    assert g.ops_in_use == "ref" and built == []
+    before = dict(_op("bias_act").CALLS)
+    g.synthesis(g.mapping(torch.randn(2, Z_DIM), _one_hot([0, 1])))
+    assert _op("bias_act").CALLS["ref"] > before["ref"]
+    assert _op("bias_act").CALLS["cuda"] == before["cuda"] == 0
+
+
+def test_ops_cuda_without_a_cuda_device(checkout: Path, network: Path) -> None:
+    with pytest.raises(ModelError, match="generator.ops 'cuda' needs a CUDA device but the device "
+                                         "is cpu, not a CUDA device; set runtime.device to cuda"):
+        load_stylegan_xl(str(network), checkout, "cpu", ops="cuda")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") and shutil.which("ninja")),
+                    reason="needs a C++ compiler and ninja")
+def test_real_extension_build_imports_only_when_patched(
+    tmp_path: Path, checkout: Path, generator
+) -> None:
+    """A real (C++) torch extension built through the stand-in get_plugin on this PyTorch:
+    importing it by name fails, as with StyleGAN-XL's plugins; patched, the module works."""
+    src = tmp_path / "probe"
+    src.mkdir()
+    (src / "probe.cpp").write_text(
+        "#include <torch/extension.h>\n"
+        "torch::Tensor twice(torch::Tensor x) { return x * 2; }\n"
+        "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def(\"twice\", &twice); }\n"
+    )
+    custom_ops = importlib.import_module("torch_utils.custom_ops")
+    with pytest.raises(ModuleNotFoundError, match="No module named 'linkstyle_probe_plugin'"):
+        custom_ops.get_plugin("linkstyle_probe_plugin", sources=["probe.cpp"],
+                              source_dir=str(src))
+    patch_get_plugin(custom_ops)
+    try:
+        plugin = custom_ops.get_plugin("linkstyle_probe_plugin", sources=["probe.cpp"],
+                                       source_dir=str(src))
+        assert torch.equal(plugin.twice(torch.ones(3)), torch.full((3,), 2.0))
+    finally:
+        sys.modules.pop("linkstyle_probe_plugin", None)
+
+
+@pytest.mark.gpu
+def test_ops_cuda_runs_synthesis_on_the_plugins(
+    checkout: Path, network: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = load_stylegan_xl(str(network), checkout, "cuda", ops="ref")
+    z, c = torch.randn(4, Z_DIM, device="cuda"), _one_hot([0, 1, 2, 0]).cuda()
+    expected = reference.synthesis(reference.mapping(z, c, 0.7))
+    built = _fake_build(monkeypatch)
+    g = load_stylegan_xl(str(network), checkout, "cuda", ops="cuda")
+    assert g.ops_in_use == "cuda" and built == PLUGINS
+    before = _op("bias_act").CALLS["cuda"]
+    torch.testing.assert_close(g.synthesis(g.mapping(z, c, 0.7)), expected)
+    assert _op("bias_act").CALLS["cuda"] > before
