@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/linkstyle config show
-	$(BIN)/linkstyle status
+	$(BIN)/linkstyle run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

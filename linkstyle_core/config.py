@@ -108,7 +108,11 @@ class LinkConfig(_Section):
     """Stage 2, the linear link w ~ A r + b."""
 
     type: Literal["lr", "ridge", "elasticnet"] = "ridge"
-    alpha: float = Field(1.0, ge=0.0, description="regularisation strength (ridge, elasticnet)")
+    alpha: float = Field(
+        1000.0, ge=0.0,
+        description="regularisation strength (ridge, elasticnet); see docs/link.md for why the "
+        "toy default is strong",
+    )
     l1_ratio: float = Field(0.5, ge=0.0, le=1.0, description="elasticnet mixing, 1 = lasso")
 
 
@@ -204,8 +208,9 @@ class SegmentConfig(_Section):
         None, description="folder prepared by `linkstyle labels export/import` (real generators)"
     )
     labelled_images: int = Field(32, ge=2, description="labelled images used for training")
-    steps: int = Field(400, ge=1, description="training steps")
-    hidden: int = Field(48, ge=4, description="channels of the segmenter")
+    steps: int = Field(300, ge=1, description="training steps")
+    hidden: int = Field(32, ge=4, description="channels of the segmenter")
+    kernel: int = Field(1, ge=1, le=7, description="head kernel size (1 = per-pixel MLP)")
     seed: int = Field(0, ge=0)
 
     @field_validator("parts")

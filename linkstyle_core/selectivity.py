@@ -49,40 +49,36 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return q
 
 
-def _welch(mean_a, var_a, n_a, mean_b, var_b, n_b) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        se2_a, se2_b = var_a / n_a, var_b / n_b
-        t = (mean_a - mean_b) / np.sqrt(se2_a + se2_b)
-        df = (se2_a + se2_b) ** 2 / (se2_a**2 / (n_a - 1) + se2_b**2 / (n_b - 1))
-        p = 2 * stats.t.sf(np.abs(t), df)
-    p = np.where((n_a >= 2) & (n_b >= 2), p, np.nan)
-    # identical, constant changes (e.g. a part that never moves): no evidence either way
-    return np.where(np.isfinite(t) | (mean_a != mean_b), p, np.nan)
-
-
 def selectivity_table(
     units: Sequence[int], change: np.ndarray, null_change: np.ndarray, parts: Sequence[str],
 ) -> pd.DataFrame:
     """One row per (unit, part, measure).
 
     change: [U, Ns, P, M'] first->last changes of the units; null_change: [K, Ns, P, M'] of
-    the null directions. Columns: unit, part, measure, n, mean_change, std_change, null_mean,
-    null_std, effect_size = (mean_change - null_mean) / null_std, p_value (Welch's t-test of
-    the unit's per-sample changes against the null's), q_value (Benjamini-Hochberg over every
-    row of the table).
+    the K null directions, on the same samples.
+
+    The unit of comparison is a direction's mean change over the samples: every sample moves
+    the same way along one direction, so its samples are not independent evidence, and the
+    null is the spread of that mean across random directions. Columns: unit, part, measure,
+    n (samples where the part exists at both ends), mean_change, std_change (over samples),
+    null_mean and null_std (mean and standard deviation of the K null directions' mean
+    changes), effect_size = (mean_change - null_mean) / null_std, p_value (two-sided,
+    Student's t prediction interval with K - 1 degrees of freedom: how unusual this mean would
+    be for one more random direction), q_value (Benjamini-Hochberg over every row).
     """
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: absent parts
         n = np.isfinite(change).sum(1).astype(np.float64)  # [U, P, M']
         mean = np.nanmean(change, axis=1)
-        var = np.nanvar(change, axis=1, ddof=1)
-        null = null_change.reshape(-1, *null_change.shape[2:])  # [K*Ns, P, M']
-        n0 = np.isfinite(null).sum(0).astype(np.float64)
-        mean0 = np.nanmean(null, axis=0)
-        var0 = np.nanvar(null, axis=0, ddof=1)
-        sd0 = np.sqrt(var0)
+        std = np.nanstd(change, axis=1, ddof=1)
+        null_means = np.nanmean(null_change, axis=1)  # [K, P, M']
+        k = np.isfinite(null_means).sum(0).astype(np.float64)
+        mean0 = np.nanmean(null_means, axis=0)
+        sd0 = np.nanstd(null_means, axis=0, ddof=1)
         effect = (mean - mean0) / np.where(sd0 > 0, sd0, np.nan)
-        p = _welch(mean, var, n, mean0[None], var0[None], n0[None])
+        t = effect / np.sqrt(1 + 1 / k)
+        p = 2 * stats.t.sf(np.abs(t), np.maximum(k - 1, 1))
+    p = np.where((k >= 3) & (n >= 1), p, np.nan)
     q = benjamini_hochberg(p.ravel()).reshape(p.shape)
     u_idx, p_idx, m_idx = np.meshgrid(np.arange(len(units)), np.arange(len(parts)),
                                       np.arange(len(ALL_MEASURES)), indexing="ij")
@@ -92,7 +88,7 @@ def selectivity_table(
         "measure": np.asarray(ALL_MEASURES, dtype=object)[m_idx.ravel()],
         "n": n.ravel().astype(np.int64),
         "mean_change": mean.ravel(),
-        "std_change": np.sqrt(var).ravel(),
+        "std_change": std.ravel(),
         "null_mean": np.broadcast_to(mean0, mean.shape).ravel(),
         "null_std": np.broadcast_to(sd0, mean.shape).ravel(),
         "effect_size": effect.ravel(),
@@ -124,7 +120,8 @@ def unit_summary(
     largest score among ``parts`` minus ``ignore_parts`` (the background changes whenever a
     foreground part moves); concentration: its share of the summed scores of those parts;
     tuning_strength: that sum; top_part_q: the smallest q-value in the top part;
-    significant: top_part_q < q_threshold.
+    significant: top_part_q < q_threshold; selective: concentration in the top quarter of all
+    units (the units reported as selective for their top part).
     """
     fg = [p for p in parts if p not in set(ignore_parts)]
     sub = table[table["part"].isin(fg)].copy()
@@ -143,6 +140,7 @@ def unit_summary(
         "top_part_q": np.asarray(top_q, dtype=np.float64),
     })
     out["significant"] = out["top_part_q"] < q_threshold
+    out["selective"] = out["concentration"] >= out["concentration"].quantile(0.75)
     for p in fg:
         out[f"score_{p}"] = scores[p].to_numpy()
     return out.reset_index(drop=True)

@@ -66,38 +66,52 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
+def _match(rows: pd.DataFrame, parts: Sequence[str]) -> tuple[float, float]:
+    """(share of rows whose top part is the ground-truth part, the share expected by chance
+    if the pipeline's top parts were shuffled among these rows)."""
+    if rows.empty:
+        return float("nan"), float("nan")
+    p_gt = rows["gt_part"].value_counts(normalize=True)
+    p_top = rows["top_part"].value_counts(normalize=True)
+    chance = sum(p_gt.get(p, 0.0) * p_top.get(p, 0.0) for p in parts)
+    return float(rows["match"].mean()), float(chance)
+
+
 def validate(units: pd.DataFrame, truth: pd.DataFrame, parts: Sequence[str],
-             min_abs_corr: float = 0.3) -> tuple[dict[str, float], pd.DataFrame]:
+             min_abs_corr: float = 0.3,
+             strong_quantile: float = 0.75) -> tuple[dict[str, float], pd.DataFrame]:
     """Compare the pipeline's top part with the ground-truth part.
 
-    units: the selectivity stage's unit summary (unit, top_part, significant, score_<part>,
-    tuning_strength); truth: ``ground_truth_parts``. Strongly tuned units are those whose top
-    part is significant and whose activation tracks a part factor with |r| >= min_abs_corr.
-    Returns (metrics, per-unit table). Metrics: ``match_rate`` among strongly tuned units,
-    ``chance`` (the match rate expected if the pipeline's parts were shuffled among them),
-    ``n_strong``, and ``auc_<part>``: how well the pipeline's share of selectivity for that
-    part ranks units whose ground-truth part it is above the others (all units with a
-    ground-truth part; 0.5 = chance).
+    units: the selectivity stage's unit summary (unit, top_part, concentration, significant,
+    score_<part>, tuning_strength); truth: ``ground_truth_parts``. Units whose activation
+    tracks a part factor with |r| >= min_abs_corr are evaluated; among them, the strongly
+    tuned ones are those whose selectivity is most concentrated on one part (concentration at
+    or above its ``strong_quantile``).
+    Returns (metrics, per-unit table). Metrics: ``match_rate`` / ``chance`` among strongly
+    tuned units (chance: the match rate if the pipeline's parts were shuffled among them),
+    ``match_rate_all`` / ``chance_all`` among all evaluated units, ``n_units``, ``n_strong``,
+    ``n_significant``, ``auc_<part>``: how well the pipeline's share of selectivity for that
+    part ranks units whose ground-truth part it is above the others (0.5 = chance), and
+    ``mean_auc``.
     """
     table = units.merge(truth, on="unit", how="inner")
     table["match"] = table["top_part"] == table["gt_part"]
-    strong = table[table["significant"] & (table["gt_abs_corr"] >= min_abs_corr)]
-    metrics: dict[str, float] = {"n_units": float(len(table)), "n_strong": float(len(strong))}
-    if len(strong):
-        p_gt = strong["gt_part"].value_counts(normalize=True)
-        p_top = strong["top_part"].value_counts(normalize=True)
-        metrics["match_rate"] = float(strong["match"].mean())
-        metrics["chance"] = float(sum(p_gt.get(p, 0.0) * p_top.get(p, 0.0) for p in parts))
-    else:
-        metrics["match_rate"] = metrics["chance"] = float("nan")
-    strength = table["tuning_strength"].replace(0, np.nan)
+    evaluated = table[table["gt_abs_corr"] >= min_abs_corr]
+    cut = evaluated["concentration"].quantile(strong_quantile) if len(evaluated) else np.inf
+    strong = evaluated[evaluated["concentration"] >= cut]
+    table["strong"] = table["unit"].isin(strong["unit"])
+    metrics: dict[str, float] = {"n_units": float(len(evaluated)), "n_strong": float(len(strong)),
+                                 "n_significant": float(table["significant"].sum())}
+    metrics["match_rate"], metrics["chance"] = _match(strong, parts)
+    metrics["match_rate_all"], metrics["chance_all"] = _match(evaluated, parts)
+    strength = evaluated["tuning_strength"].replace(0, np.nan)
     aucs = []
     for part in parts:
         col = f"score_{part}"
-        if col not in table:
+        if col not in evaluated:
             continue
-        share = (table[col] / strength).fillna(0.0).to_numpy()
-        auc = _auc(share, (table["gt_part"] == part).to_numpy())
+        share = (evaluated[col] / strength).fillna(0.0).to_numpy()
+        auc = _auc(share, (evaluated["gt_part"] == part).to_numpy())
         metrics[f"auc_{part}"] = auc
         if auc == auc:
             aucs.append(auc)

@@ -22,7 +22,7 @@ from tasks.context import Models, as_config, models_for, store_for
 from tasks.link import load_link
 
 STAGE = "counterfactual"
-VERSION = "1"
+VERSION = "2"
 
 
 def counterfactual_params(config: AnalysisConfig, pairs: list[tuple[int, int]]) -> dict:
@@ -37,12 +37,13 @@ def counterfactual_key(config: AnalysisConfig, models: Models, pairs: list[tuple
 
 
 def _summary(pairs_table: pd.DataFrame, units: pd.DataFrame | None, top_k: int) -> pd.DataFrame:
-    """Per class pair: flip rate, median steps, most frequent decision units and how many of
-    them stage 4 found selective for each part."""
+    """Per class pair: flip rate, median steps, most frequent decision units, their top parts
+    in stage 4 and how many of them stage 4 found selective for each part."""
+    top_part = {} if units is None else dict(zip(units["unit"], units["top_part"], strict=True))
     selective = {} if units is None else dict(
-        zip(units.loc[units["significant"], "unit"], units.loc[units["significant"], "top_part"],
+        zip(units.loc[units["selective"], "unit"], units.loc[units["selective"], "top_part"],
             strict=True))
-    parts = sorted(set(selective.values()))
+    parts = sorted(set(top_part.values()))
     rows = []
     for (origin, target), group in pairs_table.groupby(["origin", "target"], sort=True):
         ok = group[group["success"]]
@@ -54,7 +55,7 @@ def _summary(pairs_table: pd.DataFrame, units: pd.DataFrame | None, top_k: int) 
             "median_steps": float(ok["steps"].median()) if len(ok) else float("nan"),
             "decision_units": decision,
             "decision_unit_counts": [counts[u] for u in decision],
-            "decision_unit_parts": [selective.get(u, "") for u in decision],
+            "decision_unit_parts": [top_part.get(u, "") for u in decision],
         }
         for part in parts:
             row[f"overlap_{part}"] = sum(selective.get(u) == part for u in decision)

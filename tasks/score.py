@@ -19,7 +19,7 @@ from tasks.caching import by_content_key
 from tasks.context import as_config, store_for
 
 STAGE = "selectivity"
-VERSION = "1"
+VERSION = "3"
 
 
 def selectivity_key(tune_key: str, null_key: str) -> str:

@@ -36,7 +36,7 @@ from tasks.caching import by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
 
-VERSIONS = {"ranges": "1", "segmenter": "1", "tune": "1", "null": "1"}
+VERSIONS = {"ranges": "1", "segmenter": "2", "tune": "1", "null": "1"}
 EVAL_IMAGES = 128  # fresh toy images on which the segmenter's mIoU is measured
 
 
@@ -153,7 +153,7 @@ def _labelled(cfg: AnalysisConfig, models: Models) -> tuple[Any, ...]:
 def load_segmenter(artifact: Artifact, device: torch.device) -> FewShotSegmenter:
     info = artifact.info
     model = FewShotSegmenter(info["in_channels"], len(info["parts"]), info["resolution"],
-                             info["hidden"])
+                             info["hidden"], info["kernel"])
     state = {name: torch.from_numpy(artifact.load(name)) for name in info["state_names"]}
     model.load_state_dict(state)
     return model.to(device).eval().requires_grad_(False)
@@ -179,7 +179,8 @@ def fit_segmenter(config: dict[str, Any], key: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     feats = _features(models, ws, cfg.runtime.batch_size)
     seg = train_segmenter(feats, labels, len(parts), steps=cfg.segment.steps,
-                          hidden=cfg.segment.hidden, seed=cfg.segment.seed)
+                          hidden=cfg.segment.hidden, seed=cfg.segment.seed,
+                          kernel=cfg.segment.kernel)
     pred = seg.predict(_features(models, ws_eval, cfg.runtime.batch_size))
     miou, per_part = mean_iou(pred, labels_eval, len(parts))
     with store.writer("segmenter", key, params=segmenter_params(cfg),
@@ -191,7 +192,8 @@ def fit_segmenter(config: dict[str, Any], key: str) -> dict[str, Any]:
         out.write_table("iou", pd.DataFrame({"part": parts, "iou": per_part}))
         out.info.update({
             "parts": parts, "in_channels": seg.in_channels, "resolution": seg.resolution,
-            "hidden": cfg.segment.hidden, "state_names": list(state), "miou": miou,
+            "hidden": cfg.segment.hidden, "kernel": cfg.segment.kernel,
+            "state_names": list(state), "miou": miou,
             "train_images": len(ws), "eval_images": len(ws_eval),
         })
         out.timings["compute_s"] = round(time.perf_counter() - t0, 3)

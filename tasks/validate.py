@@ -20,7 +20,7 @@ from tasks.caching import by_content_key
 from tasks.context import Models, as_config, models_for, store_for
 
 STAGE = "validation"
-VERSION = "1"
+VERSION = "2"
 PARAMS = {"images_per_class": 400, "seed": 2024, "min_abs_corr": 0.3}
 
 
@@ -59,7 +59,7 @@ def validate_units(config: dict[str, Any], key: str, selectivity_key: str) -> di
     r, factors, species = _renderer_activations(models, cfg.runtime.batch_size)
     selectivity = store.open("selectivity", selectivity_key)
     units = selectivity.table("units")
-    corr = within_class_correlation(r[:, units["unit"].to_numpy()], factors, species)
+    corr = within_class_correlation(r[:, units["unit"].to_numpy().copy()], factors, species)
     truth = ground_truth_parts(corr, FACTORS, TOY_FACTOR_PARTS, units["unit"].to_list())
     parts = [p for p in selectivity.info["parts"] if p in set(TOY_FACTOR_PARTS.values())]
     metrics, table = validate(units, truth, parts, PARAMS["min_abs_corr"])

@@ -26,14 +26,19 @@ from linkstyle_core.tuning import (
 )
 
 
-def test_segmenter_learns_parts_from_feature_maps() -> None:
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_segmenter_learns_parts_from_feature_maps(kernel: int) -> None:
+    # like a generator: a coarse map that knows the parts and a full-resolution map that
+    # carries their edges, both noisy, plus an uninformative map
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 3, (24, 8, 8), generator=g).repeat_interleave(4, 1)
     labels = labels.repeat_interleave(4, 2)  # 32x32 blocks of parts
     onehot = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
     coarse = torch.nn.functional.avg_pool2d(onehot, 4) + 0.1 * torch.randn(24, 3, 8, 8, generator=g)
-    feats = [coarse, torch.randn(24, 5, 32, 32, generator=g) * 0.1]
-    seg = train_segmenter([f[:16] for f in feats], labels[:16], 3, steps=300, seed=0)
+    fine = onehot + 0.5 * torch.randn(24, 3, 32, 32, generator=g)
+    feats = [coarse, fine, torch.randn(24, 5, 16, 16, generator=g)]
+    seg = train_segmenter([f[:16] for f in feats], labels[:16], 3, steps=300, seed=0,
+                          kernel=kernel)
     miou, per_part = mean_iou(seg.predict([f[16:] for f in feats]), labels[16:], 3)
     assert miou > 0.9 and len(per_part) == 3
     with pytest.raises(ValueError, match="labels must lie in"):

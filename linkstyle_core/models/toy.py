@@ -1,0 +1,53 @@
+"""The bundled toy models (DESIGN.md, "The bundled toy world"): load them from the package.
+
+The weight files live in ``linkstyle_core/toyworld/weights/`` and are read through
+``importlib.resources``, so they work from a source checkout, an installed wheel or a zip
+without any download. ``linkstyle toy train-generator`` / ``train-classifier`` rebuild them.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from linkstyle_core.toyworld.checkpoint import load_classifier, load_generator
+from linkstyle_core.toyworld.classifier import ToyClassifier
+from linkstyle_core.toyworld.generator import ToyGenerator
+
+GENERATOR_FILE = "generator.pt"
+CLASSIFIER_FILE = "classifier.pt"
+_WEIGHTS_PACKAGE = "linkstyle_core.toyworld"
+
+
+def _bundled(name: str, command: str) -> Path:
+    """Path of bundled weight file ``name``; a clear error naming the fix if it is missing."""
+    ref = resources.files(_WEIGHTS_PACKAGE).joinpath("weights", name)
+    if not ref.is_file():
+        raise FileNotFoundError(
+            f"bundled toy weights not found: {ref}. Rebuild them with `{command}` "
+            "(writes linkstyle_core/toyworld/weights/)."
+        )
+    # The package is a plain folder in every supported install, so the traversable is a path.
+    return Path(str(ref))
+
+
+def toy_generator_path() -> Path:
+    """Path of the bundled toy generator weights (raises ``FileNotFoundError`` if missing)."""
+    return _bundled(GENERATOR_FILE, "linkstyle toy train-generator")
+
+
+def toy_classifier_path() -> Path:
+    """Path of the bundled toy classifier weights (raises ``FileNotFoundError`` if missing)."""
+    return _bundled(CLASSIFIER_FILE, "linkstyle toy train-classifier")
+
+
+def load_toy_generator(device: str | torch.device = "cpu") -> ToyGenerator:
+    """The bundled ``ToyGenerator`` (``Generator`` protocol), eval mode, no gradients."""
+    return load_generator(toy_generator_path(), device=device)
+
+
+def load_toy_classifier(device: str | torch.device = "cpu") -> ToyClassifier:
+    """The bundled ``ToyClassifier`` (``Classifier`` protocol), eval mode, no gradients."""
+    return load_classifier(toy_classifier_path(), device=device)

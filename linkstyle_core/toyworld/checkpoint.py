@@ -1,0 +1,104 @@
+"""Saving and loading the toy models' weight files.
+
+A weight file is a ``torch.save``d dict: ``kind`` ("toy-generator" or "toy-classifier"),
+``format_version``, ``config`` (architecture hyperparameters), ``state_dict`` (fp16 floating
+tensors, to keep the bundled files small), ``species``, ``factors``, ``seed`` and ``metrics``
+(training figures). Loading restores fp32 weights, eval mode and ``requires_grad=False``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from linkstyle_core.toyworld.classifier import ToyClassifier, ToyClassifierConfig
+from linkstyle_core.toyworld.generator import ToyGenerator, ToyGeneratorConfig
+from linkstyle_core.toyworld.renderer import FACTORS, SPECIES
+
+FORMAT_VERSION = 1
+GENERATOR_KIND = "toy-generator"
+CLASSIFIER_KIND = "toy-classifier"
+
+
+def save_checkpoint(
+    model: ToyGenerator | ToyClassifier,
+    path: str | os.PathLike[str],
+    *,
+    seed: int,
+    metrics: dict[str, Any],
+) -> Path:
+    """Write ``model`` to ``path`` atomically (parent folders created); returns the path."""
+    kind = GENERATOR_KIND if isinstance(model, ToyGenerator) else CLASSIFIER_KIND
+    state = {
+        k: (v.half() if v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
+    payload = {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": state,
+        "species": list(SPECIES),
+        "factors": list(FACTORS),
+        "seed": int(seed),
+        "metrics": metrics,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated weight file behind
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """Load the payload of a weight file and check that it holds a ``kind`` model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"toy weight file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which and how to fix it
+        raise ValueError(f"{path} is not a readable toy weight file ({exc}); retrain it") from exc
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path} holds {found!r}, expected a {kind!r} weight file")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {payload.get('format_version')}, "
+            f"this code reads {FORMAT_VERSION}"
+        )
+    if tuple(payload.get("species", ())) != SPECIES:
+        raise ValueError(f"{path} was trained for species {payload.get('species')}, not {SPECIES}")
+    return payload
+
+
+def _finish(model: torch.nn.Module, payload: dict[str, Any], device: str | torch.device) -> None:
+    state = {
+        k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()
+    }
+    model.load_state_dict(state)
+    model.eval().requires_grad_(False).to(device)
+
+
+def load_generator(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> ToyGenerator:
+    """A ``ToyGenerator`` from a weight file, fp32, eval mode, no gradients, on ``device``."""
+    payload = read_checkpoint(path, GENERATOR_KIND)
+    model = ToyGenerator(ToyGeneratorConfig.from_dict(payload["config"]))
+    _finish(model, payload, device)
+    return model
+
+
+def load_classifier(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> ToyClassifier:
+    """A ``ToyClassifier`` from a weight file, fp32, eval mode, no gradients, on ``device``."""
+    payload = read_checkpoint(path, CLASSIFIER_KIND)
+    model = ToyClassifier(ToyClassifierConfig.from_dict(payload["config"]))
+    _finish(model, payload, device)
+    return model

@@ -1,0 +1,201 @@
+"""The bundled toy generator and classifier: protocols, shapes, bundled weights, quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+import torch
+
+from linkstyle_core.models import toy
+from linkstyle_core.models.protocols import Classifier, Generator
+from linkstyle_core.models.toy import load_toy_classifier, load_toy_generator
+from linkstyle_core.toyworld import (
+    FACTORS,
+    SPECIES,
+    THRESHOLDS,
+    ToyClassifier,
+    ToyClassifierConfig,
+    ToyGenerator,
+    ToyGeneratorConfig,
+    check,
+    evaluate,
+    format_report,
+    load_classifier,
+    load_generator,
+    one_hot,
+    save_checkpoint,
+    train_classifier,
+    train_generator,
+    write_sheet,
+)
+from linkstyle_core.toyworld.checkpoint import read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def generator() -> ToyGenerator:
+    return load_toy_generator()
+
+
+@pytest.fixture(scope="module")
+def classifier() -> ToyClassifier:
+    return load_toy_classifier()
+
+
+@pytest.fixture(scope="module")
+def quality(generator: ToyGenerator, classifier: ToyClassifier) -> dict[str, float]:
+    # Fresh seed (training used 0/1 and their offsets, the default evaluation 12345).
+    # 80 per class = 400 images per figure: accuracy figures move by ~1.5% (1 std) at this size,
+    # well inside the margins between measured values and thresholds (docs/toyworld.md).
+    return evaluate(generator, classifier, n_per_class=80, seed=2024)
+
+
+def _latents(gen: ToyGenerator, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(n, gen.z_dim, generator=g)
+    c = one_hot(torch.arange(n) % gen.c_dim, gen.c_dim)
+    return z, c
+
+
+def test_bundled_weights_load_without_download(
+    generator: ToyGenerator, classifier: ToyClassifier
+) -> None:
+    assert isinstance(generator, Generator) and isinstance(classifier, Classifier)
+    for model in (generator, classifier):
+        assert not model.training
+        assert all(not p.requires_grad for p in model.parameters())
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    total = toy.toy_generator_path().stat().st_size + toy.toy_classifier_path().stat().st_size
+    assert total <= 10 * 1024 * 1024
+
+
+def test_generator_shapes(generator: ToyGenerator) -> None:
+    g = generator
+    assert (g.z_dim, g.c_dim, g.resolution) == (32, len(SPECIES), 64)
+    z, c = _latents(g)
+    ws = g.mapping(z, c, truncation=0.7)
+    assert ws.shape == (6, g.num_ws, g.w_dim)
+    assert torch.equal(ws[:, 0], ws[:, -1])  # one w broadcast to every style input
+    images = g.synthesis(ws)
+    assert images.shape == (6, 3, 64, 64) and images.dtype == torch.float32
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    feats = g.features(ws)
+    assert [tuple(f.shape[2:]) for f in feats] == [(4, 4), (8, 8), (16, 16), (32, 32), (64, 64)]
+    assert [f.shape[1] for f in feats] == list(g.config.channels)
+    # chunked CPU synthesis gives the same images as one call per image
+    assert torch.allclose(g.synthesis(ws[:2]), images[:2], atol=1e-5)
+
+
+def test_truncation_zero_gives_class_average(generator: ToyGenerator) -> None:
+    z, c = _latents(generator)
+    ws = generator.mapping(z, c, truncation=0.0)
+    expected = generator.w_avg[c.argmax(dim=1)]
+    assert torch.allclose(ws[:, 0], expected, atol=1e-6)
+    assert not torch.allclose(generator.w_avg[0], generator.w_avg[1])
+
+
+def test_generator_rejects_bad_shapes(generator: ToyGenerator) -> None:
+    z, c = _latents(generator)
+    with pytest.raises(ValueError, match="z must be"):
+        generator.mapping(z[:, :5], c)
+    with pytest.raises(ValueError, match="one-hot"):
+        generator.mapping(z, c[:, :2])
+    with pytest.raises(ValueError, match="ws must be"):
+        generator.synthesis(torch.zeros(2, 3, generator.w_dim))
+
+
+def test_classifier_shapes(classifier: ToyClassifier) -> None:
+    assert classifier.feature_dim == 256 and classifier.num_classes == len(SPECIES)
+    images = torch.rand(4, 3, 128, 128) * 2 - 1
+    x = classifier.preprocess(images)
+    assert x.shape == (4, 3, 64, 64)
+    r = classifier.features(x)
+    assert r.shape == (4, 256) and r.dtype == torch.float32 and (r >= 0).all()
+    assert classifier.head(r).shape == (4, len(SPECIES))
+    assert isinstance(classifier.fc, torch.nn.Linear)
+
+
+def test_quality_meets_thresholds(quality: dict[str, float]) -> None:
+    failures = check(quality)
+    assert not failures, format_report(quality)
+    assert quality["classifier_accuracy_renderer"] >= 0.95
+    assert quality["classifier_accuracy_generator"] >= 0.90
+
+
+def test_report_lists_every_figure(quality: dict[str, float]) -> None:
+    report = format_report(quality)
+    assert "PASS" in report
+    for name in FACTORS:
+        assert name in report
+    assert f"{quality['classifier_accuracy_renderer']:.4f}" in report
+
+
+def test_check_flags_a_collapsed_factor(quality: dict[str, float]) -> None:
+    broken = dict(quality, factor_std_ratio_ear_length=0.1, classifier_accuracy_generator=0.5)
+    failures = check(broken)
+    assert any("ear_length" in f for f in failures)
+    assert any("classifier_accuracy_generator" in f for f in failures)
+    assert len(THRESHOLDS) >= 5
+
+
+def test_missing_weights_name_the_fix() -> None:
+    with pytest.raises(FileNotFoundError, match="linkstyle toy train-generator"):
+        toy._bundled("no-such-file.pt", "linkstyle toy train-generator")
+
+
+def test_checkpoint_round_trip_and_kind_check(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    gen = ToyGenerator(ToyGeneratorConfig(w_dim=16, channels=(16, 8, 8)))
+    path = save_checkpoint(gen, tmp_path / "g.pt", seed=3, metrics={"loss_l1": 0.5})
+    loaded = load_generator(path)
+    assert loaded.resolution == 16 and not loaded.training
+    z, c = _latents(loaded, 2)
+    # fp16 storage: the round trip is close, not exact
+    assert torch.allclose(loaded(z, c), gen.eval()(z, c), atol=2e-2)
+    with pytest.raises(ValueError, match="expected a 'toy-classifier'"):
+        load_classifier(path)
+    assert read_checkpoint(path, "toy-generator")["metrics"]["loss_l1"] == 0.5
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable toy weight file"):
+        load_generator(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError):
+        load_generator(tmp_path / "missing.pt")
+
+
+def test_training_runs_and_is_deterministic(tmp_path: Path) -> None:
+    small_g = ToyGeneratorConfig(w_dim=16, channels=(16, 8, 8, 8, 8))
+    m1 = train_generator(
+        tmp_path / "g1.pt", steps=2, batch_size=4, seed=5, progress=False, config=small_g
+    )
+    m2 = train_generator(
+        tmp_path / "g2.pt", steps=2, batch_size=4, seed=5, progress=False, config=small_g
+    )
+    assert m1["loss_l1"] == m2["loss_l1"] and m1["images_seen"] == 8
+    g1, g2 = load_generator(tmp_path / "g1.pt"), load_generator(tmp_path / "g2.pt")
+    for a, b in zip(g1.state_dict().values(), g2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    small_c = ToyClassifierConfig(channels=(8, 8, 8, 16))
+    mc = train_classifier(
+        tmp_path / "c.pt", steps=2, batch_size=8, seed=5, progress=False, config=small_c
+    )
+    assert 0.0 <= mc["train_accuracy"] <= 1.0
+    assert load_classifier(tmp_path / "c.pt").feature_dim == 16
+
+
+def test_sheet_shows_every_species(generator: ToyGenerator, tmp_path: Path) -> None:
+    small = mpimg.imread(write_sheet(generator, tmp_path / "s1.png", per_species=1))
+    big = mpimg.imread(write_sheet(generator, tmp_path / "s2.png", per_species=2))
+    assert big.shape[1] > small.shape[1] * 1.5  # three columns per sample
+    assert small.shape[0] > 100 * len(SPECIES) * 0.8  # one row per species
+    assert small[..., :3].std() > 0.1  # not blank
+
+
+def test_one_pass_synthesis_with_features_equals_the_two_calls() -> None:
+    gen = load_toy_generator()
+    c = torch.nn.functional.one_hot(torch.arange(40) % gen.c_dim, gen.c_dim).float()
+    ws = gen.mapping(torch.randn(40, gen.z_dim), c, 0.7)
+    with torch.no_grad():
+        images, feats = gen.synthesis_with_features(ws)
+        assert torch.equal(images, gen.synthesis(ws))
+        assert all(torch.equal(a, b) for a, b in zip(feats, gen.features(ws), strict=True))
