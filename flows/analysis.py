@@ -80,16 +80,23 @@ def run_paired(config: AnalysisConfig, models: Models) -> StageReport:
     return report
 
 
+def _run_one(config: AnalysisConfig, task: Any, stage: str, artifact: str, key: str,
+             **kwargs: Any) -> StageReport:
+    """Submit a single-task stage writing artifact ``artifact`` under ``key``; wait for it."""
+    fut = submit(task, store_for(config).exists(artifact, key),
+                 config=config.model_dump(mode="json"), key=key, **kwargs)
+    fut.result()
+    report = StageReport(stage, {artifact: key})
+    report.count(fut)
+    return report
+
+
 def run_link(config: AnalysisConfig, models: Models, paired: StageReport) -> StageReport:
     """Submit stage 2 and read its metrics back from the store (the source of truth)."""
-    store = store_for(config)
     key = link_key(config, models, paired.keys)
-    fut = submit(fit_link, store.exists("link", key), config=config.model_dump(mode="json"),
-                 key=key, train_key=paired.keys["train"], test_key=paired.keys["test"])
-    fut.result()
-    report = StageReport("link", {"link": key})
-    report.count(fut)
-    report.extra["metrics"] = store.open("link", key).table("metrics")
+    report = _run_one(config, fit_link, "link", "link", key, train_key=paired.keys["train"],
+                      test_key=paired.keys["test"])
+    report.extra["metrics"] = store_for(config).open("link", key).table("metrics")
     return report
 
 
@@ -128,29 +135,19 @@ def run_tune(config: AnalysisConfig, models: Models, paired: StageReport,
 
 def run_score(config: AnalysisConfig, tune: StageReport) -> StageReport:
     """Submit stage 4: selectivity against the null; read the unit summary back."""
-    store = store_for(config)
     key = selectivity_key(tune.keys["tune"], tune.keys["null"])
-    fut = submit(score_units, store.exists("selectivity", key),
-                 config=config.model_dump(mode="json"), key=key, tune_key=tune.keys["tune"],
-                 null_key=tune.keys["null"])
-    fut.result()
-    report = StageReport("score", {"selectivity": key})
-    report.count(fut)
-    report.extra["units"] = store.open("selectivity", key).table("units")
+    report = _run_one(config, score_units, "score", "selectivity", key,
+                      tune_key=tune.keys["tune"], null_key=tune.keys["null"])
+    report.extra["units"] = store_for(config).open("selectivity", key).table("units")
     return report
 
 
 def run_validate(config: AnalysisConfig, models: Models, score: StageReport) -> StageReport:
     """Toy world only: the pipeline's top parts against the renderer's ground truth."""
-    store = store_for(config)
     key = validation_key(score.keys["selectivity"], models)
-    fut = submit(validate_units, store.exists("validation", key),
-                 config=config.model_dump(mode="json"), key=key,
-                 selectivity_key=score.keys["selectivity"])
-    fut.result()
-    report = StageReport("validate", {"validation": key})
-    report.count(fut)
-    report.extra["metrics"] = store.open("validation", key).info
+    report = _run_one(config, validate_units, "validate", "validation", key,
+                      selectivity_key=score.keys["selectivity"])
+    report.extra["metrics"] = store_for(config).open("validation", key).info
     return report
 
 
@@ -198,18 +195,13 @@ def tune_score_flow(config: dict[str, Any] | None = None) -> dict[str, StageRepo
 def run_counterfactual(config: AnalysisConfig, models: Models, reports: dict[str, StageReport],
                        pairs: list[tuple[int, int]]) -> StageReport:
     """Submit stage 5 for the given (origin, target) class pairs."""
-    store = store_for(config)
     keys = {"link": reports["link"].keys["link"], "test": reports["paired"].keys["test"]}
     if "score" in reports:
         keys["selectivity"] = reports["score"].keys["selectivity"]
     key = counterfactual_key(config, models, pairs, keys)
-    fut = submit(counterfactuals, store.exists("counterfactual", key),
-                 config=config.model_dump(mode="json"), key=key,
-                 pairs=[list(p) for p in pairs], keys=keys)
-    fut.result()
-    report = StageReport("counterfactual", {"counterfactual": key})
-    report.count(fut)
-    report.extra["summary"] = store.open("counterfactual", key).table("summary")
+    report = _run_one(config, counterfactuals, "counterfactual", "counterfactual", key,
+                      pairs=[list(p) for p in pairs], keys=keys)
+    report.extra["summary"] = store_for(config).open("counterfactual", key).table("summary")
     return report
 
 

@@ -31,7 +31,7 @@ from linkstyle_core.tuning import (
     tune,
     unit_offsets,
 )
-from storage import Artifact, ArtifactWriter, content_key
+from storage import Artifact, ArtifactWriter, ShardedWriter, content_key
 from tasks.caching import by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
@@ -271,17 +271,23 @@ def _write_result(out: ArtifactWriter, ids: np.ndarray, id_name: str, res: TuneR
     }))
 
 
+def _tune_writer(cfg: AnalysisConfig, models: Models, key: str,
+                 keys: dict[str, str]) -> tuple[ShardedWriter, dict[str, list[int]]]:
+    params = tune_params(cfg, models)
+    shards = unit_shards(params["units"], cfg.tuning.shard_size)
+    writer = store_for(cfg).sharded(
+        "tune", key, list(shards), params=params, code_version=VERSIONS["tune"],
+        inputs={k: keys[k] for k in ("link", "ranges", "test", "segmenter")} | models.keys)
+    return writer, shards
+
+
 @task(name="tune-shard", cache_key_fn=by_content_key, persist_result=True,
       cache_result_in_memory=False, task_run_name="tune-{shard}")
 def tune_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str]) -> dict:
     """Tune one shard of units: trajectories, closed-loop response, parts and measurements."""
     cfg = as_config(config)
     models = models_for(cfg)
-    params = tune_params(cfg, models)
-    shards = unit_shards(params["units"], cfg.tuning.shard_size)
-    writer = store_for(cfg).sharded(
-        "tune", key, list(shards), params=params, code_version=VERSIONS["tune"],
-        inputs={k: keys[k] for k in ("link", "ranges", "test", "segmenter")} | models.keys)
+    writer, shards = _tune_writer(cfg, models, key, keys)
     if shard in writer.committed():
         return {"shard": shard, "computed": False}
     t0 = time.perf_counter()
@@ -311,12 +317,8 @@ def tune_finalize(config: dict[str, Any], key: str, keys: dict[str, str],
     store = store_for(cfg)
     if store.exists("tune", key):
         return {"stage": "tune", "key": key, "computed": False}
-    params = tune_params(cfg, models)
-    writer = store.sharded(
-        "tune", key, list(unit_shards(params["units"], cfg.tuning.shard_size)), params=params,
-        code_version=VERSIONS["tune"],
-        inputs={k: keys[k] for k in ("link", "ranges", "test", "segmenter")} | models.keys)
-    writer.finalize(info={"units": len(params["units"])})
+    writer, shards = _tune_writer(cfg, models, key, keys)
+    writer.finalize(info={"units": sum(len(units) for units in shards.values())})
     return {"stage": "tune", "key": key, "computed": True}
 
 

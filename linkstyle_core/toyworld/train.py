@@ -99,7 +99,7 @@ def _with_threads(num_threads: int | None) -> Callable[[], None]:
 
 def train_generator(
     out_path: str | os.PathLike[str],
-    steps: int = 6000,
+    steps: int = 4000,
     batch_size: int = 32,
     seed: int = 0,
     log_every: int = 200,
