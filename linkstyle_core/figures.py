@@ -60,7 +60,7 @@ def counterfactual_figure(images: np.ndarray, labels: Sequence[str],
     plt = _pyplot()
     p = len(images)
     fig = plt.figure(figsize=(7.5, 1.4 * max(p, 2) + 0.6))
-    grid = fig.add_gridspec(max(p, 1), 4, width_ratios=[1, 1, 1, 2.2])
+    grid = fig.add_gridspec(max(p, 1), 4, width_ratios=[1, 1, 1, 2.2], wspace=0.3)
     for i in range(p):
         orig, cf = images[i, 0].astype(np.float32), images[i, 1].astype(np.float32)
         diff = np.abs(cf - orig).mean(0)
@@ -80,7 +80,8 @@ def counterfactual_figure(images: np.ndarray, labels: Sequence[str],
     bars = fig.add_subplot(grid[:, 3])
     if unit_counts:
         units, counts = zip(*unit_counts, strict=True)
-        bars.barh([str(u) for u in units][::-1], list(counts)[::-1], color="#4c72b0")
+        bars.barh([f"unit {u}" for u in units][::-1], list(counts)[::-1], color="#4c72b0")
+        bars.yaxis.tick_right()
     bars.set_xlabel("pairs with the unit among their top shifted units", fontsize=8)
     bars.set_title("decision units", fontsize=9)
     bars.tick_params(labelsize=7)
