@@ -33,8 +33,7 @@ def load_config(path: str | None) -> AnalysisConfig:
 
 
 def _store_for(args: argparse.Namespace) -> ArtifactStore:
-    root = args.root or load_config(getattr(args, "config", None)).artifact_root
-    return ArtifactStore(root)
+    return ArtifactStore(_config_from_args(args).artifact_root)
 
 
 def _human_size(n: int) -> str:
@@ -136,10 +135,18 @@ def _print_tables(config: AnalysisConfig, reports: dict) -> None:
             print(f"  {name:<12} {store.artifact_path(name, reports[stage].keys[key_name])}")
 
 
+def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
+    """The config file (or the toy defaults) with the command line's overrides, validated."""
+    raw = load_config(args.config).model_dump(mode="json")
+    if getattr(args, "root", None):
+        raw["artifact_root"] = args.root
+    if getattr(args, "samples", None) is not None:
+        raw["counterfactual"]["samples"] = args.samples
+    return AnalysisConfig.from_dict(raw, source="config and command line")
+
+
 def _run_flow(args: argparse.Namespace, until: str) -> tuple[AnalysisConfig, dict]:
-    config = load_config(args.config)
-    if args.root:
-        config = config.model_copy(update={"artifact_root": args.root})
+    config = _config_from_args(args)
     _quiet_prefect_defaults()
     from flows.analysis import analysis_flow
     from tasks.context import models_for
@@ -185,16 +192,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_counterfactual(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    updates: dict = {}
-    if args.root:
-        updates["artifact_root"] = args.root
-    if args.samples:
-        updates["counterfactual"] = config.counterfactual.model_copy(
-            update={"samples": args.samples})
-    config = AnalysisConfig.from_dict({**config.model_dump(mode="json"),
-                                       **{k: v if isinstance(v, str) else v.model_dump()
-                                          for k, v in updates.items()}})
+    config = _config_from_args(args)
     _quiet_prefect_defaults()
     from flows.analysis import counterfactual_flow
     from tasks.context import models_for

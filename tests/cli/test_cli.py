@@ -59,3 +59,9 @@ def test_console_script_is_installed() -> None:
         [sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "status" in out.stdout and "clean" in out.stdout
+
+
+def test_command_line_overrides_are_validated(capsys) -> None:
+    assert main(["counterfactual", "--samples", "0", "--root", "/tmp/unused"]) == 2
+    err = capsys.readouterr().err
+    assert "counterfactual.samples: Input should be greater than or equal to 1" in err
