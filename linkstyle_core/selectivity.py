@@ -50,7 +50,8 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 
 
 def selectivity_table(
-    units: Sequence[int], change: np.ndarray, null_change: np.ndarray, parts: Sequence[str],
+    units: Sequence[int] | np.ndarray, change: np.ndarray, null_change: np.ndarray,
+    parts: Sequence[str],
 ) -> pd.DataFrame:
     """One row per (unit, part, measure).
 

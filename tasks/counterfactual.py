@@ -117,7 +117,7 @@ def counterfactuals(config: dict[str, Any], key: str, pairs: list[list[int]],
     units = store.open("selectivity", keys["selectivity"]).table("units") \
         if keys.get("selectivity") else None
     summary = _summary(table, units, cf.top_units)
-    with store.writer(STAGE, key, params=counterfactual_params(cfg, [tuple(p) for p in pairs]),
+    with store.writer(STAGE, key, params=counterfactual_params(cfg, [(p[0], p[1]) for p in pairs]),
                       inputs={**keys, **models.keys}, code_version=VERSION) as out:
         out.write_array("shift", shift.numpy())
         out.write_array("images", images.numpy(), chunks=(1, *images.shape[1:]))

@@ -317,8 +317,8 @@ def tune_finalize(config: dict[str, Any], key: str, keys: dict[str, str],
     store = store_for(cfg)
     if store.exists("tune", key):
         return {"stage": "tune", "key": key, "computed": False}
-    writer, shards = _tune_writer(cfg, models, key, keys)
-    writer.finalize(info={"units": sum(len(units) for units in shards.values())})
+    writer, plan = _tune_writer(cfg, models, key, keys)
+    writer.finalize(info={"units": sum(len(units) for units in plan.values())})
     return {"stage": "tune", "key": key, "computed": True}
 
 

@@ -21,7 +21,8 @@ from tasks.context import Models, as_config, models_for, store_for
 
 STAGE = "validation"
 VERSION = "2"
-PARAMS = {"images_per_class": 400, "seed": 2024, "min_abs_corr": 0.3}
+IMAGES_PER_CLASS, SEED, MIN_ABS_CORR = 400, 2024, 0.3
+PARAMS = {"images_per_class": IMAGES_PER_CLASS, "seed": SEED, "min_abs_corr": MIN_ABS_CORR}
 
 
 def validation_key(selectivity_key: str, models: Models) -> str:
@@ -33,8 +34,8 @@ def validation_key(selectivity_key: str, models: Models) -> str:
 def _renderer_activations(models: Models, batch: int) -> tuple[torch.Tensor, ...]:
     from linkstyle_core.toyworld.renderer import SPECIES, render, sample_factors
 
-    g = torch.Generator().manual_seed(PARAMS["seed"])
-    species = torch.arange(len(SPECIES)).repeat_interleave(PARAMS["images_per_class"])
+    g = torch.Generator().manual_seed(SEED)
+    species = torch.arange(len(SPECIES)).repeat_interleave(IMAGES_PER_CLASS)
     factors = sample_factors(species, g)
     rs = []
     for i in range(0, len(species), batch):
@@ -62,7 +63,7 @@ def validate_units(config: dict[str, Any], key: str, selectivity_key: str) -> di
     corr = within_class_correlation(r[:, units["unit"].to_numpy().copy()], factors, species)
     truth = ground_truth_parts(corr, FACTORS, TOY_FACTOR_PARTS, units["unit"].to_list())
     parts = [p for p in selectivity.info["parts"] if p in set(TOY_FACTOR_PARTS.values())]
-    metrics, table = validate(units, truth, parts, PARAMS["min_abs_corr"])
+    metrics, table = validate(units, truth, parts, MIN_ABS_CORR)
     with store.writer(STAGE, key, params=PARAMS, code_version=VERSION,
                       inputs={"selectivity": selectivity_key,
                               "classifier": models.classifier_key}) as out:
