@@ -158,17 +158,16 @@ class Artifact:
                 "delete the artifact folder and rerun to rebuild it"
             ) from exc
 
-    def read_file(self, name: str) -> bytes:
-        """The bytes of a file written with ``write_file``."""
+    def file_path(self, name: str) -> str:
+        """Where a file written with ``write_file`` lives (a path or URI under the root)."""
         if name not in self.manifest.files:
             raise KeyError(f"{self.stage}/{self.key} has no file {name!r}; it has "
                            f"{sorted(self.manifest.files)}")
-        return bytes(self.store.fs.cat_file(f"{self.path}/{self.manifest.data_dir}/{name}"))
-
-    def file_path(self, name: str) -> str:
-        """Where a file written with ``write_file`` lives (a path or URI under the root)."""
-        self.manifest.files[name]  # noqa: B018 - raises KeyError for unknown names
         return f"{self.path}/{self.manifest.data_dir}/{name}"
+
+    def read_file(self, name: str) -> bytes:
+        """The bytes of a file written with ``write_file``."""
+        return bytes(self.store.fs.cat_file(self.file_path(name)))
 
     @property
     def array_names(self) -> list[str]:
