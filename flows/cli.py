@@ -252,27 +252,21 @@ def _toy_models():
     return load_toy_generator(), load_toy_classifier()
 
 
-def _bundled_weights(name: str) -> str:
-    from pathlib import Path
-
-    import linkstyle_core.toyworld as toyworld
-
-    return str(Path(toyworld.__file__).parent / "weights" / name)
-
-
 def cmd_toy_train_generator(args: argparse.Namespace) -> int:
+    from linkstyle_core.models.toy import GENERATOR_FILE, bundled_weights_path
     from linkstyle_core.toyworld import train_generator
 
-    out = args.out or _bundled_weights("generator.pt")
+    out = args.out or str(bundled_weights_path(GENERATOR_FILE))
     metrics = train_generator(out, steps=args.steps, seed=args.seed)
     print(f"wrote {out}: {metrics}")
     return 0
 
 
 def cmd_toy_train_classifier(args: argparse.Namespace) -> int:
+    from linkstyle_core.models.toy import CLASSIFIER_FILE, bundled_weights_path
     from linkstyle_core.toyworld import train_classifier
 
-    out = args.out or _bundled_weights("classifier.pt")
+    out = args.out or str(bundled_weights_path(CLASSIFIER_FILE))
     metrics = train_classifier(out, steps=args.steps, seed=args.seed)
     print(f"wrote {out}: {metrics}")
     return 0

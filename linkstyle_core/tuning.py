@@ -17,7 +17,7 @@ import torch
 
 from linkstyle_core.measure import optical_flow, part_measures, part_motion
 from linkstyle_core.models.protocols import Classifier, Generator
-from linkstyle_core.render import broadcast_w, encode
+from linkstyle_core.render import broadcast_w, encode, synthesize
 from linkstyle_core.runtime import autocast
 from linkstyle_core.segment import FewShotSegmenter
 
@@ -105,9 +105,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def base_logits(generator: Generator, classifier: Classifier, w0: torch.Tensor,
                 precision: str = "fp32") -> torch.Tensor:
     """Logits [Ns, C] of each sample's unmodified base image, rendered once for all units."""
-    with autocast(w0.device, precision):
-        images = generator.synthesis(broadcast_w(w0, generator.num_ws))
-    return encode(classifier, images.float().clamp(-1, 1), precision)[1]
+    return encode(classifier, synthesize(generator, w0, precision), precision)[1]
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from linkstyle_core.models.registry import (
     fingerprint,
     load_classifier,
     load_generator,
+    modules_of,
 )
 from linkstyle_core.runtime import resolve_device
 from storage import ArtifactStore
@@ -52,9 +53,7 @@ def store_for(config: AnalysisConfig) -> ArtifactStore:
 def _channels_last(model: object) -> None:
     """Put the convolution weights of a model (or an adapter's modules) in channels_last
     layout; convolutions then run in that layout, which is faster on recent GPUs."""
-    modules = [model] if isinstance(model, torch.nn.Module) else [
-        m for m in getattr(model, "__dict__", {}).values() if isinstance(m, torch.nn.Module)]
-    for module in modules:
+    for module in modules_of(model):
         module.to(memory_format=torch.channels_last)
 
 

@@ -218,6 +218,13 @@ def load_classifier(cfg: ClassifierConfig, device: torch.device) -> Classifier:
     return classifier
 
 
+def modules_of(model: Any) -> list[torch.nn.Module]:
+    """The torch modules behind a model: itself, or those an adapter object holds."""
+    if isinstance(model, torch.nn.Module):
+        return [model]
+    return [v for v in getattr(model, "__dict__", {}).values() if isinstance(v, torch.nn.Module)]
+
+
 def fingerprint(model: Any, spec: str) -> str:
     """A content hash of a model: its parameters and buffers if it exposes a state dict.
 
@@ -226,12 +233,7 @@ def fingerprint(model: Any, spec: str) -> str:
     models with equal weights but different adapters stay apart.
     """
     digest = hashlib.sha256(spec.encode())
-    if isinstance(model, torch.nn.Module):
-        modules = [model]
-    else:  # an adapter object holding one or more modules
-        modules = [v for v in getattr(model, "__dict__", {}).values()
-                   if isinstance(v, torch.nn.Module)]
-    for module in modules:
+    for module in modules_of(model):
         for name, tensor in sorted(module.state_dict().items()):
             flat = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())

@@ -21,16 +21,21 @@ CLASSIFIER_FILE = "classifier.pt"
 _WEIGHTS_PACKAGE = "linkstyle_core.toyworld"
 
 
+def bundled_weights_path(name: str) -> Path:
+    """Where bundled weight file ``name`` lives (whether or not it exists yet)."""
+    # The package is a plain folder in every supported install, so the traversable is a path.
+    return Path(str(resources.files(_WEIGHTS_PACKAGE).joinpath("weights", name)))
+
+
 def _bundled(name: str, command: str) -> Path:
     """Path of bundled weight file ``name``; a clear error naming the fix if it is missing."""
-    ref = resources.files(_WEIGHTS_PACKAGE).joinpath("weights", name)
-    if not ref.is_file():
+    path = bundled_weights_path(name)
+    if not path.is_file():
         raise FileNotFoundError(
-            f"bundled toy weights not found: {ref}. Rebuild them with `{command}` "
+            f"bundled toy weights not found: {path}. Rebuild them with `{command}` "
             "(writes linkstyle_core/toyworld/weights/)."
         )
-    # The package is a plain folder in every supported install, so the traversable is a path.
-    return Path(str(ref))
+    return path
 
 
 def toy_generator_path() -> Path:
