@@ -22,6 +22,7 @@ from tasks.link import fit_link, link_key
 from tasks.paired import SPLITS, paired_finalize, paired_key, paired_shard, shard_id
 from tasks.score import score_units, selectivity_key
 from tasks.tuning import (
+    compute_directions,
     compute_ranges,
     fit_segmenter,
     stage_keys,
@@ -107,12 +108,16 @@ def run_tune(config: AnalysisConfig, models: Models, paired: StageReport,
     payload = config.model_dump(mode="json")
     keys = {**stage_keys(config, models, link.keys["link"], paired.keys),
             "link": link.keys["link"], "test": paired.keys["test"]}
-    report = StageReport("tune", {k: keys[k] for k in ("ranges", "segmenter", "tune", "null")})
+    report = StageReport("tune", {k: keys[k] for k in ("ranges", "directions", "segmenter",
+                                                       "tune", "null")})
     ranges = submit(compute_ranges, store.exists("ranges", keys["ranges"]), config=payload,
                     key=keys["ranges"], train_key=paired.keys["train"])
+    directions = submit(compute_directions, store.exists("directions", keys["directions"]),
+                        config=payload, key=keys["directions"], link_key=link.keys["link"],
+                        train_key=paired.keys["train"])
     segmenter = submit(fit_segmenter, store.exists("segmenter", keys["segmenter"]),
                        config=payload, key=keys["segmenter"])
-    futures = [ranges, segmenter]
+    futures = [ranges, directions, segmenter]
     for fut in futures:
         fut.result()
     seg = store.open("segmenter", keys["segmenter"])
@@ -135,10 +140,12 @@ def run_tune(config: AnalysisConfig, models: Models, paired: StageReport,
 
 def run_score(config: AnalysisConfig, tune: StageReport) -> StageReport:
     """Submit stage 4: selectivity against the null; read the unit summary back."""
-    key = selectivity_key(tune.keys["tune"], tune.keys["null"])
+    key = selectivity_key(config, tune.keys["tune"], tune.keys["null"])
     report = _run_one(config, score_units, "score", "selectivity", key,
                       tune_key=tune.keys["tune"], null_key=tune.keys["null"])
-    report.extra["units"] = store_for(config).open("selectivity", key).table("units")
+    selectivity = store_for(config).open("selectivity", key)
+    report.extra["units"] = selectivity.table("units")
+    report.extra["warnings"] = selectivity.info["warnings"]
     return report
 
 
@@ -149,6 +156,17 @@ def run_validate(config: AnalysisConfig, models: Models, score: StageReport) -> 
                       selectivity_key=score.keys["selectivity"])
     report.extra["metrics"] = store_for(config).open("validation", key).info
     return report
+
+
+def analysis_keys(config: AnalysisConfig, models: Models) -> dict[str, str]:
+    """The content keys of every stage up to selectivity, computed without running anything
+    (to find a finished run's artifacts)."""
+    classes = resolve_classes(config, models)
+    paired = {split: paired_key(config, models, classes, split) for split in SPLITS}
+    link = link_key(config, models, paired)
+    keys = {**paired, "link": link, **stage_keys(config, models, link, paired)}
+    keys["selectivity"] = selectivity_key(config, keys["tune"], keys["null"])
+    return keys
 
 
 def _analysis(config: AnalysisConfig, until: str) -> dict[str, StageReport]:

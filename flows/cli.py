@@ -114,15 +114,25 @@ def _print_link_metrics(metrics: pd.DataFrame) -> None:
 
 
 def _print_top_units(units: pd.DataFrame, per_part: int = 5) -> None:
-    print("top units per part (most concentrated first; unit (concentration, q)):")
-    ranked = units.sort_values("concentration", ascending=False)
+    print("top units per part (significant first, then most concentrated; unit (concentration, "
+          "q)):")
+    ranked = units.sort_values(["significant", "concentration"], ascending=False)
     for part, group in ranked.groupby("top_part", sort=True):
         shown = ", ".join(f"{int(u)} ({c:.2f}, {q:.2g})" for u, c, q in
                           zip(group["unit"][:per_part], group["concentration"][:per_part],
-                              group["top_part_q"][:per_part], strict=True))
+                              group["specificity_q"][:per_part], strict=True))
         print(f"  {part:<10} {len(group):>4} units: {shown}")
-    print(f"  {int(units['significant'].sum())} of {len(units)} units have a top part whose "
-          "change is significant against random directions (q < 0.05)")
+    print(f"  {int(units['significant'].sum())} of {len(units)} units have a part profile more "
+          "concentrated than random directions' (specificity q < 0.05)")
+    print(f"  tuning: median closed-loop gain {units['closed_loop_gain'].median():.2f} "
+          f"(1 = the re-encoded unit follows the value set), median pixel change "
+          f"{units['pixel_change'].median():.3f}, part labels changed "
+          f"{units['label_change'].median():.1%}")
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for message in warnings:
+        print(f"WARNING: {message}", file=sys.stderr)
 
 
 def _print_tables(config: AnalysisConfig, reports: dict) -> None:
@@ -171,6 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"segmenter held-out mIoU: {reports['tune'].extra['miou']:.3f}")
     if "score" in reports:
         _print_top_units(reports["score"].extra["units"])
+        _print_warnings(reports["score"].extra["warnings"])
     _print_tables(config, reports)
     print("`linkstyle status` lists every artifact")
     return 0
@@ -178,16 +189,55 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     _, reports = _run_flow(args, "validate")
-    metrics = reports["validate"].extra["metrics"]
-    print("ground-truth validation (toy world):")
-    print(f"  units tracking a part factor (|r| >= 0.3): {int(metrics['n_units'])}; top part = "
-          f"ground-truth part for {metrics['match_rate_all']:.1%} "
-          f"(chance {metrics['chance_all']:.1%})")
-    print(f"  strongly tuned (top quarter by concentration): {int(metrics['n_strong'])}; match "
-          f"{metrics['match_rate']:.1%} (chance {metrics['chance']:.1%})")
-    aucs = {k.removeprefix("auc_"): v for k, v in metrics.items() if k.startswith("auc_")}
-    print("  AUC per part: " + ", ".join(f"{p} {v:.2f}" for p, v in aucs.items()))
-    print(f"  mean AUC: {metrics['mean_auc']:.3f}")
+    m = reports["validate"].extra["metrics"]
+    print(f"ground-truth validation (toy world, {m['ground_truth']} ground truth): top part = "
+          "ground-truth part for")
+    print(f"  all {int(m['n_units'])} evaluated units: {m['match_rate_all']:.1%} "
+          f"(chance {m['chance_all']:.1%})")
+    print(f"  {int(m['n_strong'])} strongly tuned (top quarter by concentration): "
+          f"{m['match_rate']:.1%} (chance {m['chance']:.1%})")
+    print(f"  {int(m['n_selective'])} part-selective (ground-truth concentration >= 0.6): "
+          f"{m['match_rate_selective']:.1%} (chance {m['chance_selective']:.1%}); "
+          f"{int(m['n_selective_significant'])} of them significant")
+    parts = [k.removeprefix("auc_") for k in m if k.startswith("auc_")]
+    print("  per part, match (chance) and AUC: " + ", ".join(
+        f"{p} {m[f'match_{p}']:.0%} ({m[f'chance_{p}']:.0%}) {m[f'auc_{p}']:.2f}" for p in parts))
+    print(f"  mean AUC: {m['mean_auc']:.3f}; {int(m['n_significant'])} units significant")
+    return 0
+
+
+def cmd_unit(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    from flows.analysis import analysis_keys
+    from linkstyle_core.figures import unit_figure
+    from tasks.context import models_for
+    from tasks.unit_view import unit_view
+
+    view = unit_view(ArtifactStore(config.artifact_root),
+                     analysis_keys(config, models_for(config)), args.unit, args.samples)
+    row, parts, shares = view["row"], view["part_names"], view["shares"]
+    beyond = shares > view["null_threshold"]
+    verdict = "significant" if row["significant"] else "not significant"
+    print(f"unit {args.unit}: top part {row['top_part']} (concentration "
+          f"{row['concentration']:.2f}); specificity p {row['specificity_p']:.3g}, q "
+          f"{row['specificity_q']:.3g}: {verdict}")
+    print(f"  closed loop: gain {row['closed_loop_gain']:.2f} (slope of re-encoded on set value), "
+          f"rank {int(row['closed_loop_rank'])} among all units' standardised changes")
+    print(f"  image change first -> last step: pixels {row['pixel_change']:.3f} (mean |delta| in "
+          f"[0, 1]), part labels {row['label_change']:.1%}")
+    ranked = sorted(zip(shares, parts, beyond, strict=True), reverse=True)
+    print("  share of the change per part (* beyond 95% of random directions): "
+          + ", ".join(f"{p} {s:.2f}{'*' if b else ''}" for s, p, b in ranked))
+    out = args.out or f"unit-{args.unit}.png"
+    title = (f"unit {args.unit}: top part {row['top_part']}, concentration "
+             f"{row['concentration']:.2f}, q {row['specificity_q']:.2g}, gain "
+             f"{row['closed_loop_gain']:.2f}, pixel change {row['pixel_change']:.3f}")
+    png = unit_figure(view["images"], view["parts"], view["set_value"], view["response"],
+                      shares, parts, view["highlighted"], view["null_threshold"], title,
+                      [f"class {c}" for c in view["sample_class"]])
+    with open(out, "wb") as handle:
+        handle.write(png)
+    print(f"  figure: {out}")
     return 0
 
 
@@ -322,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
             "toy world: compare each unit's selective part with the renderer's ground truth")
     with_root(p)
 
+    p = add("unit", cmd_unit, "show what one unit does: tuning strips with difference maps "
+            "and part outlines, the closed loop, per-part change (after `linkstyle run`)")
+    with_root(p)
+    p.add_argument("unit", type=int, metavar="U", help="unit index")
+    p.add_argument("--out", metavar="FILE.png", help="where to write the figure "
+                   "(default: unit-U.png)")
+    p.add_argument("--samples", type=int, default=4, help="samples shown (default: 4)")
+
     p = add("counterfactual", cmd_counterfactual,
             "move samples of one class across the decision boundary to another")
     with_root(p)
@@ -347,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = toy.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
     for name, func, steps, seed, what in (
         ("train-generator", cmd_toy_train_generator, 4000, 0, "the toy generator"),
-        ("train-classifier", cmd_toy_train_classifier, 3000, 1, "the toy classifier"),
+        ("train-classifier", cmd_toy_train_classifier, 800, 1, "the toy classifier"),
     ):
         p = add(name, func, f"retrain {what} (deterministic on CPU)", tsub)
         p.add_argument("--steps", type=int, default=steps)

@@ -176,9 +176,38 @@ class TuningConfig(_Section):
     samples_per_class: int = Field(4, ge=1, description="held-out samples tuned per class")
     range: Literal["minmax", "percentile"] = "minmax"
     percentiles: tuple[float, float] = Field((1.0, 99.0), description="with range: percentile")
+    direction: Literal["link", "ridge", "crosscov"] = Field(
+        "ridge", description="each unit's direction in W: the link's column A[:, u] (the paper), "
+        "a ridge column with direction_alpha, or the cross-covariance of w and r "
+        "(docs/tuning.md)",
+    )
+    direction_alpha: float = Field(
+        1e4, gt=0.0, description="with direction: ridge, its alpha (independent of link.alpha)"
+    )
+    step: Literal["range", "calibrated"] = Field(
+        "calibrated", description="range: latent step = offset x direction, over the unit's "
+        "range (the paper); calibrated: scaled so that the re-encoded unit follows the value set",
+    )
+    calibration_samples_per_class: int = Field(
+        1, ge=0, description="with step: calibrated, held-out samples per class on which each "
+        "direction's gain is measured by rendering (0: the linear prediction alone)",
+    )
+    max_latent_step: float = Field(
+        3.0, gt=0.0, description="with step: calibrated, the largest latent move over a whole "
+        "trajectory, in units of the within-class spread of w",
+    )
     shard_size: int = Field(64, ge=1, description="units per shard (each commits on its own)")
     null_directions: int = Field(
-        32, ge=2, description="random r-space directions of the null control"
+        256, ge=2, description="random r-space directions of the null control (the specificity "
+        "test's p-values cannot go below 1 / (1 + null_directions))",
+    )
+    null_samples_per_class: int = Field(
+        2, ge=1, description="held-out samples per class on which the null directions are tuned "
+        "(at most samples_per_class)",
+    )
+    min_part_area: float = Field(
+        0.0015, ge=0.0, lt=1.0, description="a part smaller than this share of the image at "
+        "either end of a trajectory is not scored there",
     )
     store_images: bool = Field(True, description="keep the tuned images (uint8) in the store")
     seed: int = Field(0, ge=0, description="seed of the null-control random directions")
@@ -188,6 +217,21 @@ class TuningConfig(_Section):
     def _units(cls, v: Any) -> Any:
         parse_units(v)
         return v
+
+    @model_validator(mode="after")
+    def _samples(self) -> TuningConfig:
+        if self.null_samples_per_class > self.samples_per_class:
+            raise ValueError(
+                f"null_samples_per_class ({self.null_samples_per_class}) must not exceed "
+                f"samples_per_class ({self.samples_per_class}): the null directions are tuned "
+                "on a subset of the units' samples"
+            )
+        if self.calibration_samples_per_class > self.samples_per_class:
+            raise ValueError(
+                f"calibration_samples_per_class ({self.calibration_samples_per_class}) must not "
+                f"exceed samples_per_class ({self.samples_per_class})"
+            )
+        return self
 
     @field_validator("percentiles")
     @classmethod

@@ -1,9 +1,20 @@
-"""Per-unit selectivity over parts and measures, against a null of random directions.
+"""Per-unit selectivity over parts and measures, and one specificity test per unit.
 
-For each unit, part and measure: the change from the first to the last tuning step across
-samples, compared with the same change along random directions in r-space with the same step
-sizes (the null control). Effect sizes are in units of the null's spread, so "selective"
-means "changes this more than an arbitrary direction does".
+For each unit, part and measure: the change from the first to the last tuning step, averaged
+over samples, as an effect size against random directions in r-space tuned the same way
+(the null): (mean change - the null's mean) / the null's spread. Each measure's change is thus
+in units of its own variability under tuning, so a tiny part's noisy measures do not outweigh
+a large part's clear ones (docs/tuning.md compares this with the spread across samples at the
+first step, which let large parts win everything). A part that covers less than a minimum area
+at either end of a trajectory is not measured there. Summed over measures, the absolute effect
+sizes give each direction a profile over parts; its top part is where the change
+concentrates.
+
+Significance is asked once per unit (DESIGN.md "Tuning that moves the unit"): is the unit's
+profile more concentrated than the profiles of random directions in r-space, tuned and
+measured the same way? The p-value is the unit's rank among the null directions'
+concentrations, and Benjamini-Hochberg runs over units. The per-cell effect sizes against the
+null are kept as descriptive columns.
 """
 
 from __future__ import annotations
@@ -49,38 +60,75 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return q
 
 
+def mask_small_parts(change: np.ndarray, base_area: np.ndarray, min_area: float) -> np.ndarray:
+    """NaN out the changes of parts that cover less than ``min_area`` (share of the image) in
+    a sample's base image. change [K, Ns, P, M'], base_area [Ns, P] -> a masked copy."""
+    out = change.copy()
+    out[:, base_area < min_area] = np.nan
+    return out
+
+
+def direction_means(change: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
+    """Mean change over samples: [K, Ns, P, M'] -> [K, P, M'] (NaN where a part was measured
+    on fewer than ``min_fraction`` of the samples: it has no reliable mean change)."""
+    n = np.isfinite(change).sum(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(change, axis=1)
+    mean[n < max(1, min_fraction * change.shape[1])] = np.nan
+    return mean
+
+
+def null_reference(null_means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The null directions' mean and spread of every (part, measure)'s mean change:
+    [K, P, M'] -> (mean [P, M'], standard deviation [P, M'], NaN where it is 0)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean0 = np.nanmean(null_means, axis=0)
+        sd0 = np.nanstd(null_means, axis=0, ddof=1)
+    return mean0, np.where(sd0 > 0, sd0, np.nan)
+
+
+def part_scores(effect: np.ndarray) -> np.ndarray:
+    """Profile over parts: the sum over measures of |effect size|, [K, P, M'] -> [K, P]
+    (an unmeasured cell counts 0)."""
+    return np.nansum(np.abs(effect), axis=-1)
+
+
+def concentration(scores: np.ndarray) -> np.ndarray:
+    """The top part's share of a profile: [K, P] -> [K] (NaN for an all-zero profile)."""
+    total = scores.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, scores.max(-1) / np.where(total > 0, total, 1), np.nan)
+
+
+def specificity_p(stat: np.ndarray, null_stat: np.ndarray) -> np.ndarray:
+    """One-sided permutation p-value of each unit's statistic against the null directions':
+    (1 + #{null >= stat}) / (1 + K). stat [U], null_stat [K] -> [U] (NaN where stat is NaN)."""
+    null = np.sort(null_stat[np.isfinite(null_stat)])
+    above = len(null) - np.searchsorted(null, stat, side="left")
+    p = (1.0 + above) / (1.0 + len(null))
+    return np.where(np.isfinite(stat), p, np.nan)
+
+
 def selectivity_table(
     units: Sequence[int] | np.ndarray, change: np.ndarray, null_change: np.ndarray,
     parts: Sequence[str],
 ) -> pd.DataFrame:
-    """One row per (unit, part, measure).
+    """One row per (unit, part, measure), descriptive.
 
-    change: [U, Ns, P, M'] first->last changes of the units; null_change: [K, Ns, P, M'] of
-    the K null directions, on the same samples.
-
-    The unit of comparison is a direction's mean change over the samples: every sample moves
-    the same way along one direction, so its samples are not independent evidence, and the
-    null is the spread of that mean across random directions. Columns: unit, part, measure,
-    n (samples where the part exists at both ends), mean_change, std_change (over samples),
-    null_mean and null_std (mean and standard deviation of the K null directions' mean
-    changes), effect_size = (mean_change - null_mean) / null_std, p_value (two-sided,
-    Student's t prediction interval with K - 1 degrees of freedom: how unusual this mean would
-    be for one more random direction), q_value (Benjamini-Hochberg over every row).
+    change: [U, Ns, P, M'] first -> last changes of the units; null_change: [K, Nn, P, M'] of
+    the K null directions. Columns: unit, part, measure, n (samples where the part was
+    measured at both ends), mean_change, std_change (over samples), null_mean and null_std
+    (mean and standard deviation of the null directions' mean changes), effect_size =
+    (mean_change - null_mean) / null_std.
     """
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+    mean = direction_means(change)
+    mean0, sd0 = null_reference(direction_means(null_change))
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: absent parts
-        n = np.isfinite(change).sum(1).astype(np.float64)  # [U, P, M']
-        mean = np.nanmean(change, axis=1)
         std = np.nanstd(change, axis=1, ddof=1)
-        null_means = np.nanmean(null_change, axis=1)  # [K, P, M']
-        k = np.isfinite(null_means).sum(0).astype(np.float64)
-        mean0 = np.nanmean(null_means, axis=0)
-        sd0 = np.nanstd(null_means, axis=0, ddof=1)
-        effect = (mean - mean0) / np.where(sd0 > 0, sd0, np.nan)
-        t = effect / np.sqrt(1 + 1 / k)
-        p = 2 * stats.t.sf(np.abs(t), np.maximum(k - 1, 1))
-    p = np.where((k >= 3) & (n >= 1), p, np.nan)
-    q = benjamini_hochberg(p.ravel()).reshape(p.shape)
+    n = np.isfinite(change).sum(1)
     u_idx, p_idx, m_idx = np.meshgrid(np.arange(len(units)), np.arange(len(parts)),
                                       np.arange(len(ALL_MEASURES)), indexing="ij")
     return pd.DataFrame({
@@ -92,9 +140,7 @@ def selectivity_table(
         "std_change": std.ravel(),
         "null_mean": np.broadcast_to(mean0, mean.shape).ravel(),
         "null_std": np.broadcast_to(sd0, mean.shape).ravel(),
-        "effect_size": effect.ravel(),
-        "p_value": p.ravel(),
-        "q_value": q.ravel(),
+        "effect_size": ((mean - mean0) / sd0).ravel(),
     })
 
 
@@ -112,36 +158,34 @@ def closed_loop_spearman(set_values: np.ndarray, response: np.ndarray) -> np.nda
 
 
 def unit_summary(
-    table: pd.DataFrame, parts: Sequence[str], ignore_parts: Sequence[str] = ("background",),
-    q_threshold: float = 0.05,
+    units: Sequence[int] | np.ndarray, scores: np.ndarray, test_stat: np.ndarray,
+    null_stat: np.ndarray, parts: Sequence[str], q_threshold: float = 0.05,
 ) -> pd.DataFrame:
-    """One row per unit: which part its tuning changes most, and how concentrated that is.
+    """One row per unit: which part its tuning changes most, and is that specific?
 
-    part_score = sum over measures of |effect_size| for that part. top_part: the part with the
-    largest score among ``parts`` minus ``ignore_parts`` (the background changes whenever a
-    foreground part moves); concentration: its share of the summed scores of those parts;
-    tuning_strength: that sum; top_part_q: the smallest q-value in the top part;
-    significant: top_part_q < q_threshold; selective: concentration in the top quarter of all
-    units (the units reported as selective for their top part).
+    scores: [U, P] part profiles (``part_scores``) over the foreground ``parts`` (background
+    left out: it changes whenever a foreground part moves); test_stat: [U] the concentration
+    on the null's samples; null_stat: [K] the null directions' concentrations.
+    Columns: unit, top_part, concentration (the top part's share of the profile),
+    tuning_strength (the profile's sum), specificity_p (``specificity_p``), specificity_q
+    (Benjamini-Hochberg over units), significant (q < q_threshold), selective (concentration
+    in the top quarter of all units), score_<part>.
     """
-    fg = [p for p in parts if p not in set(ignore_parts)]
-    sub = table[table["part"].isin(fg)].copy()
-    sub["abs_effect"] = sub["effect_size"].abs().fillna(0.0)
-    scores = sub.pivot_table(index="unit", columns="part", values="abs_effect", aggfunc="sum")
-    scores = scores.reindex(columns=fg).fillna(0.0)
-    total = scores.sum(axis=1)
-    top = scores.idxmax(axis=1)
-    min_q = sub.groupby(["unit", "part"])["q_value"].min()
-    top_q = [min_q.get((u, p), np.nan) for u, p in zip(scores.index, top, strict=True)]
+    top = np.asarray(parts, dtype=object)[np.nanargmax(np.where(np.isnan(scores), -1, scores),
+                                                       axis=1)]
+    p = specificity_p(test_stat, null_stat)
+    q = benjamini_hochberg(p)
+    conc = concentration(scores)
     out = pd.DataFrame({
-        "unit": scores.index.to_numpy(),
-        "top_part": top.to_numpy(),
-        "concentration": (scores.max(axis=1) / total.replace(0, np.nan)).to_numpy(),
-        "tuning_strength": total.to_numpy(),
-        "top_part_q": np.asarray(top_q, dtype=np.float64),
+        "unit": np.asarray(units),
+        "top_part": top,
+        "concentration": conc,
+        "tuning_strength": scores.sum(1),
+        "specificity_p": p,
+        "specificity_q": q,
     })
-    out["significant"] = out["top_part_q"] < q_threshold
-    out["selective"] = out["concentration"] >= out["concentration"].quantile(0.75)
-    for p in fg:
-        out[f"score_{p}"] = scores[p].to_numpy()
-    return out.reset_index(drop=True)
+    out["significant"] = out["specificity_q"] < q_threshold
+    out["selective"] = out["concentration"] >= np.nanquantile(conc, 0.75)
+    for j, part in enumerate(parts):
+        out[f"score_{part}"] = scores[:, j]
+    return out

@@ -6,6 +6,15 @@ maps each modified r to a latent and the generator renders it. Because the link 
 batched tensor expression. Random directions in r-space go through the same code (the null
 control). Every rendered image is re-encoded by the classifier, segmented into parts and
 measured while it is still on the device.
+
+A trajectory's direction in W and its step length are separate choices (DESIGN.md "Tuning that
+moves the unit"). ``latent_directions`` gives the direction: the link's own column (the paper),
+a ridge column with its own alpha, or the cross-covariance of w and r. The step is either the
+paper's (``offset * d``, offset = v - r_u over the unit's range) or *calibrated*:
+``offset * d / g`` where ``g`` is the closed-loop gain of d, how far the re-encoded unit moves
+per unit of latent step along d, predicted by a linear reverse map w -> r (``reverse_map``,
+``analytic_gains``) and optionally corrected by rendering a few probe samples
+(``measured_gains``). With g, the re-encoded unit follows the value it was set to.
 """
 
 from __future__ import annotations
@@ -42,6 +51,93 @@ def step_values(low: torch.Tensor, high: torch.Tensor, steps: int) -> torch.Tens
     return low[:, None] + (high - low)[:, None] * t[None, :]
 
 
+def latent_directions(mode: str, link_coef: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
+                      alpha: float) -> torch.Tensor:
+    """Each unit's direction in W: [w_dim, D] float32 (column u is unit u's direction).
+
+    mode 'link': the fitted link's ``A`` itself (the paper); 'ridge': the columns of a ridge
+    fit of w on r with its own ``alpha`` (training pairs r [N, D], w [N, w_dim]); 'crosscov':
+    the cross-covariance cov(w, r) [w_dim, D], the limit of ridge for large alpha up to scale.
+    Plain least-squares columns are dominated by the collinearity of the units (docs/tuning.md).
+    """
+    if mode == "link":
+        return link_coef.float()
+    r64, w64 = r.double(), w.double()
+    rc, wc = r64 - r64.mean(0), w64 - w64.mean(0)
+    cross = wc.T @ rc  # [w_dim, D]
+    if mode == "crosscov":
+        return (cross / max(len(r) - 1, 1)).float()
+    if mode == "ridge":
+        gram = rc.T @ rc
+        gram.diagonal().add_(alpha)
+        return torch.linalg.solve(gram, cross.T).T.float()
+    raise ValueError(f"tuning.direction must be 'link', 'ridge' or 'crosscov', got {mode!r}")
+
+
+def reverse_map(r: torch.Tensor, w: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Ridge map from W back to r, fitted on training pairs: C [D, w_dim] with
+    r - mean(r) ~ C (w - mean(w)). It predicts how a latent step moves the re-encoded units."""
+    r64, w64 = r.double(), w.double()
+    rc, wc = r64 - r64.mean(0), w64 - w64.mean(0)
+    gram = wc.T @ wc
+    gram.diagonal().add_(alpha)
+    return torch.linalg.solve(gram, wc.T @ rc).T.float()
+
+
+def analytic_gains(reverse: torch.Tensor, latent_dirs: torch.Tensor,
+                   readout: torch.Tensor) -> torch.Tensor:
+    """Predicted closed-loop gain of each direction: g_k = readout_k . (C d_k).
+
+    reverse: C [D, w_dim]; latent_dirs: [K, w_dim]; readout: [K, D] -> [K]. A latent step of
+    length t along d_k moves the re-encoded value read out by readout_k by about g_k * t.
+    """
+    return ((latent_dirs.float() @ reverse.T.float()) * readout.float()).sum(1)
+
+
+@torch.no_grad()
+def measured_gains(generator: Generator, classifier: Classifier, w0: torch.Tensor,
+                   latent_steps: torch.Tensor, readout: torch.Tensor, offsets: torch.Tensor,
+                   batch_size: int = 256, precision: str = "fp32") -> torch.Tensor:
+    """Closed-loop gain of each direction measured by rendering: [K].
+
+    Each probe sample (w0 [Np, w_dim]) is rendered at both ends of its trajectory,
+    ``w0 + offsets[k, s, j] * latent_steps[k]`` for j = first, last (offsets [K, Np, 2]), and
+    re-encoded. The gain is the mean change of the read-out value (readout [K, D]) over the
+    mean change of the offset: 1 when the re-encoded value follows the value set. Measuring at
+    the trajectory's own ends matters for ReLU units, whose response is one-sided.
+    """
+    device = w0.device
+    k_dirs, n_probe = offsets.shape[:2]
+    steps, read = latent_steps.to(device), readout.to(device)
+    off = offsets.to(device).float()
+    pairs = torch.cartesian_prod(torch.arange(k_dirs), torch.arange(n_probe)).to(device)
+    per_batch = max(1, batch_size // 2)
+    change = torch.zeros(k_dirs, device=device)
+    for start in range(0, len(pairs), per_batch):
+        k, s = pairs[start:start + per_batch].unbind(1)
+        w = w0[s, None, :] + off[k, s, :, None] * steps[k, None, :]  # [B, 2, w_dim]
+        r2 = encode(classifier, synthesize(generator, w.flatten(0, 1), precision), precision)[0]
+        r2 = r2.view(len(k), 2, -1)
+        change.index_add_(0, k, ((r2[:, 1] - r2[:, 0]) * read[k]).sum(1))
+    moved = (off[..., 1] - off[..., 0]).sum(1)
+    return (change / moved.where(moved.abs() > 1e-12, torch.nan)).cpu()
+
+
+def calibrated_scale(gains: torch.Tensor, latent_dirs: torch.Tensor, spans: torch.Tensor,
+                     max_latent_step: float, min_gain: float = 1e-6) -> torch.Tensor:
+    """Per-direction factor turning an r-space offset into a latent step: [K].
+
+    1 / gain, so that the re-encoded value moves by the offset set (closed-loop gain 1).
+    Directions whose gain is not positive cannot be calibrated, and very weak ones would need
+    a step far outside the generator's latent distribution: both are capped so that the whole
+    span (``spans`` [K], in r units) moves the latent by at most ``max_latent_step`` (W units).
+    """
+    norms = latent_dirs.float().norm(dim=1)
+    scale = 1.0 / gains.float().clamp_min(min_gain)
+    cap = max_latent_step / (spans.float().abs() * norms).clamp_min(1e-12)
+    return torch.minimum(scale, cap)
+
+
 def unit_offsets(values: torch.Tensor, r_units: torch.Tensor) -> torch.Tensor:
     """values [U, S] set for each unit, r_units [Ns, U] the samples' own activations ->
     offsets [U, Ns, S] = v - r_u, the distance moved along each unit's axis."""
@@ -75,7 +171,10 @@ class TuneResult:
     response [K, Ns, S]: the re-encoded activation along the direction (r'_u for a unit);
     logit_change [K, Ns, S]: change of the sample's class logit against its base image;
     top1 [K, Ns, S] int64; measures [K, Ns, S, P, M]; motion [K, Ns, P] (first -> last step);
-    images [K, Ns, S, 3, H, W] uint8 when kept, else None.
+    pixel_change [K, Ns]: mean |last - first| image difference in [0, 1] units;
+    label_change [K, Ns]: share of pixels whose part label differs between first and last step;
+    reencoded_change [K, D]: mean over samples of r'(last) - r'(first), every unit;
+    images [K, Ns, S, 3, H, W] uint8 and parts [K, Ns, S, H, W] uint8 when kept, else None.
     """
 
     offset: torch.Tensor
@@ -84,7 +183,11 @@ class TuneResult:
     top1: torch.Tensor
     measures: torch.Tensor
     motion: torch.Tensor
+    pixel_change: torch.Tensor
+    label_change: torch.Tensor
+    reencoded_change: torch.Tensor
     images: torch.Tensor | None
+    parts: torch.Tensor | None
 
 
 def render_with_features(generator: Generator, ws: torch.Tensor) -> tuple[torch.Tensor, list]:
@@ -109,6 +212,25 @@ def base_logits(generator: Generator, classifier: Classifier, w0: torch.Tensor,
 
 
 @torch.no_grad()
+def base_part_area(generator: Generator, segmenter: FewShotSegmenter, w0: torch.Tensor,
+                   batch_size: int = 256, precision: str = "fp32") -> torch.Tensor:
+    """Area share of every part in each sample's base image: [Ns, P] float32.
+
+    Small parts are left out of the scores by their base area, which no tuning direction
+    affects: masking by the tuned images' own areas would keep only the samples in which a
+    part happened to grow, and bias its mean change.
+    """
+    areas = []
+    for start in range(0, len(w0), batch_size):
+        ws = broadcast_w(w0[start:start + batch_size], generator.num_ws)
+        with autocast(w0.device, precision):
+            labels = segmenter.predict(render_with_features(generator, ws)[1])
+        onehot = torch.nn.functional.one_hot(labels, segmenter.num_parts).float()
+        areas.append(onehot.mean((1, 2)).cpu())
+    return torch.cat(areas)
+
+
+@torch.no_grad()
 def tune(
     generator: Generator,
     classifier: Classifier,
@@ -127,19 +249,20 @@ def tune(
     """Render, re-encode, segment and measure trajectories along K directions.
 
     w0: [Ns, w_dim] linked latents of the samples; labels: [Ns] their classes; base: [Ns, C]
-    logits of their base images; latent_dirs: [K, w_dim] the direction's image in W
-    (``A[:, u]`` for unit u); readout: [K, D] how to read the direction from re-encoded r'
-    (one-hot for a unit); offsets: [K, Ns, S]. Batches hold whole trajectories, so motion
-    between the first and last step is measured without keeping images around.
+    logits of their base images; latent_dirs: [K, w_dim] the latent step per unit of offset
+    (``A[:, u]`` for unit u in the paper's procedure, ``d_u / g_u`` when calibrated);
+    readout: [K, D] how to read the direction from re-encoded r' (one-hot for a unit);
+    offsets: [K, Ns, S]. Batches hold whole trajectories, so changes between the first and
+    last step are measured without keeping images around.
     """
     device = w0.device
     k_dirs, n_samples, steps = offsets.shape
     pairs = torch.cartesian_prod(torch.arange(k_dirs), torch.arange(n_samples))  # [K*Ns, 2]
     per_batch = max(1, batch_size // steps)
     num_parts = segmenter.num_parts
-    outputs: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                              ("response", "logit", "top1", "measures", "motion",
-                                               "images")}
+    outputs: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("response", "logit", "top1", "measures", "motion", "pixel", "label",
+                        "reencoded", "images", "parts")}
     latent_dirs, readout = latent_dirs.to(device), readout.to(device)
     offsets_dev = offsets.to(device)
     for start in range(0, len(pairs), per_batch):
@@ -152,7 +275,9 @@ def tune(
             parts = segmenter.predict(feats)
         r2, logits = encode(classifier, images, precision)
         b = len(k)
-        outputs["response"].append((r2.view(b, steps, -1) * readout[k, None, :]).sum(-1).cpu())
+        r2 = r2.view(b, steps, -1)
+        outputs["response"].append((r2 * readout[k, None, :]).sum(-1).cpu())
+        outputs["reencoded"].append((r2[:, -1] - r2[:, 0]).cpu())
         cls = labels[s].to(device)
         class_logit = logits.view(b, steps, -1).gather(2, cls.view(b, 1, 1).expand(b, steps, 1))
         outputs["logit"].append((class_logit.squeeze(2) - base[s, cls][:, None]).cpu())
@@ -160,11 +285,15 @@ def tune(
         outputs["measures"].append(part_measures(images, parts, num_parts)
                                    .view(b, steps, num_parts, -1).cpu())
         imgs = images.view(b, steps, *images.shape[1:])
+        traj_parts = parts.view(b, steps, *parts.shape[1:])
         flow = optical_flow(imgs[:, 0], imgs[:, -1])
-        first_parts = parts.view(b, steps, *parts.shape[1:])[:, 0]
-        outputs["motion"].append(part_motion(flow, first_parts, num_parts).cpu())
+        outputs["motion"].append(part_motion(flow, traj_parts[:, 0], num_parts).cpu())
+        outputs["pixel"].append(((imgs[:, -1] - imgs[:, 0]).abs().mean((1, 2, 3)) / 2).cpu())
+        outputs["label"].append((traj_parts[:, -1] != traj_parts[:, 0]).float().mean((1, 2))
+                                .cpu())
         if keep_images:
             outputs["images"].append(to_uint8(imgs).cpu())
+            outputs["parts"].append(traj_parts.to(torch.uint8).cpu())
         if progress is not None:
             progress(b * steps)
 
@@ -179,7 +308,11 @@ def tune(
         top1=gather("top1"),
         measures=gather("measures"),
         motion=gather("motion"),
+        pixel_change=gather("pixel"),
+        label_change=gather("label"),
+        reencoded_change=gather("reencoded").mean(1),
         images=gather("images") if keep_images else None,
+        parts=gather("parts") if keep_images else None,
     )
 
 

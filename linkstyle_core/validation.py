@@ -44,17 +44,29 @@ def within_class_correlation(r: torch.Tensor, factors: torch.Tensor,
 
 
 def ground_truth_parts(corr: np.ndarray, factor_names: Sequence[str],
-                       factor_parts: Mapping[str, str], units: Sequence[int]) -> pd.DataFrame:
-    """Per unit: the part-specific factor with the largest |correlation| and its part."""
+                       factor_parts: Mapping[str, str], units: Sequence[int],
+                       min_abs_corr: float = 0.3) -> pd.DataFrame:
+    """Correlational ground truth per unit: the part-specific factor with the largest
+    |correlation|, its part, and the part concentration of the largest |correlation| per part.
+    Units tracking no part factor with |r| >= min_abs_corr are not evaluated."""
     cols = [i for i, name in enumerate(factor_names) if name in factor_parts]
     sub = np.nan_to_num(np.abs(corr[:, cols]), nan=0.0)
     best = sub.argmax(1)
     names = [factor_names[cols[b]] for b in best]
+    part_names = sorted(set(factor_parts.values()))
+    per_part = np.stack([sub[:, [j for j, c in enumerate(cols)
+                                 if factor_parts[factor_names[c]] == p]].max(1)
+                         for p in part_names], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conc = per_part.max(1) / per_part.sum(1)
+    strength = sub[np.arange(len(sub)), best]
     return pd.DataFrame({
         "unit": np.asarray(units),
         "gt_factor": names,
         "gt_part": [factor_parts[n] for n in names],
-        "gt_abs_corr": sub[np.arange(len(sub)), best],
+        "gt_abs_corr": strength,
+        "gt_concentration": conc,
+        "evaluated": strength >= min_abs_corr,
     })
 
 
@@ -78,40 +90,56 @@ def _match(rows: pd.DataFrame, parts: Sequence[str]) -> tuple[float, float]:
 
 
 def validate(units: pd.DataFrame, truth: pd.DataFrame, parts: Sequence[str],
-             min_abs_corr: float = 0.3,
+             selective_concentration: float = 0.6,
              strong_quantile: float = 0.75) -> tuple[dict[str, float], pd.DataFrame]:
     """Compare the pipeline's top part with the ground-truth part.
 
     units: the selectivity stage's unit summary (unit, top_part, concentration, significant,
-    score_<part>, tuning_strength); truth: ``ground_truth_parts``. Units whose activation
-    tracks a part factor with |r| >= min_abs_corr are evaluated; among them, the strongly
-    tuned ones are those whose selectivity is most concentrated on one part (concentration at
-    or above its ``strong_quantile``).
-    Returns (metrics, per-unit table). Metrics: ``match_rate`` / ``chance`` among strongly
-    tuned units (chance: the match rate if the pipeline's parts were shuffled among them),
-    ``match_rate_all`` / ``chance_all`` among all evaluated units, ``n_units``, ``n_strong``,
-    ``n_significant``, ``auc_<part>``: how well the pipeline's share of selectivity for that
-    part ranks units whose ground-truth part it is above the others (0.5 = chance), and
-    ``mean_auc``.
+    score_<part>, tuning_strength); truth: one row per unit with unit, gt_part, evaluated
+    (whether the truth speaks about the unit at all, e.g. it responds to some part factor)
+    and gt_concentration (the ground truth's own part concentration; NaN if unknown).
+    Among the evaluated units, the strongly tuned ones are those whose measured selectivity is
+    most concentrated (concentration at or above its ``strong_quantile``), the part-selective
+    ones those whose ground-truth concentration is at least ``selective_concentration``.
+    Returns (metrics, per-unit table). Metrics: ``match_rate_all`` / ``chance_all`` over the
+    evaluated units (chance: the match rate if the pipeline's top parts were shuffled among
+    them), ``match_rate`` / ``chance`` over the strongly tuned, ``match_rate_selective`` /
+    ``chance_selective`` over the part-selective; ``match_<part>`` (recall: the share of the
+    part's ground-truth units that the pipeline gives that top part) with ``chance_<part>``
+    (the share of all evaluated units it gives that top part); ``auc_<part>``: how well the
+    pipeline's share of selectivity for that part ranks the part's ground-truth units above
+    the others (0.5 = chance), and ``mean_auc``; counts ``n_units``, ``n_strong``,
+    ``n_selective``, ``n_significant`` and ``n_selective_significant``.
     """
     table = units.merge(truth, on="unit", how="inner")
     table["match"] = table["top_part"] == table["gt_part"]
-    evaluated = table[table["gt_abs_corr"] >= min_abs_corr]
+    evaluated = table[table["evaluated"]]
     cut = evaluated["concentration"].quantile(strong_quantile) if len(evaluated) else np.inf
     strong = evaluated[evaluated["concentration"] >= cut]
+    selective = evaluated[evaluated["gt_concentration"] >= selective_concentration]
     table["strong"] = table["unit"].isin(strong["unit"])
-    metrics: dict[str, float] = {"n_units": float(len(evaluated)), "n_strong": float(len(strong)),
-                                 "n_significant": float(table["significant"].sum())}
+    table["gt_selective"] = table["unit"].isin(selective["unit"])
+    metrics: dict[str, float] = {
+        "n_units": float(len(evaluated)), "n_strong": float(len(strong)),
+        "n_selective": float(len(selective)),
+        "n_significant": float(table["significant"].sum()),
+        "n_selective_significant": float(selective["significant"].sum()),
+    }
     metrics["match_rate"], metrics["chance"] = _match(strong, parts)
     metrics["match_rate_all"], metrics["chance_all"] = _match(evaluated, parts)
+    metrics["match_rate_selective"], metrics["chance_selective"] = _match(selective, parts)
     strength = evaluated["tuning_strength"].replace(0, np.nan)
     aucs = []
     for part in parts:
+        own = evaluated["gt_part"] == part
+        metrics[f"match_{part}"] = float(evaluated.loc[own, "match"].mean()) if own.any() \
+            else float("nan")
+        metrics[f"chance_{part}"] = float((evaluated["top_part"] == part).mean())
         col = f"score_{part}"
         if col not in evaluated:
             continue
         share = (evaluated[col] / strength).fillna(0.0).to_numpy()
-        auc = _auc(share, (evaluated["gt_part"] == part).to_numpy())
+        auc = _auc(share, own.to_numpy())
         metrics[f"auc_{part}"] = auc
         if auc == auc:
             aucs.append(auc)

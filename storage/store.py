@@ -158,6 +158,18 @@ class Artifact:
                 "delete the artifact folder and rerun to rebuild it"
             ) from exc
 
+    def select(self, name: str, index: str, value: Any) -> np.ndarray:
+        """The rows of array ``name`` whose entry in the 1-d array ``index`` equals ``value``
+        (e.g. one unit's images: ``select("images", "unit", 92)``), read from whichever shard
+        holds them; only those rows are read. Raises ``KeyError`` if no row matches."""
+        pieces = [self] if self.manifest.shards is None else [self.shard(s) for s in self.shards]
+        for piece in pieces:
+            hits = np.flatnonzero(piece.load(index) == value)
+            if len(hits):
+                arr = piece.array(name)
+                return np.stack([np.asarray(arr[int(i)]) for i in hits])
+        raise KeyError(f"{self.stage}/{self.key} has no row with {index} == {value!r}")
+
     def file_path(self, name: str) -> str:
         """Where a file written with ``write_file`` lives (a path or URI under the root)."""
         if name not in self.manifest.files:

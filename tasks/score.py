@@ -6,64 +6,140 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 
+from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.selectivity import (
     closed_loop_spearman,
+    concentration,
+    direction_means,
     first_last_change,
+    mask_small_parts,
+    null_reference,
+    part_scores,
     selectivity_table,
     unit_summary,
 )
-from storage import content_key
+from storage import Artifact, content_key
 from tasks.caching import by_content_key
 from tasks.context import as_config, store_for
 
 STAGE = "selectivity"
-VERSION = "3"
+VERSION = "4"
+MIN_MEDIAN_GAIN = 0.5  # below this the re-encoded units do not follow their tuning
+MIN_MEDIAN_PIXEL_CHANGE = 1 / 255  # below one grey level the images do not visibly change
 
 
-def selectivity_key(tune_key: str, null_key: str) -> str:
-    return content_key(STAGE, VERSION, {}, {"tune": tune_key, "null": null_key})
+def selectivity_params(config: AnalysisConfig) -> dict[str, Any]:
+    return {"min_part_area": config.tuning.min_part_area}
+
+
+def selectivity_key(config: AnalysisConfig, tune_key: str, null_key: str) -> str:
+    return content_key(STAGE, VERSION, selectivity_params(config),
+                       {"tune": tune_key, "null": null_key})
+
+
+def _changes(art: Artifact, min_area: float) -> np.ndarray:
+    """First -> last change [K, Ns, P, M'], parts below ``min_area`` in a base image masked."""
+    change = first_last_change(art.load("measures"), art.load("motion"))
+    return mask_small_parts(change, _per_sample(art, "base_area"), min_area)
+
+
+def _per_sample(art: Artifact, name: str) -> np.ndarray:
+    """An array about the samples, which every shard of a sharded artifact repeats."""
+    return art.shard(art.shards[0]).load(name) if art.shards else art.load(name)
+
+
+def tuning_warnings(units: pd.DataFrame) -> list[str]:
+    """Loud messages when the tuning does not move its units (DESIGN.md)."""
+    out = []
+    gain = float(units["closed_loop_gain"].median())
+    pixel = float(units["pixel_change"].median())
+    if not gain >= MIN_MEDIAN_GAIN:
+        out.append(f"the median closed-loop gain is {gain:.3f} (< {MIN_MEDIAN_GAIN}): re-encoded "
+                   "units barely follow the values they were set to, so the part scores are "
+                   "mostly noise; use tuning.step: calibrated")
+    if not pixel >= MIN_MEDIAN_PIXEL_CHANGE:
+        out.append(f"the median pixel change is {pixel:.5f} (< 1/255): the tuning images do not "
+                   "visibly change; use tuning.step: calibrated or a larger tuning range")
+    return out
 
 
 @task(name="selectivity", cache_key_fn=by_content_key, persist_result=True,
       task_run_name="selectivity")
 def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) -> dict:
-    """Per (unit, part, measure) effect sizes against the null; per-unit top part."""
+    """Part profiles, the per-unit specificity test against the null, closed-loop figures."""
     cfg = as_config(config)
     store = store_for(cfg)
     if store.exists(STAGE, key):
         return {"stage": STAGE, "key": key, "computed": False}
     tuned, null = store.open("tune", tune_key), store.open("null", null_key)
-    parts = null.info["parts"]
+    all_parts = null.info["parts"]
+    fg = [j for j, p in enumerate(all_parts) if p != "background"]
+    parts = [all_parts[j] for j in fg]
     units = tuned.load("unit")
-    change = first_last_change(tuned.load("measures"), tuned.load("motion"))
-    null_change = first_last_change(null.load("measures"), null.load("motion"))
-    table = selectivity_table(units, change, null_change, parts)
-    summary = unit_summary(table, parts)
+    min_area = cfg.tuning.min_part_area
+    change = _changes(tuned, min_area)
+    null_change = _changes(null, min_area)
+    table = selectivity_table(units, change, null_change, all_parts)
 
-    # closed-loop response: does the image-domain unit follow the value it was set to?
+    null_means = direction_means(null_change)
+    mean0, sd0 = null_reference(null_means)
+
+    def profile(means: np.ndarray) -> np.ndarray:  # [K, P, M'] -> [K, foreground parts]
+        return part_scores((means - mean0) / sd0)[:, fg]
+
+    scores = profile(direction_means(change))
+    # the test compares like with like: the units' profiles on the null's samples
+    tuned_samples = _per_sample(tuned, "sample_index")
+    shared = np.isin(tuned_samples, null.load("sample_index"))
+    test_stat = concentration(profile(direction_means(change[:, shared])))
+    null_scores = profile(null_means)
+    null_stat = concentration(null_scores)
+    summary = unit_summary(units, scores, test_stat, null_stat, parts)
+
     set_value, response = tuned.load("set_value"), tuned.load("response")
     logit, top1 = tuned.load("logit_change"), tuned.load("top1")
-    sample_class = tuned.shard(tuned.shards[0]).load("sample_class")
-    extra = pd.DataFrame({
+    sample_class = _per_sample(tuned, "sample_class")
+    moved = np.abs(tuned.load("reencoded_change"))  # [U, D], in training SDs
+    own = moved[np.arange(len(units)), units]
+    summary = summary.merge(pd.DataFrame({
         "unit": units,
+        "closed_loop_gain": _slopes(set_value, response),
         "closed_loop_spearman": closed_loop_spearman(set_value, response),
-        "response_slope": _slopes(set_value, response),
+        "closed_loop_rank": 1 + (moved > own[:, None]).sum(1),
+        "pixel_change": tuned.load("pixel_change").mean(1),
+        "label_change": tuned.load("label_change").mean(1),
+        "step_scale": tuned.load("step_scale"),
+        "latent_step": tuned.load("latent_step"),
+        "gain_measured": tuned.load("gain_measured"),
         "class_logit_change": (logit[:, :, -1] - logit[:, :, 0]).mean(1),
         "flip_rate": (top1[:, :, -1] != sample_class[None, :]).mean(1),
-    })
-    summary = summary.merge(extra, on="unit", how="left")
-    with store.writer(STAGE, key, params={}, inputs={"tune": tune_key, "null": null_key},
-                      code_version=VERSION) as out:
+    }), on="unit", how="left")
+    warnings = tuning_warnings(summary)
+    for message in warnings:
+        get_run_logger().warning("tuning does not move the units: %s", message)
+    with store.writer(STAGE, key, params=selectivity_params(cfg),
+                      inputs={"tune": tune_key, "null": null_key}, code_version=VERSION) as out:
         out.write_table("selectivity", table)
         out.write_table("units", summary)
-        out.info["parts"] = parts
+        out.write_table("null_profiles", pd.DataFrame(
+            {"direction": null.load("direction"), "concentration": null_stat,
+             "closed_loop_gain": _slopes(null.load("set_value"), null.load("response")),
+             **{f"score_{p}": null_scores[:, j] for j, p in enumerate(parts)}}))
+        out.info.update({
+            "parts": all_parts, "scored_parts": parts, "warnings": warnings,
+            "median_closed_loop_gain": float(summary["closed_loop_gain"].median()),
+            "median_pixel_change": float(summary["pixel_change"].median()),
+            "median_label_change": float(summary["label_change"].median()),
+            "significant_units": int(summary["significant"].sum()),
+            "null_directions": len(null_stat),
+        })
     return {"stage": STAGE, "key": key, "computed": True}
 
 
 def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least-squares slope of re-encoded on set value per unit ([U, Ns, S] -> [U])."""
+    """Least-squares slope of re-encoded on set value per direction ([K, Ns, S] -> [K])."""
     x = x.reshape(len(x), -1).astype(np.float64)
     y = y.reshape(len(y), -1).astype(np.float64)
     xc = x - x.mean(1, keepdims=True)

@@ -1,7 +1,8 @@
-"""Stage 3-4 tasks: activation ranges, the part segmenter, tuned units (sharded) and the null.
+"""Stage 3-4 tasks: activation ranges, tuning directions, the part segmenter, tuned units
+(sharded) and the null.
 
-Each tuning shard renders, re-encodes, segments and measures its units in one pass and commits
-on its own, so a killed run resumes at the next unfinished shard.
+Each tuning shard calibrates its units' steps, then renders, re-encodes, segments and measures
+them in one pass and commits on its own, so a killed run resumes at the next unfinished shard.
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ from linkstyle_core.segment import FewShotSegmenter, mean_iou, train_segmenter
 from linkstyle_core.tuning import (
     TuneResult,
     activation_ranges,
+    analytic_gains,
     base_logits,
+    base_part_area,
+    calibrated_scale,
+    latent_directions,
+    measured_gains,
     null_directions,
     render_with_features,
+    reverse_map,
     select_samples,
     step_values,
     tune,
@@ -36,13 +43,20 @@ from tasks.caching import by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
 
-VERSIONS = {"ranges": "1", "segmenter": "2", "tune": "1", "null": "1"}
+VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "2", "null": "2"}
 EVAL_IMAGES = 128  # fresh toy images on which the segmenter's mIoU is measured
+REVERSE_ALPHA = 1.0  # ridge of the reverse map w -> r; w_dim << training pairs, so mild
 
 
 # -- keys ------------------------------------------------------------------------------------
 def ranges_params(config: AnalysisConfig) -> dict[str, Any]:
     return {"range": config.tuning.range, "percentiles": config.tuning.percentiles}
+
+
+def directions_params(config: AnalysisConfig) -> dict[str, Any]:
+    t = config.tuning
+    return {"direction": t.direction, "direction_alpha": t.direction_alpha,
+            "reverse_alpha": REVERSE_ALPHA}
 
 
 def segmenter_params(config: AnalysisConfig) -> dict[str, Any]:
@@ -68,15 +82,24 @@ def tune_params(config: AnalysisConfig, models: Models) -> dict[str, Any]:
         "units": resolve_units(t.units, models.classifier.feature_dim), "steps": t.steps,
         "samples_per_class": t.samples_per_class, "classes": resolve_classes(config, models),
         "shard_size": t.shard_size, "store_images": t.store_images,
-        "precision": config.runtime.precision,
+        "precision": config.runtime.precision, **_step_params(config),
     }
 
 
+def _step_params(config: AnalysisConfig) -> dict[str, Any]:
+    t = config.tuning
+    if t.step == "range":
+        return {"step": "range"}
+    return {"step": "calibrated", "calibration_samples_per_class": t.calibration_samples_per_class,
+            "max_latent_step": t.max_latent_step}
+
+
 def null_params(config: AnalysisConfig, models: Models) -> dict[str, Any]:
-    params = tune_params(config, models)
-    params.pop("shard_size")
-    params.pop("store_images")
-    return {**params, "null_directions": config.tuning.null_directions, "seed": config.tuning.seed}
+    t = config.tuning
+    return {"units": resolve_units(t.units, models.classifier.feature_dim),
+            "samples_per_class": t.null_samples_per_class,
+            "classes": resolve_classes(config, models), "precision": config.runtime.precision,
+            "null_directions": t.null_directions, "seed": t.seed, **_step_params(config)}
 
 
 def unit_shards(units: list[int], shard_size: int) -> dict[str, list[int]]:
@@ -92,12 +115,14 @@ def stage_keys(config: AnalysisConfig, models: Models, link_key: str,
                paired: dict[str, str]) -> dict[str, str]:
     ranges = content_key("ranges", VERSIONS["ranges"], ranges_params(config),
                          {"train": paired["train"]})
+    directions = content_key("directions", VERSIONS["directions"], directions_params(config),
+                             {"link": link_key, "train": paired["train"]})
     segmenter = content_key("segmenter", VERSIONS["segmenter"], segmenter_params(config),
                             segmenter_inputs(config, models))
-    upstream = {"link": link_key, "ranges": ranges, "test": paired["test"],
-                "segmenter": segmenter, **models.keys}
+    upstream = {"link": link_key, "ranges": ranges, "directions": directions,
+                "test": paired["test"], "segmenter": segmenter, **models.keys}
     return {
-        "ranges": ranges, "segmenter": segmenter,
+        "ranges": ranges, "directions": directions, "segmenter": segmenter,
         "tune": content_key("tune", VERSIONS["tune"], tune_params(config, models), upstream),
         "null": content_key("null", VERSIONS["null"], null_params(config, models), upstream),
     }
@@ -124,6 +149,40 @@ def compute_ranges(config: dict[str, Any], key: str, train_key: str) -> dict[str
         out.write_array("high", high.numpy())
         out.write_table("ranges", table)
     return {"stage": "ranges", "key": key, "computed": True}
+
+
+# -- directions ------------------------------------------------------------------------------
+@task(name="directions", cache_key_fn=by_content_key, persist_result=True,
+      task_run_name="directions")
+def compute_directions(config: dict[str, Any], key: str, link_key: str,
+                       train_key: str) -> dict[str, Any]:
+    """Each unit's direction in W, the reverse map w -> r and the predicted gains."""
+    cfg = as_config(config)
+    store = store_for(cfg)
+    if store.exists("directions", key):
+        return {"stage": "directions", "key": key, "computed": False}
+    train = store.open("paired", train_key)
+    r, w = torch.from_numpy(train.load("r")), torch.from_numpy(train.load("w"))
+    labels = torch.from_numpy(train.load("label"))
+    link = load_link(store.open("link", link_key))
+    dirs = latent_directions(cfg.tuning.direction, link.coef_, r, w, cfg.tuning.direction_alpha)
+    reverse = reverse_map(r, w, REVERSE_ALPHA)
+    gains = analytic_gains(reverse, dirs.T, torch.eye(r.shape[1]))
+    # the typical distance of a latent from its class mean: the scale of a "large" latent step
+    centred = w.double().clone()
+    for c in torch.unique(labels):
+        centred[labels == c] -= centred[labels == c].mean(0)
+    w_spread = float(centred.norm(dim=1).pow(2).mean().sqrt())
+    with store.writer("directions", key, params=directions_params(cfg),
+                      inputs={"link": link_key, "train": train_key},
+                      code_version=VERSIONS["directions"]) as out:
+        out.write_array("directions", dirs.numpy())
+        out.write_array("reverse", reverse.numpy())
+        out.write_table("directions", pd.DataFrame({
+            "unit": np.arange(r.shape[1]), "direction_norm": dirs.norm(dim=0).numpy(),
+            "gain_analytic": gains.numpy()}))
+        out.info["w_spread"] = w_spread
+    return {"stage": "directions", "key": key, "computed": True}
 
 
 # -- segmenter -------------------------------------------------------------------------------
@@ -201,8 +260,10 @@ def fit_segmenter(config: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 # -- tuning ----------------------------------------------------------------------------------
-def _tuning_inputs(cfg: AnalysisConfig, models: Models, keys: dict[str, str]) -> dict[str, Any]:
-    """Everything a tuning shard or the null needs, loaded from the store."""
+def _tuning_inputs(cfg: AnalysisConfig, models: Models, keys: dict[str, str],
+                   per_class: int | None = None) -> dict[str, Any]:
+    """Everything a tuning shard or the null needs, loaded from the store. ``per_class``:
+    held-out samples per class (default ``tuning.samples_per_class``)."""
     store = store_for(cfg)
     dev = models.device
     link = load_link(store.open("link", keys["link"]))
@@ -210,17 +271,61 @@ def _tuning_inputs(cfg: AnalysisConfig, models: Models, keys: dict[str, str]) ->
     test = store.open("paired", keys["test"])
     r_all, labels_all = torch.from_numpy(test.load("r")), torch.from_numpy(test.load("label"))
     classes = resolve_classes(cfg, models)
-    picks = select_samples(labels_all, cfg.tuning.samples_per_class, classes)
+    picks = select_samples(labels_all, per_class or cfg.tuning.samples_per_class, classes)
+    per_probe = cfg.tuning.calibration_samples_per_class
+    probe = select_samples(labels_all, per_probe, classes) if per_probe else picks[:0]
     r, labels = r_all[picks].to(dev), labels_all[picks].to(dev)
     w0 = link.predict(r)
     seg_art = store.open("segmenter", keys["segmenter"])
+    segmenter = load_segmenter(seg_art, dev)
     ranges = store.open("ranges", keys["ranges"])
+    directions = store.open("directions", keys["directions"])
     return {
         "link": link, "r": r, "labels": labels, "w0": w0, "picks": picks,
+        "probe_r": r_all[probe].to(dev), "probe_w0": link.predict(r_all[probe].to(dev)),
         "base": base_logits(models.generator, models.classifier, w0, cfg.runtime.precision),
-        "segmenter": load_segmenter(seg_art, dev), "parts": seg_art.info["parts"],
+        "segmenter": segmenter, "parts": seg_art.info["parts"],
+        "base_area": base_part_area(models.generator, segmenter, w0, cfg.runtime.batch_size,
+                                    cfg.runtime.precision),
         "low": torch.from_numpy(ranges.load("low")), "high": torch.from_numpy(ranges.load("high")),
+        "r_std": torch.tensor(ranges.table("ranges")["std"].to_numpy(), dtype=torch.float32),
+        "directions": torch.from_numpy(directions.load("directions")),
+        "reverse": torch.from_numpy(directions.load("reverse")),
+        "w_spread": float(directions.info["w_spread"]),
     }
+
+
+def _calibrate(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_dirs: torch.Tensor,
+               readout: torch.Tensor, spans: torch.Tensor,
+               probe_offsets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The latent step per unit of r-space offset along each direction, and how it was set.
+
+    spans [K]: each direction's whole offset range; probe_offsets [K, Np, 2]: the first and
+    last offsets of the probe samples' trajectories. Returns step [K, w_dim] (what ``tune``
+    moves per unit of offset), scale [K] (its length relative to the direction), gain_analytic
+    [K] (the reverse map's prediction), gain_measured [K] (the predicted step's gain rendered
+    on the probe samples; NaN when not measured) and latent_step [K] (the whole trajectory's
+    length in W).
+    """
+    k = len(latent_dirs)
+    predicted = analytic_gains(inp["reverse"], latent_dirs, readout)
+    measured = torch.full((k,), float("nan"))
+    if cfg.tuning.step == "range":
+        scale = torch.ones(k)
+    else:
+        max_step = cfg.tuning.max_latent_step * inp["w_spread"]
+        scale = calibrated_scale(predicted, latent_dirs, spans, max_step)
+        if probe_offsets.shape[1]:
+            # the linear prediction misses the generator's and classifier's curvature: render
+            # the predicted step on a few samples and correct it by the gain measured there
+            measured = measured_gains(models.generator, models.classifier, inp["probe_w0"],
+                                      latent_dirs * scale[:, None], readout, probe_offsets,
+                                      cfg.runtime.batch_size, cfg.runtime.precision)
+            scale = calibrated_scale(predicted * measured.nan_to_num(1.0), latent_dirs, spans,
+                                     max_step)
+    step = latent_dirs * scale[:, None]
+    return {"step": step, "scale": scale, "gain_analytic": predicted, "gain_measured": measured,
+            "latent_step": spans * step.norm(dim=1)}
 
 
 def _run(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_dirs: torch.Tensor,
@@ -234,17 +339,26 @@ def _run(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_dirs: 
 
 
 def _write_result(out: ArtifactWriter, ids: np.ndarray, id_name: str, res: TuneResult,
-                  set_value: torch.Tensor, inp: dict[str, Any]) -> None:
+                  set_value: torch.Tensor, inp: dict[str, Any],
+                  calibration: dict[str, torch.Tensor]) -> None:
     k, ns, steps = res.offset.shape
     out.write_array(id_name, ids)
     out.write_array("sample_index", inp["picks"].numpy())
     out.write_array("sample_class", inp["labels"].cpu().numpy())
+    out.write_array("base_area", inp["base_area"].numpy())
     for name, value in (("set_value", set_value), ("response", res.response),
                         ("logit_change", res.logit_change), ("top1", res.top1),
-                        ("measures", res.measures), ("motion", res.motion)):
+                        ("measures", res.measures), ("motion", res.motion),
+                        ("pixel_change", res.pixel_change), ("label_change", res.label_change),
+                        ("reencoded_change", res.reencoded_change / inp["r_std"].clamp_min(1e-8)),
+                        ("step_scale", calibration["scale"]),
+                        ("latent_step", calibration["latent_step"]),
+                        ("gain_analytic", calibration["gain_analytic"]),
+                        ("gain_measured", calibration["gain_measured"])):
         out.write_array(name, value.numpy())
-    if res.images is not None:
+    if res.images is not None and res.parts is not None:
         out.write_array("images", res.images.numpy(), chunks=(1, ns, steps, *res.images.shape[3:]))
+        out.write_array("parts", res.parts.numpy(), chunks=(1, ns, steps, *res.parts.shape[3:]))
     grid = np.meshgrid(ids, np.arange(ns), np.arange(steps), indexing="ij")
     out.write_table("response", pd.DataFrame({
         id_name: grid[0].ravel(), "sample": inp["picks"].numpy()[grid[1].ravel()],
@@ -271,20 +385,24 @@ def _write_result(out: ArtifactWriter, ids: np.ndarray, id_name: str, res: TuneR
     }))
 
 
+_UPSTREAM = ("link", "ranges", "directions", "test", "segmenter")
+
+
 def _tune_writer(cfg: AnalysisConfig, models: Models, key: str,
                  keys: dict[str, str]) -> tuple[ShardedWriter, dict[str, list[int]]]:
     params = tune_params(cfg, models)
     shards = unit_shards(params["units"], cfg.tuning.shard_size)
     writer = store_for(cfg).sharded(
         "tune", key, list(shards), params=params, code_version=VERSIONS["tune"],
-        inputs={k: keys[k] for k in ("link", "ranges", "test", "segmenter")} | models.keys)
+        inputs={k: keys[k] for k in _UPSTREAM} | models.keys)
     return writer, shards
 
 
 @task(name="tune-shard", cache_key_fn=by_content_key, persist_result=True,
       cache_result_in_memory=False, task_run_name="tune-{shard}")
 def tune_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str]) -> dict:
-    """Tune one shard of units: trajectories, closed-loop response, parts and measurements."""
+    """Tune one shard of units: calibrated steps, trajectories, closed-loop response, parts and
+    measurements."""
     cfg = as_config(config)
     models = models_for(cfg)
     writer, shards = _tune_writer(cfg, models, key, keys)
@@ -295,13 +413,16 @@ def tune_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str
     units = torch.tensor(shards[shard])
     values = step_values(inp["low"][units], inp["high"][units], cfg.tuning.steps)  # [U, S]
     offsets = unit_offsets(values.to(inp["r"].device), inp["r"][:, units]).cpu()
-    latent_dirs = inp["link"].coef_[:, units].T  # A[:, u]
     readout = torch.nn.functional.one_hot(units, inp["r"].shape[1]).float()
-    res = _run(cfg, models, inp, latent_dirs, readout, offsets, f"tune {shard}",
+    spans = inp["high"][units] - inp["low"][units]
+    probe = unit_offsets(values[:, [0, -1]].to(inp["r"].device), inp["probe_r"][:, units]).cpu()
+    calibration = _calibrate(cfg, models, inp, inp["directions"][:, units].T, readout, spans,
+                             probe)
+    res = _run(cfg, models, inp, calibration["step"], readout, offsets, f"tune {shard}",
                cfg.tuning.store_images)
     set_value = values[:, None, :].expand_as(res.offset).contiguous()
     with writer.shard(shard) as out:
-        _write_result(out, units.numpy(), "unit", res, set_value, inp)
+        _write_result(out, units.numpy(), "unit", res, set_value, inp, calibration)
         out.info["parts"] = inp["parts"]
         out.timings["compute_s"] = round(time.perf_counter() - t0, 3)
         out.info["images_per_s"] = round(res.offset.numel() / (time.perf_counter() - t0), 1)
@@ -324,24 +445,28 @@ def tune_finalize(config: dict[str, Any], key: str, keys: dict[str, str],
 
 @task(name="null", cache_key_fn=by_content_key, persist_result=True, task_run_name="null")
 def tune_null(config: dict[str, Any], key: str, keys: dict[str, str]) -> dict[str, Any]:
-    """The null control: random r-space directions with the units' step sizes."""
+    """The null control: random r-space directions with the units' step sizes, calibrated
+    exactly as the units are, on ``tuning.null_samples_per_class`` samples per class and two
+    steps (the first and the last, all that the scores compare)."""
     cfg = as_config(config)
     store = store_for(cfg)
     if store.exists("null", key):
         return {"stage": "null", "key": key, "computed": False}
     models = models_for(cfg)
     t0 = time.perf_counter()
-    inp = _tuning_inputs(cfg, models, keys)
-    units = torch.tensor(tune_params(cfg, models)["units"])
+    inp = _tuning_inputs(cfg, models, keys, per_class=cfg.tuning.null_samples_per_class)
+    units = torch.tensor(null_params(cfg, models)["units"])
     spans = (inp["high"] - inp["low"])[units]
     dirs, offsets = null_directions(inp["r"].shape[1], spans, cfg.tuning.null_directions,
-                                    cfg.tuning.steps, len(inp["picks"]), cfg.tuning.seed)
-    latent_dirs = dirs @ inp["link"].coef_.T  # [K, w_dim]
-    res = _run(cfg, models, inp, latent_dirs, dirs, offsets, "null directions", False)
+                                    2, len(inp["picks"]), cfg.tuning.seed)
+    null_spans = offsets[:, 0, -1] - offsets[:, 0, 0]
+    probe = offsets[:, :1].expand(-1, len(inp["probe_w0"]), -1)  # symmetric about each r
+    calibration = _calibrate(cfg, models, inp, dirs @ inp["directions"].T, dirs, null_spans,
+                             probe)
+    res = _run(cfg, models, inp, calibration["step"], dirs, offsets, "null directions", False)
     with store.writer("null", key, params=null_params(cfg, models), code_version=VERSIONS["null"],
-                      inputs={k: keys[k] for k in ("link", "ranges", "test", "segmenter")}
-                      | models.keys) as out:
-        _write_result(out, np.arange(len(dirs)), "direction", res, res.offset, inp)
+                      inputs={k: keys[k] for k in _UPSTREAM} | models.keys) as out:
+        _write_result(out, np.arange(len(dirs)), "direction", res, res.offset, inp, calibration)
         out.write_array("directions", dirs.numpy())
         out.info["parts"] = inp["parts"]
         out.timings["compute_s"] = round(time.perf_counter() - t0, 3)

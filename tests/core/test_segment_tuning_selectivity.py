@@ -13,13 +13,24 @@ from linkstyle_core.selectivity import (
     ALL_MEASURES,
     benjamini_hochberg,
     closed_loop_spearman,
+    concentration,
+    direction_means,
     first_last_change,
+    mask_small_parts,
+    null_reference,
+    part_scores,
     selectivity_table,
+    specificity_p,
     unit_summary,
 )
 from linkstyle_core.tuning import (
     activation_ranges,
+    analytic_gains,
+    calibrated_scale,
+    latent_directions,
+    measured_gains,
     null_directions,
+    reverse_map,
     select_samples,
     step_values,
     unit_offsets,
@@ -100,24 +111,114 @@ def test_benjamini_hochberg_matches_the_definition() -> None:
     assert np.isnan(q[8])
 
 
+def _profiles(change: np.ndarray, null_change: np.ndarray) -> tuple[np.ndarray, ...]:
+    mean0, sd0 = null_reference(direction_means(null_change))
+    scores = part_scores((direction_means(change) - mean0) / sd0)
+    null_scores = part_scores((direction_means(null_change) - mean0) / sd0)
+    return scores, null_scores
+
+
 def test_a_unit_that_moves_one_part_is_selective_for_it() -> None:
     rng = np.random.default_rng(0)
-    parts = ["background", "ear", "tail"]
-    measures = rng.normal(0, 1, (3, 30, 3, 3, 9))
-    null = rng.normal(0, 1, (32, 30, 3, 3, 9))
-    measures[1, :, -1, 1, 0] += 4.0  # unit 1 grows the ear's area
-    motion = np.abs(rng.normal(0, 1, (3, 30, 3)))
-    null_motion = np.abs(rng.normal(0, 1, (32, 30, 3)))
-    table = selectivity_table([5, 6, 7], first_last_change(measures, motion),
-                              first_last_change(null, null_motion), parts)
-    assert len(table) == 3 * 3 * len(ALL_MEASURES)
-    hit = table[(table.unit == 6) & (table.part == "ear") & (table.measure == "area")].iloc[0]
-    assert hit.effect_size > 2 and hit.q_value < 1e-6
-    others = table[~((table.unit == 6) & (table.part == "ear") & (table.measure == "area"))]
-    assert (others.q_value > 0.01).mean() > 0.95
-    summary = unit_summary(table, parts).set_index("unit")
-    assert summary.loc[6, "top_part"] == "ear" and bool(summary.loc[6, "significant"])
-    assert summary.loc[6, "concentration"] > summary.drop(6)["concentration"].max()
+    parts = ["ear", "tail", "leg", "head", "body", "eye"]
+    # a random direction is a mixture of many units: it moves every part by a similar amount
+    amplitude = 1 + 0.3 * rng.normal(0, 1, (256 + 6, 1, len(parts), 1))
+    directions = amplitude * rng.choice([-1, 1], (256 + 6, 1, 1, len(ALL_MEASURES)))
+    change = directions + rng.normal(0, 0.2, (256 + 6, 30, len(parts), len(ALL_MEASURES)))
+    change[:6] *= 0.2
+    change[2, :, 0] += 3.0  # unit 2 changes the ear a lot, and nothing else beyond random
+    units, null = change[:6], change[6:]
+    table = selectivity_table([10, 11, 12, 13, 14, 15], units, null, parts)
+    assert len(table) == 6 * len(parts) * len(ALL_MEASURES)
+    hit = table[(table.unit == 12) & (table.part == "ear")]
+    assert (hit.effect_size > 2).all()
+    scores, null_scores = _profiles(units, null)
+    summary = unit_summary([10, 11, 12, 13, 14, 15], scores, concentration(scores),
+                           concentration(null_scores), parts).set_index("unit")
+    assert summary.loc[12, "top_part"] == "ear" and bool(summary.loc[12, "significant"])
+    assert summary.loc[12, "specificity_p"] == pytest.approx(1 / 257)
+    assert summary.loc[12, "concentration"] > summary.drop(12)["concentration"].max()
+    assert not summary.drop(12)["significant"].any()
+    assert {f"score_{p}" for p in parts} <= set(summary.columns)
+
+
+def test_random_mixtures_are_not_significant() -> None:
+    # units that are themselves random directions: p-values uniform, BH calls almost none
+    rng = np.random.default_rng(1)
+    mixtures = rng.normal(0, 1, (256 + 128, 1, 6, len(ALL_MEASURES)))
+    change = mixtures + rng.normal(0, 0.3, (256 + 128, 10, 6, len(ALL_MEASURES)))
+    scores, null_scores = _profiles(change[:128], change[128:])
+    summary = unit_summary(np.arange(128), scores, concentration(scores),
+                           concentration(null_scores), list("abcdef"))
+    assert summary["significant"].mean() <= 0.05
+    assert 0.3 < summary["specificity_p"].median() < 0.7
+
+
+def test_specificity_p_counts_the_null_at_or_above() -> None:
+    null = np.array([0.1, 0.2, 0.3, 0.4])
+    p = specificity_p(np.array([0.05, 0.3, 0.5, np.nan]), null)
+    np.testing.assert_allclose(p[:3], [5 / 5, 3 / 5, 1 / 5])
+    assert np.isnan(p[3])
+
+
+def test_small_parts_are_masked_by_their_base_area() -> None:
+    change = np.ones((2, 3, 2, len(ALL_MEASURES)))
+    base_area = np.array([[0.1, 0.0005], [0.1, 0.01], [0.0001, 0.01]])  # [Ns, P]
+    masked = mask_small_parts(change, base_area, 0.001)
+    assert np.isnan(masked[:, 0, 1]).all() and np.isnan(masked[:, 2, 0]).all()
+    assert np.isfinite(masked[:, 1]).all() and change.sum() == change.size  # input untouched
+    # a part measured on too few of the samples has no mean change
+    means = direction_means(masked, min_fraction=0.8)
+    assert np.isnan(means[:, 0]).all() and np.isnan(means[:, 1]).all()
+
+
+def test_directions_and_calibration_on_a_linear_world() -> None:
+    """w -> image -> r all linear: the reverse map is exact, so the calibrated step makes the
+    re-encoded unit follow the value set (gain 1), in closed form and rendered."""
+    g = torch.Generator().manual_seed(0)
+    w_dim, d = 6, 4
+    to_r = torch.randn(d, w_dim, generator=g)
+
+    class Gen:
+        num_ws = 1
+
+        def synthesis(self, ws):  # scaled to stay inside the image range [-1, 1]
+            return (ws[:, 0] / 100).view(-1, 1, 1, w_dim).repeat(1, 3, 1, 1)
+
+    class Clf:
+        def preprocess(self, x):
+            return x[:, 0, 0] * 100
+
+        def features(self, x):
+            return x @ to_r.T
+
+        def head(self, r):
+            return r[:, :2]
+
+    w = torch.randn(500, w_dim, generator=g)
+    r = w @ to_r.T
+    reverse = reverse_map(r, w, alpha=1e-6)
+    torch.testing.assert_close(reverse, to_r, atol=1e-3, rtol=1e-3)
+    link = torch.linalg.lstsq(r, w).solution.T  # [w_dim, D]
+    assert torch.equal(latent_directions("link", link, r, w, 1.0), link)
+    cross = latent_directions("crosscov", link, r, w, 1.0)
+    ridge = latent_directions("ridge", link, r, w, 1e9)
+    cos = torch.nn.functional.cosine_similarity(cross, ridge, dim=0)
+    assert (cos > 0.999).all()  # ridge tends to the cross-covariance for large alpha
+    with pytest.raises(ValueError, match="tuning.direction"):
+        latent_directions("jacobian", link, r, w, 1.0)
+
+    dirs, readout = ridge.T, torch.eye(d)
+    gains = analytic_gains(reverse, dirs, readout)
+    spans = torch.ones(d)
+    scale = calibrated_scale(gains, dirs, spans, max_latent_step=1e6)
+    offsets = torch.tensor([-0.5, 1.5]).expand(d, 3, 2)
+    measured = measured_gains(Gen(), Clf(), w[:3], dirs * scale[:, None], readout, offsets)
+    torch.testing.assert_close(measured, torch.ones(d), atol=1e-3, rtol=1e-3)
+    # the cap: a direction too weak to calibrate moves the latent by max_latent_step at most
+    capped = calibrated_scale(gains * 1e-6, dirs, spans, max_latent_step=0.5)
+    torch.testing.assert_close(capped * dirs.norm(dim=1) * spans, torch.full((d,), 0.5))
+    assert (calibrated_scale(-gains, dirs, spans, 0.5) > 0).all()
 
 
 def test_angle_changes_wrap_around() -> None:

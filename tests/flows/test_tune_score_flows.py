@@ -50,17 +50,41 @@ def test_tables_cover_every_unit_part_and_measure(tmp_path, labels) -> None:
     first = response[response["step"] == 0].groupby("unit")["set_value"].first()
     np.testing.assert_allclose(first.to_numpy(), ranges["low"].to_numpy(), rtol=1e-5)
     assert len(tuned.table("measures")) == n_units * n_samples * steps * parts
+    # one unit's images and part maps, read from whichever shard holds it
+    loaded = tuned.load("images")
+    for unit in (0, 7, 15):
+        np.testing.assert_array_equal(tuned.select("images", "unit", unit)[0], loaded[unit])
+    assert tuned.select("parts", "unit", 7).shape == (1, n_samples, steps, 8, 8)
+    with pytest.raises(KeyError, match="unit == 99"):
+        tuned.select("images", "unit", 99)
     table = store.open("selectivity", reports["score"].keys["selectivity"]).table("selectivity")
     assert len(table) == n_units * parts * len(ALL_MEASURES)
-    assert table["q_value"].dropna().between(0, 1).all()
-    assert (table["q_value"].dropna() >= table["p_value"].dropna() - 1e-12).all()
     units = reports["score"].extra["units"]
     assert sorted(units["unit"]) == list(range(16))
     assert set(units["top_part"]) <= {"bright", "dark"}
-    assert units["concentration"].between(0, 1).all()
-    # units that the closed loop can drive show a positive rank correlation on average
-    assert units["closed_loop_spearman"].mean() > 0.2
+    assert units["concentration"].between(0.5, 1).all()  # two foreground parts
+    assert units["specificity_p"].between(1 / 9, 1).all()  # 8 null directions
+    assert (units["specificity_q"] >= units["specificity_p"] - 1e-12).all()
+    assert (units["significant"] == (units["specificity_q"] < 0.05)).all()
+    # calibrated steps: the re-encoded units follow the values they were set to
+    assert units["closed_loop_gain"].median() == pytest.approx(1.0, abs=0.3)
+    assert units["closed_loop_spearman"].mean() > 0.5
+    assert units["closed_loop_rank"].between(1, 16).all()
+    assert (units["pixel_change"] > 0).all() and units["label_change"].between(0, 1).all()
     assert 0 <= reports["tune"].extra["miou"] <= 1
+
+
+def test_paper_procedure_range_steps_along_link_columns(tmp_path, labels) -> None:
+    config = _config(tmp_path, labels)
+    config["tuning"].update({"direction": "link", "step": "range"})
+    reports = tune_score_flow(config)
+    store = ArtifactStore(config["artifact_root"])
+    tuned = store.open("tune", reports["tune"].keys["tune"])
+    np.testing.assert_allclose(tuned.load("step_scale"), 1.0)  # offset x A[:, u], unscaled
+    link = store.open("link", reports["link"].keys["link"]).load("coef")
+    directions = store.open("directions", reports["tune"].keys["directions"]).load("directions")
+    np.testing.assert_array_equal(directions, link)
+    assert reports["score"].extra["units"]["closed_loop_gain"].notna().all()
 
 
 def test_unchanged_rerun_and_shard_resume(tmp_path, labels, monkeypatch) -> None:
