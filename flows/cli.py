@@ -213,8 +213,11 @@ def cmd_unit(args: argparse.Namespace) -> int:
     from tasks.context import models_for
     from tasks.unit_view import unit_view
 
-    view = unit_view(ArtifactStore(config.artifact_root),
-                     analysis_keys(config, models_for(config)), args.unit, args.samples)
+    try:
+        view = unit_view(ArtifactStore(config.artifact_root),
+                         analysis_keys(config, models_for(config)), args.unit, args.samples)
+    except ValueError as exc:  # a unit that was not tuned, a run without images
+        raise UsageError(str(exc)) from None
     row, parts, shares = view["row"], view["part_names"], view["shares"]
     beyond = shares > view["null_threshold"]
     verdict = "significant" if row["significant"] else "not significant"
@@ -323,12 +326,26 @@ def cmd_toy_train_classifier(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_evaluate(args: argparse.Namespace) -> int:
-    from linkstyle_core.toyworld import check, evaluate, format_report
+    import json
+
+    from linkstyle_core.models.toy import toy_classifier_path
+    from linkstyle_core.toyworld import THRESHOLDS, check, evaluate, format_report
+    from linkstyle_core.toyworld.checkpoint import read_ground_truth
 
     generator, classifier = _toy_models()
-    metrics = evaluate(generator, classifier, n_per_class=args.n, seed=args.seed)
-    print(format_report(metrics))
+    try:  # the ground truth shipped with the weights; measured afresh if the file has none
+        ground_truth = read_ground_truth(toy_classifier_path())
+    except KeyError:
+        ground_truth = None
+    metrics = evaluate(
+        generator, classifier, n_per_class=args.n, seed=args.seed, ground_truth=ground_truth
+    )
     failures = check(metrics)
+    if args.json:
+        print(json.dumps({"metrics": metrics, "thresholds": THRESHOLDS, "failures": failures},
+                         indent=2, allow_nan=True))
+    else:
+        print(format_report(metrics))
     for failure in failures:
         print(f"below threshold: {failure}", file=sys.stderr)
     return 1 if failures else 0
@@ -414,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_toy_evaluate, "measure the toy world's quality on fresh seeds", tsub)
     p.add_argument("--n", type=int, default=200, help="images per species and measurement")
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--json", action="store_true", help="print every figure as JSON")
     p = add("sheet", cmd_toy_sheet, "picture: renderer vs. generator images and labels", tsub)
     p.add_argument("out", metavar="OUT.png")
     p.add_argument("--seed", type=int, default=0)

@@ -206,7 +206,7 @@ class TuningConfig(_Section):
         "(at most samples_per_class)",
     )
     min_part_area: float = Field(
-        0.0015, ge=0.0, lt=1.0, description="a part smaller than this share of the image at "
+        0.001, ge=0.0, lt=1.0, description="a part smaller than this share of the image at "
         "either end of a trajectory is not scored there",
     )
     store_images: bool = Field(True, description="keep the tuned images (uint8) in the store")

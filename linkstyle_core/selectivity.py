@@ -6,9 +6,8 @@ over samples, as an effect size against random directions in r-space tuned the s
 in units of its own variability under tuning, so a tiny part's noisy measures do not outweigh
 a large part's clear ones (docs/tuning.md compares this with the spread across samples at the
 first step, which let large parts win everything). A part that covers less than a minimum area
-at either end of a trajectory is not measured there. Summed over measures, the absolute effect
-sizes give each direction a profile over parts; its top part is where the change
-concentrates.
+in a sample's base image is not scored there. Averaged over measures, the squared effect sizes
+give each direction a profile over parts; its top part is where the change concentrates.
 
 Significance is asked once per unit (DESIGN.md "Tuning that moves the unit"): is the unit's
 profile more concentrated than the profiles of random directions in r-space, tuned and
@@ -90,9 +89,17 @@ def null_reference(null_means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def part_scores(effect: np.ndarray) -> np.ndarray:
-    """Profile over parts: the sum over measures of |effect size|, [K, P, M'] -> [K, P]
-    (an unmeasured cell counts 0)."""
-    return np.nansum(np.abs(effect), axis=-1)
+    """Profile over parts: the mean over the measured measures of the squared effect size,
+    [K, P, M'] -> [K, P] (0 for a part with no measured cell).
+
+    A mean, not a sum: a part that is tiny at one end of its trajectories (an eye that grows
+    from two pixels) keeps only its area measurable, and a sum would count its unmeasurable
+    cells as "no change". Squares, not absolute values: under the null every cell has unit
+    variance, so the many small changes of uninvolved parts weigh little against a real one.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN parts
+        return np.nan_to_num(np.nanmean(effect**2, axis=-1), nan=0.0)
 
 
 def concentration(scores: np.ndarray) -> np.ndarray:

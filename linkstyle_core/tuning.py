@@ -261,8 +261,8 @@ def tune(
     per_batch = max(1, batch_size // steps)
     num_parts = segmenter.num_parts
     outputs: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("response", "logit", "top1", "measures", "motion", "pixel", "label",
-                        "reencoded", "images", "parts")}
+        k: [] for k in ("response", "logit", "top1", "measures", "motion", "pixel",
+                        "label", "reencoded", "images", "parts")}
     latent_dirs, readout = latent_dirs.to(device), readout.to(device)
     offsets_dev = offsets.to(device)
     for start in range(0, len(pairs), per_batch):

@@ -1,9 +1,10 @@
 """Ground-truth validation of the selectivity pipeline on the toy world.
 
 Every toy image comes with the factors it was rendered from, so each classifier unit has a
-ground-truth part: the part of the factor its activation tracks most strongly (within species,
-so that species differences do not count as a part). A unit the pipeline calls "ear-selective"
-should be one whose activation really tracks an ear factor.
+ground-truth part. The bundled classifier ships it, measured by intervention (each part
+factor moved, renderer -> classifier; ``toyworld.ground_truth``); for a classifier without it,
+``ground_truth_parts`` derives one from correlations within species. A unit the pipeline calls
+"ear-selective" should be one whose activation really responds to the ear factors.
 """
 
 from __future__ import annotations
@@ -14,16 +15,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
-
-TOY_FACTOR_PARTS: dict[str, str] = {
-    "body_size": "body", "body_aspect": "body", "body_hue": "body",
-    "head_size": "head", "head_hue": "head",
-    "ear_length": "ear", "ear_width": "ear",
-    "leg_length": "leg",
-    "tail_length": "tail", "tail_angle": "tail",
-}
-"""Which part each part-specific toy factor shapes; nuisance factors (pose, position,
-brightness) belong to no part and are left out."""
 
 
 def within_class_correlation(r: torch.Tensor, factors: torch.Tensor,

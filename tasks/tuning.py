@@ -43,7 +43,7 @@ from tasks.caching import by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
 
-VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "2", "null": "2"}
+VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "3", "null": "3"}
 EVAL_IMAGES = 128  # fresh toy images on which the segmenter's mIoU is measured
 REVERSE_ALPHA = 1.0  # ridge of the reverse map w -> r; w_dim << training pairs, so mild
 

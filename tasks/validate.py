@@ -16,7 +16,6 @@ from prefect import task
 
 from linkstyle_core.render import encode
 from linkstyle_core.validation import (
-    TOY_FACTOR_PARTS,
     ground_truth_parts,
     validate,
     within_class_correlation,
@@ -55,23 +54,21 @@ def _renderer_activations(models: Models, batch: int) -> tuple[torch.Tensor, ...
 def _truth(models: Models, batch: int, units: list[int]) -> tuple[pd.DataFrame, str,
                                                                     dict[str, str]]:
     """(ground truth per unit, its kind, factor -> part)."""
-    from linkstyle_core.toyworld import renderer
+    from linkstyle_core.toyworld.ground_truth import load_ground_truth
+    from linkstyle_core.toyworld.renderer import FACTOR_PARTS, FACTORS
 
-    factor_parts = getattr(renderer, "FACTOR_PARTS", TOY_FACTOR_PARTS)
     try:
-        from linkstyle_core.toyworld.ground_truth import load_ground_truth
-
         truth = load_ground_truth()
-    except (ImportError, KeyError, ValueError):
+    except (KeyError, ValueError):  # a checkpoint without the interventional ground truth
         truth = None
     if truth is not None and len(truth) == models.classifier.feature_dim:
         truth = truth[truth["unit"].isin(units)].copy()
         truth["evaluated"] = truth["gt_sensitivity"] > 0
-        return truth, "interventional", factor_parts
+        return truth, "interventional", FACTOR_PARTS
     r, factors, species = _renderer_activations(models, batch)
     corr = within_class_correlation(r[:, units], factors, species)
-    return (ground_truth_parts(corr, renderer.FACTORS, factor_parts, units, MIN_ABS_CORR),
-            "correlational", factor_parts)
+    return (ground_truth_parts(corr, FACTORS, FACTOR_PARTS, units, MIN_ABS_CORR),
+            "correlational", FACTOR_PARTS)
 
 
 @task(name="validation", cache_key_fn=by_content_key, persist_result=True,

@@ -4,12 +4,20 @@
   ground-truth factors (``PARTS``, ``FACTORS``, ``SPECIES``);
 - ``generator``: ``ToyGenerator``, a small style-based generator trained to reproduce it;
 - ``classifier``: ``ToyClassifier``, a small ResNet that tells the species apart;
+- ``footprint``: where each factor's change lands in the image (the renderer's ground truth);
+- ``ground_truth``: the interventional ground truth of the classifier's units, shipped with
+  its weights;
 - ``train``, ``evaluate``, ``sheet``: training, quality figures and a contact sheet, as used by
   ``linkstyle toy ...``. The trained weights ship in ``weights/`` and load with
   ``linkstyle_core.models.toy.load_toy_generator`` / ``load_toy_classifier``.
 """
 
-from linkstyle_core.toyworld.checkpoint import load_classifier, load_generator, save_checkpoint
+from linkstyle_core.toyworld.checkpoint import (
+    load_classifier,
+    load_generator,
+    read_ground_truth,
+    save_checkpoint,
+)
 from linkstyle_core.toyworld.classifier import ToyClassifier, ToyClassifierConfig
 from linkstyle_core.toyworld.evaluate import (
     THRESHOLDS,
@@ -18,8 +26,18 @@ from linkstyle_core.toyworld.evaluate import (
     factor_statistics,
     format_report,
 )
+from linkstyle_core.toyworld.footprint import factor_footprints
 from linkstyle_core.toyworld.generator import ToyGenerator, ToyGeneratorConfig, one_hot
+from linkstyle_core.toyworld.ground_truth import (
+    GROUND_TRUTH_PARTS,
+    SELECTIVE_CONCENTRATION,
+    ground_truth_table,
+    load_ground_truth,
+    measure_ground_truth,
+    summarize_ground_truth,
+)
 from linkstyle_core.toyworld.renderer import (
+    FACTOR_PARTS,
     FACTORS,
     LATENT_DIM,
     NUISANCE_FACTORS,
@@ -44,6 +62,9 @@ from linkstyle_core.toyworld.train import augment, train_classifier, train_gener
 
 __all__ = [
     "FACTORS",
+    "FACTOR_PARTS",
+    "GROUND_TRUTH_PARTS",
+    "SELECTIVE_CONCENTRATION",
     "LATENT_DIM",
     "NUISANCE_FACTORS",
     "PARTS",
@@ -60,16 +81,21 @@ __all__ = [
     "check",
     "colour_labels",
     "evaluate",
+    "factor_footprints",
     "factor_index",
     "factor_ranges",
     "factor_statistics",
     "factors_from_latent",
     "format_report",
+    "ground_truth_table",
     "infer_labels",
     "load_classifier",
     "load_generator",
+    "load_ground_truth",
+    "measure_ground_truth",
     "one_hot",
     "part_palette",
+    "read_ground_truth",
     "render",
     "render_species",
     "sample_factors",
@@ -77,6 +103,7 @@ __all__ = [
     "save_checkpoint",
     "species_means",
     "species_stds",
+    "summarize_ground_truth",
     "train_classifier",
     "train_generator",
     "write_sheet",

@@ -2,8 +2,10 @@
 
 A weight file is a ``torch.save``d dict: ``kind`` ("toy-generator" or "toy-classifier"),
 ``format_version``, ``config`` (architecture hyperparameters), ``state_dict`` (fp16 floating
-tensors, to keep the bundled files small), ``species``, ``factors``, ``seed`` and ``metrics``
-(training figures). Loading restores fp32 weights, eval mode and ``requires_grad=False``.
+tensors, to keep the bundled files small), ``species``, ``factors``, ``seed``, ``metrics``
+(training figures) and, for a classifier, ``ground_truth`` (the interventional ground truth of
+its units, ``toyworld.ground_truth``). Loading restores fp32 weights, eval mode and
+``requires_grad=False``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ def save_checkpoint(
     *,
     seed: int,
     metrics: dict[str, Any],
+    ground_truth: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` to ``path`` atomically (parent folders created); returns the path."""
+    """Write ``model`` to ``path`` atomically (parent folders created); returns the path.
+
+    ``ground_truth``: for a classifier, the interventional ground truth of its units
+    (``ground_truth.measure_ground_truth``), stored under the payload's ``"ground_truth"`` key.
+    """
     kind = GENERATOR_KIND if isinstance(model, ToyGenerator) else CLASSIFIER_KIND
     state = {
         k: (v.half() if v.is_floating_point() else v).detach().cpu().clone()
@@ -46,6 +53,8 @@ def save_checkpoint(
         "seed": int(seed),
         "metrics": metrics,
     }
+    if ground_truth is not None:
+        payload["ground_truth"] = ground_truth
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -102,3 +111,15 @@ def load_classifier(
     model = ToyClassifier(ToyClassifierConfig.from_dict(payload["config"]))
     _finish(model, payload, device)
     return model
+
+
+def read_ground_truth(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``ground_truth`` entry of a classifier weight file (``KeyError`` naming the fix if
+    it has none)."""
+    payload = read_checkpoint(path, CLASSIFIER_KIND)
+    if "ground_truth" not in payload:
+        raise KeyError(
+            f"{path} holds no interventional ground truth; retrain the classifier with "
+            "`linkstyle toy train-classifier`, which measures and stores it"
+        )
+    return payload["ground_truth"]

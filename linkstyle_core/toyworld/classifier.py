@@ -2,9 +2,10 @@
 
 It satisfies the ``Classifier`` protocol (``linkstyle_core.models.protocols``) and is built like
 a miniature ResNet (He et al. 2016): a stem, four stages of basic residual blocks (32, 64, 128,
-256 channels), a final ReLU and global average pooling. That pooled vector is ``r``, 256
+192 channels), a final ReLU and global average pooling. That pooled vector is ``r``, 192
 non-negative units, like ResNet-50's 2048-unit penultimate layer in the paper, and ``head`` is
-a single linear layer from ``r`` to the species logits.
+a single linear layer from ``r`` to the species logits. The units come in six blocks of 32,
+one per creature part (``unit_parts``), which training makes part-selective.
 """
 
 from __future__ import annotations
@@ -24,28 +25,40 @@ class ToyClassifierConfig:
 
     channels: output channels of the four stages; the last one is ``feature_dim``.
     blocks: residual blocks per stage.
+    unit_parts: the part each block of penultimate units is trained to follow (empty: no
+    groups). The ``feature_dim`` units are split into ``len(unit_parts)`` contiguous, equal
+    blocks; ``train_classifier`` makes block ``g`` invariant to every part but
+    ``unit_parts[g]`` (``ToyClassifier.unit_groups``). The architecture itself is the same.
     """
 
     num_classes: int = len(SPECIES)
-    channels: tuple[int, ...] = (32, 64, 128, 256)
+    channels: tuple[int, ...] = (32, 64, 128, 192)
     blocks: tuple[int, ...] = (1, 1, 1, 1)
     resolution: int = RESOLUTION
+    unit_parts: tuple[str, ...] = ("body", "head", "ear", "leg", "tail", "eye")
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.blocks) or not self.channels:
             raise ValueError(f"channels and blocks need one entry per stage: {self}")
         if self.num_classes < 2 or self.resolution < 8:
             raise ValueError(f"num_classes must be >= 2 and resolution >= 8: {self}")
+        if self.unit_parts and self.channels[-1] % len(self.unit_parts):
+            raise ValueError(
+                f"channels[-1] = {self.channels[-1]} must split evenly into "
+                f"{len(self.unit_parts)} unit_parts groups: {self}"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"], d["blocks"] = list(self.channels), list(self.blocks)
+        d["unit_parts"] = list(self.unit_parts)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ToyClassifierConfig:
         d = dict(d)
         d["channels"], d["blocks"] = tuple(d["channels"]), tuple(d["blocks"])
+        d["unit_parts"] = tuple(d.get("unit_parts", ()))
         return cls(**d)
 
 
@@ -78,8 +91,8 @@ class _BasicBlock(nn.Module):
 class ToyClassifier(nn.Module):
     """Species classifier for 64x64 toy images (``Classifier`` protocol).
 
-    Attributes: ``num_classes`` (number of species), ``feature_dim`` (256).
-    ``features(preprocess(images))`` gives ``r: [N, 256]``, non-negative (ReLU then average
+    Attributes: ``num_classes`` (number of species), ``feature_dim`` (192).
+    ``features(preprocess(images))`` gives ``r: [N, feature_dim]``, non-negative (ReLU then average
     pooling), and ``head(r)`` the logits ``[N, num_classes]``.
     """
 
@@ -108,6 +121,12 @@ class ToyClassifier(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(self.feature_dim, cfg.num_classes)
 
+    def unit_groups(self) -> torch.Tensor:
+        """[feature_dim] int64: the index into ``config.unit_parts`` of every unit's block
+        (all zeros when the config has no groups)."""
+        groups = max(1, len(self.config.unit_parts))
+        return torch.arange(self.feature_dim) // (self.feature_dim // groups)
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """images: [N, 3, H, W] in [-1, 1] -> [N, 3, 64, 64] in [-1, 1] (resized if H, W differ)."""
         if images.ndim != 4 or images.shape[1] != 3:
@@ -120,13 +139,13 @@ class ToyClassifier(nn.Module):
         return images.float()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, 3, 64, 64] preprocessed -> r: [N, 256] float32, non-negative."""
+        """x: [N, 3, 64, 64] preprocessed -> r: [N, feature_dim] float32, non-negative."""
         h = self.blocks(self.stem(x))
         # ReLU then global average pooling: the penultimate layer, as in ResNet.
         return F.relu(h).mean(dim=(2, 3))
 
     def head(self, r: torch.Tensor) -> torch.Tensor:
-        """r: [N, 256] -> logits [N, num_classes]."""
+        """r: [N, feature_dim] -> logits [N, num_classes]."""
         return self.fc(r)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

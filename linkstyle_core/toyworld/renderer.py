@@ -1,28 +1,33 @@
-"""Procedural renderer of the toy world's creatures (DESIGN.md, "The bundled toy world").
+"""Procedural renderer of the toy world's creatures, version 2 (DESIGN.md, "The bundled toy world").
 
 Every image shows one creature seen from the side, facing right: a body (ellipse), a head
-(circle at the body's front), two ears (triangles on the head), four legs (capsules under the
-body), a tail (capsule from the body's rear) and an eye (dark dot on the head), on a plain,
-vertically graded background. Each image comes with its part label map and the continuous
-ground-truth factors that produced it, so every measurement the pipeline makes can be checked
-against the truth.
+(circle at the body's upper front), two ears (triangles behind the head), four legs (capsules
+under the body), a tail (capsule from the body's upper rear) and an eye (dot on the head), on a
+plain, vertically graded background. Each image comes with its part label map and the
+continuous ground-truth factors that produced it.
+
+The world is built so that every part-specific factor changes the pixels of its own part and
+no other (``FACTOR_PARTS``): every part hangs from a fixed anchor of the creature's frame, in
+px, instead of from another part's size (the head does not move when the body grows, the ears
+do not grow with the head, the legs end on a fixed foot line), every part has its own colour
+(no hue is shared between parts) and a part that grows only covers or uncovers the parts
+behind it, so the pixels it changes carry its own label in one of the two renders. Global
+scale, pose, position and brightness are nuisances that belong to no part.
 
 Rendering is one batched tensor program over ``N`` images: every part is a signed-distance
 field evaluated on the pixel grid of all images at once and turned into coverage with a
-1-pixel linear ramp (anti-aliasing), then composited in painter's order. The only Python
-loop runs over the handful of parts.
+1-pixel linear ramp (anti-aliasing), then composited in painter's order.
 
 Factors are drawn per species from Gaussians in a fixed latent space (``factors_from_latent``):
-``factor_i = softclip(mean[species, i] + std[i] * z_i)``. Species differ in the means of the
-ten shape and colour factors by 0 to 3.5 standard deviations per factor, so every marginal
-overlaps and no single factor tells the species apart, but jointly they are separable (Bayes
-accuracy about 99%, see ``docs/toyworld.md``). The four nuisance factors (brightness, pose,
-position) share one distribution across species.
+``factor_i = softclip(mean[species, i] + std[i] * z_i)``. Each part has a *trait*, a direction
+in its own factors; a species is a choice of the trait's sign for every part (``_SPECIES_CODE``):
+one species has every trait low, one has every trait high, and six have exactly one trait
+high. For every part there is therefore a pair of species that differs in that part alone, so a
+classifier has to read every part. The nuisance factors share one distribution.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -38,52 +43,95 @@ PARTS: tuple[str, ...] = ("background", "body", "head", "ear", "leg", "tail", "e
 """Part names; a label map holds the index of the part in this tuple."""
 
 FACTORS: tuple[str, ...] = (
-    "body_size",  # overall scale of the creature (1 = nominal)
-    "body_aspect",  # body ellipse width / height (area held constant)
-    "head_size",  # head radius relative to nominal
-    "ear_length",  # ear length in head radii
-    "ear_width",  # ear half-width at the base in head radii
-    "leg_length",  # visible leg length relative to nominal (10 px at scale 1)
-    "tail_length",  # tail length relative to nominal (12 px at scale 1)
+    "body_length",  # semi-axis of the body ellipse along the body, px
+    "body_height",  # semi-axis of the body ellipse across the body, px
+    "body_hue",  # HSV hue of the body
+    "head_size",  # head radius, px
+    "head_hue",  # HSV hue of the head
+    "ear_length",  # distance from the head centre to the ear tips, px
+    "ear_width",  # half-width of the ears at their (hidden) base, px
+    "ear_hue",  # HSV hue of the ears (mod 1)
+    "leg_length",  # distance from the body's nominal bottom to the foot line, px
+    "leg_width",  # leg radius, px
+    "tail_length",  # tail length from its anchor, px
     "tail_angle",  # tail elevation above the body's backward axis, radians
-    "body_hue",  # HSV hue of body, legs and tail, in [0, 1)
-    "head_hue",  # hue offset of head and ears relative to the body
+    "tail_hue",  # HSV hue of the tail
+    "eye_size",  # eye radius, px
+    "eye_hue",  # HSV hue of the eye
+    "scale",  # overall scale of the creature, 1 = nominal (nuisance)
     "brightness",  # global illumination multiplier (nuisance)
     "pose",  # tilt of the whole creature, radians, positive = nose up (nuisance)
-    "pos_x",  # horizontal offset of the body centre from the image centre, px (nuisance)
+    "pos_x",  # horizontal offset of the body centre from its nominal position, px (nuisance)
     "pos_y",  # vertical offset of the body centre, px, positive = down (nuisance)
 )
-NUISANCE_FACTORS: tuple[str, ...] = ("brightness", "pose", "pos_x", "pos_y")
+NUISANCE_FACTORS: tuple[str, ...] = ("scale", "brightness", "pose", "pos_x", "pos_y")
 
-SPECIES: tuple[str, ...] = ("hare", "fox", "corgi", "deer", "otter")
+FACTOR_PARTS: dict[str, str] = {
+    "body_length": "body",
+    "body_height": "body",
+    "body_hue": "body",
+    "head_size": "head",
+    "head_hue": "head",
+    "ear_length": "ear",
+    "ear_width": "ear",
+    "ear_hue": "ear",
+    "leg_length": "leg",
+    "leg_width": "leg",
+    "tail_length": "tail",
+    "tail_angle": "tail",
+    "tail_hue": "tail",
+    "eye_size": "eye",
+    "eye_hue": "eye",
+}
+"""The part whose pixels each part-specific factor changes (every factor but the nuisances)."""
 
-# Per factor: valid range (lo, hi), the mean shared by all species and the within-species std.
-# Ranges are wide enough that the soft clip only touches values beyond about 3 std.
+SPECIES: tuple[str, ...] = ("mole", "otter", "pug", "hare", "deer", "fox", "lemur", "lynx")
+
+# Per factor (columns of FACTORS): valid range, mean shared by all species, within-species std.
+# Stds are set so that +-1 std moves an edge by about 1 px or more (2 px between -1 and +1 std)
+# or a colour by 0.1 or more in [-1, 1] units; ranges hold every species' mean +- about 2.5 std.
 _RANGE_LO = torch.tensor(
-    [0.65, 1.0, 0.55, 0.3, 0.18, 0.25, 0.15, -0.6, 0.0, -0.2, 0.6, -0.5, -12.0, -9.0]
-)
-_RANGE_HI = torch.tensor([1.35, 2.6, 1.5, 2.6, 0.8, 2.0, 2.2, 1.7, 0.35, 0.2, 1.25, 0.5, 12.0, 9.0])
+    [7.5, 5.0, -0.12, 3.0, -0.06, 6.5, 1.2, 0.76, 5.5, 0.8, 7.0, -0.4, 0.42, 0.8, 0.15,
+     0.85, 0.6, -0.45, -7.0, -5.0]
+)  # fmt: skip
+_RANGE_HI = torch.tensor(
+    [16.5, 10.0, 0.26, 8.0, 0.32, 15.5, 4.8, 1.1, 12.5, 2.6, 17.0, 1.4, 0.74, 2.7, 0.55,
+     1.15, 1.25, 0.45, 7.0, 5.0]
+)  # fmt: skip
 _BASE_MEAN = torch.tensor(
-    [1.0, 1.6, 1.0, 1.3, 0.45, 1.0, 1.1, 0.55, 0.14, 0.0, 0.95, 0.0, 0.0, 0.0]
-)
+    [12.0, 7.5, 0.07, 5.5, 0.13, 11.0, 3.0, 0.93, 9.0, 1.7, 12.0, 0.5, 0.58, 1.7, 0.35,
+     1.0, 0.95, 0.0, 0.0, 0.0]
+)  # fmt: skip
 _STD = torch.tensor(
-    [0.055, 0.14, 0.08, 0.2, 0.06, 0.14, 0.18, 0.2, 0.03, 0.025, 0.08, 0.1, 2.5, 2.0]
-)
+    [0.9, 0.6, 0.03, 0.5, 0.03, 1.0, 0.55, 0.025, 1.0, 0.3, 1.4, 0.2, 0.025, 0.3, 0.035,
+     0.05, 0.08, 0.1, 2.0, 1.5]
+)  # fmt: skip
 
-# Species offsets from the base mean, in units of _STD, for the ten shape/colour factors
-# (the nuisance factors get 0). Rows follow SPECIES, columns FACTORS[:10]. Chosen so that no
-# single factor classifies well (the best single-factor classifier is right about half the
-# time), while every pair of rows is at least 5.07 std apart in Euclidean distance, which
-# puts the Bayes accuracy at about 99.2% (Monte Carlo, docs/toyworld.md).
-_SPECIES_OFFSET = torch.tensor(
+# Each part's trait: a direction in its factors (std units, length sqrt(k) for k factors) and
+# the trait's size. A species sits at +-size along every part's trait, so two species that
+# differ in one part alone are 2 * size * sqrt(k) = 5.9-6.1 std apart.
+_TRAITS: dict[str, tuple[dict[str, float], float]] = {
+    "body": ({"body_length": 1.0, "body_height": -1.0, "body_hue": 1.0}, 1.75),
+    "head": ({"head_size": 1.0, "head_hue": -1.0}, 2.1),
+    "ear": ({"ear_length": 1.0, "ear_width": -1.0, "ear_hue": 1.0}, 1.75),
+    "leg": ({"leg_length": 1.0, "leg_width": -1.0}, 2.1),
+    "tail": ({"tail_length": 1.0, "tail_angle": 1.0, "tail_hue": -1.0}, 1.75),
+    "eye": ({"eye_size": 1.0, "eye_hue": 1.0}, 2.1),
+}
+_TRAIT_PARTS: tuple[str, ...] = ("body", "head", "ear", "leg", "tail", "eye")
+# Sign of each part's trait per species: rows follow SPECIES, columns _TRAIT_PARTS.
+_SPECIES_CODE = torch.tensor(
     [
-        # size aspect head earL earW  leg  tailL tailA  hue  hhue
-        [-1.0, -0.5, 0.0, 2.0, -1.0, 1.0, -1.5, 1.0, -0.5, -0.5],  # hare
-        [0.0, 1.0, -0.5, 0.5, 1.0, -0.5, 2.0, -0.5, -2.0, 1.0],  # fox
-        [-0.5, 2.0, 0.5, -1.0, 1.5, -2.0, -0.5, 1.5, -0.5, -1.5],  # corgi
-        [1.5, -1.0, -1.0, -0.5, 0.5, 2.0, -0.5, -1.0, 1.5, 1.0],  # deer
-        [0.5, 0.5, 1.5, -2.0, -1.0, -0.5, 1.0, -1.5, 1.5, -1.0],  # otter
-    ]
+        [-1, -1, -1, -1, -1, -1],  # mole: every trait low (short, tall, red body, small head, ...)
+        [+1, -1, -1, -1, -1, -1],  # otter: long, flat, yellow body
+        [-1, +1, -1, -1, -1, -1],  # pug: big, peach head
+        [-1, -1, +1, -1, -1, -1],  # hare: long, narrow, red ears
+        [-1, -1, -1, +1, -1, -1],  # deer: long, thin legs
+        [-1, -1, -1, -1, +1, -1],  # fox: long, raised, cyan tail
+        [-1, -1, -1, -1, -1, +1],  # lemur: big, green eye
+        [+1, +1, +1, +1, +1, +1],  # lynx: every trait high
+    ],
+    dtype=torch.float32,
 )
 
 
@@ -112,11 +160,19 @@ def factor_ranges() -> tuple[torch.Tensor, torch.Tensor]:
     return _RANGE_LO.clone(), _RANGE_HI.clone()
 
 
+def species_offsets() -> torch.Tensor:
+    """[S, F] float32: every species' offset from the base mean, in within-species stds."""
+    offsets = torch.zeros(len(SPECIES), len(FACTORS))
+    for j, part in enumerate(_TRAIT_PARTS):
+        direction, size = _TRAITS[part]
+        for name, sign in direction.items():
+            offsets[:, factor_index(name)] = _SPECIES_CODE[:, j] * sign * size
+    return offsets
+
+
 def species_means() -> torch.Tensor:
     """[S, F] float32: the mean of every factor for every species (before the soft clip)."""
-    offsets = torch.zeros(len(SPECIES), len(FACTORS))
-    offsets[:, : _SPECIES_OFFSET.shape[1]] = _SPECIES_OFFSET
-    return _BASE_MEAN + offsets * _STD
+    return _BASE_MEAN + species_offsets() * _STD
 
 
 def species_stds() -> torch.Tensor:
@@ -199,17 +255,24 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor | float, v: torch.Tensor | floa
     return vt.unsqueeze(-1) - (vt * st).unsqueeze(-1) * k
 
 
-# Saturation and value of each part's colour. Hue comes from the factors (body_hue for body,
-# legs and tail; body_hue + head_hue for head and ears). The (S, V) pairs are spread apart so
-# that parts stay distinguishable by colour for any hue, which ``part_palette`` relies on.
+# Saturation and value of each part's colour; hue comes from the part's own hue factor (legs
+# have a fixed colour). The (S, V) pairs are spread apart so that parts stay distinguishable by
+# colour for any hue in the factors' ranges, which ``part_palette`` and ``infer_labels`` rely on.
 _PART_SV = {
-    "body": (0.60, 0.90),
-    "head": (0.28, 1.00),
-    "ear": (0.80, 0.55),
-    "leg": (0.12, 0.36),
-    "tail": (1.00, 0.85),
+    "body": (0.55, 0.85),
+    "head": (0.30, 1.00),
+    "ear": (0.85, 0.55),
+    "tail": (0.90, 0.75),
+    "eye": (0.90, 0.40),
 }
-_EYE_RGB = (0.06, 0.05, 0.08)
+_PART_HUE_FACTOR = {
+    "body": "body_hue",
+    "head": "head_hue",
+    "ear": "ear_hue",
+    "tail": "tail_hue",
+    "eye": "eye_hue",
+}
+_LEG_HSV = (0.08, 0.35, 0.32)
 _BACKGROUND_HSV = (0.58, 0.16, 0.70)
 _BACKGROUND_GRADIENT = 0.12  # value difference between the top and bottom rows
 
@@ -224,7 +287,6 @@ def part_palette(factors: torch.Tensor, resolution: int = RESOLUTION) -> torch.T
     n = factors.shape[0]
     device = factors.device
     f = {name: factors[:, i] for i, name in enumerate(FACTORS)}
-    head_hue = torch.remainder(f["body_hue"] + f["head_hue"], 1.0)
     cols = []
     for part in PARTS:
         if part == "background":
@@ -237,12 +299,13 @@ def part_palette(factors: torch.Tensor, resolution: int = RESOLUTION) -> torch.T
             )  # [N, R, 3]
             cols.append(rgb.permute(0, 2, 1))
             continue
-        if part == "eye":
-            rgb = torch.tensor(_EYE_RGB, device=device).expand(n, 3)
+        if part == "leg":
+            rgb = _hsv_to_rgb(
+                torch.full((n,), _LEG_HSV[0], device=device), _LEG_HSV[1], _LEG_HSV[2]
+            )
         else:
-            hue = head_hue if part in ("head", "ear") else f["body_hue"]
             sat, val = _PART_SV[part]
-            rgb = _hsv_to_rgb(hue, sat, val)  # [N, 3]
+            rgb = _hsv_to_rgb(torch.remainder(f[_PART_HUE_FACTOR[part]], 1.0), sat, val)  # [N, 3]
         cols.append(rgb.unsqueeze(-1).expand(n, 3, resolution))
     palette = torch.stack(cols, dim=1) * f["brightness"].view(n, 1, 1, 1)
     return palette.clamp(0.0, 1.0) * 2.0 - 1.0
@@ -308,17 +371,18 @@ def _bcast(x: torch.Tensor) -> torch.Tensor:
     return x.view(-1, 1, 1)
 
 
-# Nominal geometry (px at body_size 1). Kept in one place so docs and tests can refer to it.
-_BODY_RADIUS = 8.8  # geometric mean of the body's semi-axes
-_HEAD_RADIUS = 6.0
-_LEG_LENGTH = 10.0
-_LEG_RADIUS = 1.5
-_TAIL_LENGTH = 12.0
-_TAIL_RADIUS = 1.6
-_EYE_RADIUS = 0.24  # in head radii
-_CENTRE = (32.0, 33.0)  # image position of the body centre at pos = 0 (x, y)
-_EAR_ANGLES = (-2.05, -1.15)  # ear directions from the head centre, radians (y points down)
-_LEG_POSITIONS = (-0.62, -0.36, 0.3, 0.56)  # along the body, in units of the semi-axis a
+# Fixed anchors of the creature's frame (px at scale 1, origin at the body centre, u forwards,
+# v down). No part's position depends on another part's factors.
+_CENTRE = (34.0, 31.0)  # image position of the body centre at pos = 0 (x, y)
+_HEAD_CENTRE = (11.0, -6.5)
+_EAR_BASE_RADIUS = 2.5  # ear bases sit this far from the head centre, inside the smallest head
+_EAR_ANGLES = (-2.05, -1.2)  # ear directions from the head centre, radians (v points down)
+_EYE_OFFSET = (2.4, -1.2)  # eye centre relative to the head centre
+_LEG_U = (-7.0, -4.0, 4.0, 7.0)  # leg positions along the body
+_LEG_TOP = 0.0  # legs start at the body's axis (hidden by the body)
+_FOOT_BASE = 7.5  # the foot line is at v = _FOOT_BASE + leg_length
+_TAIL_ANCHOR = (-7.0, -2.5)
+_TAIL_RADIUS = 1.7
 
 
 def render(factors: torch.Tensor, resolution: int = RESOLUTION) -> RenderOutput:
@@ -333,7 +397,7 @@ def render(factors: torch.Tensor, resolution: int = RESOLUTION) -> RenderOutput:
     factors = factors.float()
     n, device = factors.shape[0], factors.device
     f = {name: _bcast(factors[:, i]) for i, name in enumerate(FACTORS)}
-    scale = f["body_size"] * (resolution / RESOLUTION)
+    scale = f["scale"] * (resolution / RESOLUTION)
 
     # Pixel centres -> creature frame: translate to the body centre, rotate by the pose,
     # divide by the scale. Distances then come back in px by multiplying with the scale.
@@ -345,63 +409,44 @@ def render(factors: torch.Tensor, resolution: int = RESOLUTION) -> RenderOutput:
     dy = ys - (_CENTRE[1] + f["pos_y"])
     cos_p, sin_p = torch.cos(f["pose"]), torch.sin(f["pose"])
     # Positive pose lifts the nose: rotate the creature counter-clockwise on screen.
-    u = (cos_p * dx - sin_p * dy) / f["body_size"]
-    v = (sin_p * dx + cos_p * dy) / f["body_size"]
-
-    a = _BODY_RADIUS * torch.sqrt(f["body_aspect"])
-    b = _BODY_RADIUS / torch.sqrt(f["body_aspect"])
-    rh = _HEAD_RADIUS * f["head_size"]
-    head_u = 0.78 * a + 0.3 * rh
-    head_v = -0.55 * b - 0.55 * rh
+    u = (cos_p * dx - sin_p * dy) / f["scale"]
+    v = (sin_p * dx + cos_p * dy) / f["scale"]
+    zero = torch.zeros_like(f["scale"])
 
     sdfs: list[tuple[str, torch.Tensor]] = []  # painter's order, back to front
 
-    # Tail: from the upper rear of the body, pointing backwards and up by tail_angle.
-    tail_len = _TAIL_LENGTH * f["tail_length"]
-    t0u, t0v = -0.82 * a, -0.3 * b
-    t1u = t0u - tail_len * torch.cos(f["tail_angle"])
-    t1v = t0v - tail_len * torch.sin(f["tail_angle"])
+    # Tail: from a fixed anchor at the body's upper rear, backwards and up by tail_angle.
+    t0u, t0v = zero + _TAIL_ANCHOR[0], zero + _TAIL_ANCHOR[1]
+    t1u = t0u - f["tail_length"] * torch.cos(f["tail_angle"])
+    t1v = t0v - f["tail_length"] * torch.sin(f["tail_angle"])
     sdfs.append(("tail", _sdf_capsule(u, v, t0u, t0v, t1u, t1v, _TAIL_RADIUS)))
 
-    # Legs: four vertical capsules from inside the body down past its bottom edge.
+    # Legs: vertical capsules from the body's axis down to a fixed foot line.
+    foot = _FOOT_BASE + f["leg_length"]
     leg_sdf = None
-    for pos in _LEG_POSITIONS:
-        lu = pos * a
-        bottom = b * math.sqrt(1.0 - pos * pos)
-        d = _sdf_capsule(
-            u, v, lu, 0.4 * bottom, lu, bottom + _LEG_LENGTH * f["leg_length"], _LEG_RADIUS
-        )
+    for lu in _LEG_U:
+        d = _sdf_capsule(u, v, zero + lu, zero + _LEG_TOP, zero + lu, foot, f["leg_width"])
         leg_sdf = d if leg_sdf is None else torch.minimum(leg_sdf, d)
     assert leg_sdf is not None
     sdfs.append(("leg", leg_sdf))
 
-    sdfs.append(("body", _sdf_ellipse(u, v, a, b)))
+    sdfs.append(("body", _sdf_ellipse(u, v, f["body_length"], f["body_height"])))
 
-    # Ears: triangles whose bases sit inside the head (drawn before it, so the head hides
-    # them); the visible part grows with ear_length and ear_width.
-    ear_len = f["ear_length"] * rh
-    ear_hw = f["ear_width"] * rh
+    # Ears: triangles from bases inside the head (drawn before it, so the head hides them) to
+    # tips at ear_length from the head centre; neither depends on the head's size.
+    hu, hv = zero + _HEAD_CENTRE[0], zero + _HEAD_CENTRE[1]
     ear_sdf = None
     for ang in _EAR_ANGLES:
-        du, dv = math.cos(ang), math.sin(ang)
-        bu, bv = head_u + 0.6 * rh * du, head_v + 0.6 * rh * dv
-        d = _sdf_triangle(
-            u,
-            v,
-            bu,
-            bv,
-            torch.full_like(bu, du),
-            torch.full_like(bu, dv),
-            ear_len + 0.4 * rh,
-            ear_hw,
-        )
+        du, dv = torch.cos(zero + ang), torch.sin(zero + ang)
+        bu, bv = hu + _EAR_BASE_RADIUS * du, hv + _EAR_BASE_RADIUS * dv
+        d = _sdf_triangle(u, v, bu, bv, du, dv, f["ear_length"] - _EAR_BASE_RADIUS, f["ear_width"])
         ear_sdf = d if ear_sdf is None else torch.minimum(ear_sdf, d)
     assert ear_sdf is not None
     sdfs.append(("ear", ear_sdf))
 
-    sdfs.append(("head", _sdf_circle(u, v, head_u, head_v, rh)))
-    eye_r = _EYE_RADIUS * rh
-    sdfs.append(("eye", _sdf_circle(u, v, head_u + 0.38 * rh, head_v - 0.12 * rh, eye_r)))
+    sdfs.append(("head", _sdf_circle(u, v, hu, hv, f["head_size"])))
+    eu, ev = hu + _EYE_OFFSET[0], hv + _EYE_OFFSET[1]
+    sdfs.append(("eye", _sdf_circle(u, v, eu, ev, f["eye_size"])))
 
     palette = part_palette(factors, resolution)  # [N, P, 3, R] in [-1, 1]
     image = palette[:, 0].unsqueeze(-1).expand(n, 3, resolution, resolution)  # background

@@ -1,4 +1,5 @@
-"""The bundled toy generator and classifier: protocols, shapes, bundled weights, quality."""
+"""The bundled toy generator and classifier: protocols, shapes, bundled weights, quality, and the
+interventional ground truth shipped with the classifier."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from linkstyle_core.models import toy
 from linkstyle_core.models.protocols import Classifier, Generator
 from linkstyle_core.models.toy import load_toy_classifier, load_toy_generator
 from linkstyle_core.toyworld import (
+    FACTOR_PARTS,
     FACTORS,
+    GROUND_TRUTH_PARTS,
     SPECIES,
     THRESHOLDS,
     ToyClassifier,
@@ -24,13 +27,17 @@ from linkstyle_core.toyworld import (
     format_report,
     load_classifier,
     load_generator,
+    load_ground_truth,
+    measure_ground_truth,
     one_hot,
+    read_ground_truth,
     save_checkpoint,
     train_classifier,
     train_generator,
     write_sheet,
 )
 from linkstyle_core.toyworld.checkpoint import read_checkpoint
+from linkstyle_core.toyworld.train import _invariance_loss
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +55,9 @@ def quality(generator: ToyGenerator, classifier: ToyClassifier) -> dict[str, flo
     # Fresh seed (training used 0/1 and their offsets, the default evaluation 12345).
     # 80 per class = 400 images per figure: accuracy figures move by ~1.5% (1 std) at this size,
     # well inside the margins between measured values and thresholds (docs/toyworld.md).
-    return evaluate(generator, classifier, n_per_class=80, seed=2024)
+    # The units' ground truth is the one shipped with the weights (measured afresh below).
+    ground_truth = read_ground_truth(toy.toy_classifier_path())
+    return evaluate(generator, classifier, n_per_class=80, seed=2024, ground_truth=ground_truth)
 
 
 def _latents(gen: ToyGenerator, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,14 +115,69 @@ def test_generator_rejects_bad_shapes(generator: ToyGenerator) -> None:
 
 
 def test_classifier_shapes(classifier: ToyClassifier) -> None:
-    assert classifier.feature_dim == 256 and classifier.num_classes == len(SPECIES)
+    assert classifier.feature_dim == 192 and classifier.num_classes == len(SPECIES)
     images = torch.rand(4, 3, 128, 128) * 2 - 1
     x = classifier.preprocess(images)
     assert x.shape == (4, 3, 64, 64)
     r = classifier.features(x)
-    assert r.shape == (4, 256) and r.dtype == torch.float32 and (r >= 0).all()
+    assert r.shape == (4, 192) and r.dtype == torch.float32 and (r >= 0).all()
     assert classifier.head(r).shape == (4, len(SPECIES))
     assert isinstance(classifier.fc, torch.nn.Linear)
+    groups = classifier.unit_groups()
+    assert classifier.config.unit_parts == GROUND_TRUTH_PARTS
+    assert torch.equal(torch.bincount(groups), torch.full((6,), 32))
+
+
+def test_ground_truth_table_has_its_columns_and_meets_the_targets() -> None:
+    table = load_ground_truth()
+    sens = [f"sens_{f}" for f in FACTORS]
+    expected = ["unit", "gt_part", "gt_concentration", "gt_factor", "gt_sensitivity", *sens]
+    assert list(table.columns) == expected
+    assert len(table) == 192 and table["unit"].tolist() == list(range(192))
+    assert table["unit"].dtype == "int64" and table["gt_concentration"].dtype == "float64"
+    assert set(table["gt_part"]) <= set(GROUND_TRUTH_PARTS) | {"none"}
+    assert set(table["gt_factor"]) <= set(FACTOR_PARTS)
+    # a unit's ground-truth part is the part of its most sensitive factor's part sum; the
+    # concentration is a share
+    assert ((table["gt_concentration"] >= 0) & (table["gt_concentration"] <= 1)).all()
+    assert (table[sens].to_numpy() >= 0).all()
+    part_sens = sum(table[f"sens_{f}"] for f in FACTOR_PARTS)
+    assert (part_sens - table["gt_sensitivity"]).abs().max() < 1e-4
+    # targets (issue 11): >= 40% part-selective units, >= 8 units per part
+    assert (table["gt_concentration"] >= 0.6).mean() >= 0.4
+    counts = table["gt_part"].value_counts()
+    for part in GROUND_TRUTH_PARTS:
+        assert counts.get(part, 0) >= 8, part
+
+
+def test_ground_truth_is_reproduced_by_a_fresh_measurement(classifier: ToyClassifier) -> None:
+    """The shipped ground truth is what the weights do: a new measurement on other images
+    (5 per species) gives the same part for almost every selective unit."""
+    stored = load_ground_truth()
+    fresh = measure_ground_truth(classifier, n_per_class=5, seed=99)
+    selective = torch.tensor((stored["gt_concentration"] >= 0.6).tolist())
+    same = torch.tensor([a == b for a, b in zip(stored["gt_part"], fresh["gt_part"], strict=True)])
+    assert selective.sum() >= 0.4 * len(stored)
+    assert same[selective].float().mean() >= 0.9
+
+
+def test_ground_truth_missing_names_the_fix(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ToyClassifier(ToyClassifierConfig(channels=(8, 8, 8, 12)))
+    path = save_checkpoint(model, tmp_path / "c.pt", seed=0, metrics={})
+    with pytest.raises(KeyError, match="linkstyle toy train-classifier"):
+        load_ground_truth(str(path))
+
+
+def test_invariance_loss_is_the_leaking_share() -> None:
+    groups = torch.arange(6).repeat_interleave(2)  # 12 units, two per part
+    part = torch.arange(6).repeat(4)  # 24 pairs, every part changed four times
+    r = torch.rand(24, 12)
+    # units that change only when their own part changes do not leak
+    own = (groups.view(1, -1) == part.view(-1, 1)).float()
+    assert float(_invariance_loss(r, r + own, part, groups)) < 1e-3
+    # units that change alike whatever part changed leak 5/6 of their change
+    assert abs(float(_invariance_loss(r, r + 1.0, part, groups)) - 5 / 6) < 1e-3
 
 
 def test_quality_meets_thresholds(quality: dict[str, float]) -> None:
@@ -129,13 +193,35 @@ def test_report_lists_every_figure(quality: dict[str, float]) -> None:
     for name in FACTORS:
         assert name in report
     assert f"{quality['classifier_accuracy_renderer']:.4f}" in report
+    assert f"{quality['part_selective_share']:.4f}" in report
+    for part in GROUND_TRUTH_PARTS:
+        assert f"{part} {int(quality[f'units_per_part_{part}'])}" in report
+
+
+def test_world_figures_meet_the_targets(quality: dict[str, float]) -> None:
+    for name in FACTOR_PARTS:
+        assert quality[f"own_part_share_{name}"] >= 0.8, name
+    assert quality["own_part_share_min"] >= 0.8
+    assert quality["part_selective_share"] >= 0.4
+    assert quality["units_per_part_min"] >= 8
+    assert quality["reproduction_l1"] <= 0.015 and quality["label_agreement"] >= 0.95
 
 
 def test_check_flags_a_collapsed_factor(quality: dict[str, float]) -> None:
-    broken = dict(quality, factor_std_ratio_ear_length=0.1, classifier_accuracy_generator=0.5)
+    broken = dict(
+        quality,
+        factor_std_ratio_ear_length=0.1,
+        classifier_accuracy_generator=0.5,
+        own_part_share_tail_hue=0.5,
+        part_selective_share=0.2,
+        units_per_part_min=3.0,
+    )
     failures = check(broken)
     assert any("ear_length" in f for f in failures)
     assert any("classifier_accuracy_generator" in f for f in failures)
+    assert any("own_part_share_tail_hue" in f for f in failures)
+    assert any("part_selective_share" in f for f in failures)
+    assert any("units_per_part_min" in f for f in failures)
     assert len(THRESHOLDS) >= 5
 
 
@@ -175,12 +261,28 @@ def test_training_runs_and_is_deterministic(tmp_path: Path) -> None:
     g1, g2 = load_generator(tmp_path / "g1.pt"), load_generator(tmp_path / "g2.pt")
     for a, b in zip(g1.state_dict().values(), g2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    small_c = ToyClassifierConfig(channels=(8, 8, 8, 16))
-    mc = train_classifier(
-        tmp_path / "c.pt", steps=2, batch_size=8, seed=5, progress=False, config=small_c
-    )
-    assert 0.0 <= mc["train_accuracy"] <= 1.0
-    assert load_classifier(tmp_path / "c.pt").feature_dim == 16
+    small_c = ToyClassifierConfig(channels=(8, 8, 8, 12))
+    runs = [
+        train_classifier(
+            tmp_path / f"c{k}.pt",
+            steps=2,
+            batch_size=8,
+            seed=5,
+            progress=False,
+            config=small_c,
+            ground_truth_images=1,
+        )
+        for k in (1, 2)
+    ]
+    assert 0.0 <= runs[0]["train_accuracy"] <= 1.0 and runs[0]["images_seen"] == 32
+    assert runs[0]["loss_ce"] == runs[1]["loss_ce"]
+    assert runs[0]["loss_invariance"] == runs[1]["loss_invariance"]
+    c1, c2 = load_classifier(tmp_path / "c1.pt"), load_classifier(tmp_path / "c2.pt")
+    assert c1.feature_dim == 12
+    for a, b in zip(c1.state_dict().values(), c2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    table = load_ground_truth(str(tmp_path / "c1.pt"))
+    assert len(table) == 12 and read_ground_truth(tmp_path / "c1.pt")["n_images"] == len(SPECIES)
 
 
 def test_sheet_shows_every_species(generator: ToyGenerator, tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
+from linkstyle_core.toyworld.footprint import factor_footprints
 from linkstyle_core.toyworld.renderer import (
+    FACTOR_PARTS,
     FACTORS,
     LATENT_DIM,
     NUISANCE_FACTORS,
@@ -23,6 +25,7 @@ from linkstyle_core.toyworld.renderer import (
     sample_factors,
     sample_latent,
     species_means,
+    species_stds,
 )
 
 
@@ -52,8 +55,14 @@ def _area(labels: torch.Tensor, part: str) -> torch.Tensor:
 def test_names_and_counts() -> None:
     assert PARTS == ("background", "body", "head", "ear", "leg", "tail", "eye")
     assert len(FACTORS) >= 12 and len(set(FACTORS)) == len(FACTORS)
-    assert len(SPECIES) >= 5
+    assert len(FACTORS) <= LATENT_DIM
+    assert 8 <= len(SPECIES) <= 10
     assert set(NUISANCE_FACTORS) <= set(FACTORS)
+    # every factor is either a nuisance or belongs to exactly one creature part, and every
+    # creature part (the eye too) has at least two factors of its own
+    assert set(FACTOR_PARTS) == set(FACTORS) - set(NUISANCE_FACTORS)
+    for part in PARTS[1:]:
+        assert sum(p == part for p in FACTOR_PARTS.values()) >= 2, part
 
 
 def test_shapes_dtypes_and_range() -> None:
@@ -86,10 +95,10 @@ def test_factors_stay_in_range_and_means_at_zero_latent() -> None:
     f = factors_from_latent(z, species)
     lo, hi = factor_ranges()
     assert (f >= lo).all() and (f <= hi).all()
-    # the soft clip is (nearly) the identity at the species means
+    # the soft clip is (nearly) the identity at the species means: within 0.2% of the range
     means = species_means()
     for s in range(len(SPECIES)):
-        assert torch.allclose(_mean_factors(s)[0], means[s], atol=1e-3)
+        assert ((_mean_factors(s)[0] - means[s]).abs() <= 2e-3 * (hi - lo)).all()
 
 
 def test_factors_from_latent_is_smooth() -> None:
@@ -104,7 +113,7 @@ def test_factors_from_latent_is_smooth() -> None:
 
 
 def test_species_overlap_per_factor_but_separate_jointly() -> None:
-    """Nearest-mean on the true factors is ~99% right, any single factor at most ~55%."""
+    """Nearest-mean on the true factors is ~98% right, any single factor at most ~40%."""
     gen = torch.Generator().manual_seed(2)
     species = torch.randint(len(SPECIES), (20000,), generator=gen)
     f = sample_factors(species, gen)
@@ -114,21 +123,74 @@ def test_species_overlap_per_factor_but_separate_jointly() -> None:
     assert (joint == species).float().mean() > 0.97
     for i, name in enumerate(FACTORS):
         single = (f[:, i : i + 1] - means[None, :, i]).abs().argmin(dim=1)
-        assert (single == species).float().mean() < 0.6, name
+        assert (single == species).float().mean() < 0.4, name
     # nuisance factors share one distribution
     for name in NUISANCE_FACTORS:
         i = factor_index(name)
         assert torch.allclose(means[:, i], means[0, i].expand(len(SPECIES)))
 
 
-def test_eye_lies_inside_head() -> None:
+def test_every_part_decides_some_pair_of_species() -> None:
+    """For every part there are two species whose means differ in that part's factors alone
+    (by at least 5 within-species stds), so a classifier must read every part."""
+    offsets = (species_means() - species_means()[0]) / species_stds()
+    for part in PARTS[1:]:
+        cols = torch.tensor([FACTOR_PARTS.get(f) == part for f in FACTORS])
+        found = False
+        for a in range(len(SPECIES)):
+            for b in range(len(SPECIES)):
+                d = offsets[a] - offsets[b]
+                if d[~cols].abs().max() < 1e-6 and d[cols].norm() >= 5.0:
+                    found = True
+        assert found, part
+
+
+def test_every_part_factor_stays_on_its_part_and_is_visible() -> None:
+    """+-1 std of every part factor: at least 0.8 of the changed pixels lie on its own part
+    (0.9 measured as the worst case at this sample size), and the change is visible: at least
+    8 changed pixels per image for geometry and a colour change of at least 0.1."""
+    footprints = factor_footprints(n_per_class=6, seed=11)
+    for name in FACTOR_PARTS:
+        row = footprints[name]
+        assert row["own_part_share"] >= 0.8, (name, row)
+        assert row["changed_px"] >= 8.0, (name, row)
+        assert row["colour_change"] >= 0.1, (name, row)
+    # nuisances change pixels all over the creature, not one part
+    for name in NUISANCE_FACTORS:
+        row = footprints[name]
+        assert max(row[f"share_{p}"] for p in PARTS[1:]) < 0.8 or name == "brightness", name
+
+
+def test_ears_do_not_scale_with_the_head_and_head_colour_is_its_own() -> None:
+    f = _sweep("head_size", [4.5, 6.5])
+    out = render(f)
+    ear = PARTS.index("ear")
+    ys = torch.arange(64).float().view(-1, 1)
+    # the ear tips (top-most ear row) stay where they are when the head grows
+    top = [float(ys.expand(64, 64)[out.labels[k] == ear].min()) for k in range(2)]
+    assert top[0] == top[1]
+    g = _sweep("body_hue", [0.0, 0.2])
+    out = render(g)
+    head = (out.labels[0] == PARTS.index("head")).float()
+    # head pixels away from the head's edge (whose anti-aliasing blends in the body's colour)
+    inner = torch.nn.functional.avg_pool2d(head[None, None], 3, 1, padding=1)[0, 0] > 0.999
+    assert inner.sum() > 20
+    assert torch.equal(out.images[0][:, inner], out.images[1][:, inner])
+
+
+def test_eye_lies_on_head() -> None:
+    """The eye sits at a fixed place on the head (not scaled by its size), so on the smallest
+    heads it can reach over the head's edge: at least 80% of eye pixels only touch eye or head
+    pixels (87% on this batch)."""
     out = _batch(64)
     eye, head = PARTS.index("eye"), PARTS.index("head")
     lab = out.labels
     inner = lab[:, 1:-1, 1:-1]
+    inside = torch.ones_like(inner, dtype=torch.bool)
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
         neighbour = lab[:, 1 + dy : 63 + dy, 1 + dx : 63 + dx]
-        assert ((neighbour == eye) | (neighbour == head))[inner == eye].all()
+        inside &= (neighbour == eye) | (neighbour == head)
+    assert inside[inner == eye].float().mean() >= 0.8
 
 
 @pytest.mark.parametrize(
@@ -138,14 +200,18 @@ def test_eye_lies_inside_head() -> None:
         ("ear_width", "ear"),
         ("tail_length", "tail"),
         ("leg_length", "leg"),
+        ("leg_width", "leg"),
         ("head_size", "head"),
-        ("body_size", "body"),
+        ("body_length", "body"),
+        ("body_height", "body"),
+        ("eye_size", "eye"),
     ],
 )
 def test_part_area_grows_with_its_factor(factor: str, part: str) -> None:
     lo, hi = factor_ranges()
     i = factor_index(factor)
-    values = torch.linspace(float(lo[i]) * 1.15, float(hi[i]) * 0.9, 5).tolist()
+    span = float(hi[i] - lo[i])
+    values = torch.linspace(float(lo[i]) + 0.2 * span, float(hi[i]) - 0.2 * span, 5).tolist()
     areas = _area(render(_sweep(factor, values)).labels, part)
     assert (areas[1:] > areas[:-1]).all(), areas
 
@@ -159,7 +225,7 @@ def test_pos_x_shifts_the_centroid() -> None:
 
 
 def test_body_hue_changes_body_colour_only() -> None:
-    out = render(_sweep("body_hue", [0.05, 0.25]))
+    out = render(_sweep("body_hue", [0.0, 0.2]))
     body = out.labels[0] == PARTS.index("body")
     assert torch.equal(out.labels[0], out.labels[1])
     assert (out.images[0][:, body] - out.images[1][:, body]).abs().max() > 0.2

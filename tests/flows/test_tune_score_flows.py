@@ -74,6 +74,33 @@ def test_tables_cover_every_unit_part_and_measure(tmp_path, labels) -> None:
     assert 0 <= reports["tune"].extra["miou"] <= 1
 
 
+def test_unit_command_shows_what_a_unit_does(tmp_path, labels, capsys) -> None:
+    import matplotlib.image
+    import yaml
+
+    from flows.cli import main
+
+    config = _config(tmp_path, labels)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    assert main(["unit", "7", "--config", str(config_file)]) == 2  # nothing has run yet
+    assert "run `linkstyle run` with the same config first" in capsys.readouterr().err
+    reports = tune_score_flow(config)
+    row = reports["score"].extra["units"].set_index("unit").loc[7]
+    out = tmp_path / "unit7.png"
+    assert main(["unit", "7", "--config", str(config_file), "--out", str(out),
+                 "--samples", "3"]) == 0
+    text = capsys.readouterr().out
+    assert f"unit 7: top part {row['top_part']} (concentration {row['concentration']:.2f})" in text
+    assert f"gain {row['closed_loop_gain']:.2f}" in text
+    assert f"pixels {row['pixel_change']:.3f}" in text
+    picture = matplotlib.image.imread(out)
+    assert picture.shape[1] > picture.shape[0] > 300  # strips on the left, plots on the right
+    assert picture[..., :3].std() > 0.1  # not blank
+    assert main(["unit", "99", "--config", str(config_file)]) == 2
+    assert "unit 99 was not tuned in this run" in capsys.readouterr().err
+
+
 def test_paper_procedure_range_steps_along_link_columns(tmp_path, labels) -> None:
     config = _config(tmp_path, labels)
     config["tuning"].update({"direction": "link", "step": "range"})
