@@ -132,6 +132,6 @@ def unit_figure(images: np.ndarray, parts: np.ndarray, set_values: np.ndarray,
     bars.set_xlabel("share of the unit's change profile", fontsize=7)
     bars.set_title("where the change goes (coloured: significant unit, beyond random)",
                    fontsize=8)
-    bars.legend(fontsize=6, loc="lower right")
+    bars.legend(fontsize=6, loc="upper right")
     fig.suptitle(title, fontsize=9)
     return _png(fig)

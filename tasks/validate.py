@@ -15,6 +15,7 @@ import torch
 from prefect import task
 
 from linkstyle_core.render import encode
+from linkstyle_core.toyworld.ground_truth import SELECTIVE_CONCENTRATION
 from linkstyle_core.validation import (
     ground_truth_parts,
     validate,
@@ -27,7 +28,6 @@ from tasks.context import Models, as_config, models_for, store_for
 STAGE = "validation"
 VERSION = "3"
 IMAGES_PER_CLASS, SEED, MIN_ABS_CORR = 400, 2024, 0.3
-SELECTIVE_CONCENTRATION = 0.6  # ground-truth part concentration of a part-selective unit
 PARAMS = {"images_per_class": IMAGES_PER_CLASS, "seed": SEED, "min_abs_corr": MIN_ABS_CORR,
           "selective_concentration": SELECTIVE_CONCENTRATION}
 
