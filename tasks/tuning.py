@@ -43,7 +43,7 @@ from tasks.caching import by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
 
-VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "3", "null": "3"}
+VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "4", "null": "4"}
 EVAL_IMAGES = 128  # fresh toy images on which the segmenter's mIoU is measured
 REVERSE_ALPHA = 1.0  # ridge of the reverse map w -> r; w_dim << training pairs, so mild
 
@@ -321,8 +321,10 @@ def _calibrate(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_
             measured = measured_gains(models.generator, models.classifier, inp["probe_w0"],
                                       latent_dirs * scale[:, None], readout, probe_offsets,
                                       cfg.runtime.batch_size, cfg.runtime.precision)
-            scale = calibrated_scale(predicted * measured.nan_to_num(1.0), latent_dirs, spans,
-                                     max_step)
+            # measured is the gain of the step d * scale per unit of offset: d's own gain is
+            # measured / scale (= predicted * measured unless the cap bound)
+            scale = calibrated_scale((measured / scale).nan_to_num(0.0).where(
+                measured.isfinite(), predicted), latent_dirs, spans, max_step)
     step = latent_dirs * scale[:, None]
     return {"step": step, "scale": scale, "gain_analytic": predicted, "gain_measured": measured,
             "latent_step": spans * step.norm(dim=1)}
