@@ -22,7 +22,7 @@ from linkstyle_core.link import LinearLink
 from linkstyle_core.paired import sample_class
 from linkstyle_core.render import broadcast_w, encode, synthesize
 from linkstyle_core.segment import FewShotSegmenter
-from linkstyle_core.tuning import base_logits, render_with_features, tune
+from linkstyle_core.tuning import base_images, render_with_features, tune
 from tasks.context import models_for
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     }
     samples, steps, units = 8, 3, max(1, n // 24)
     w0 = link.predict(r[:samples].to(dev))
-    base = base_logits(gen, clf, w0, precision)
+    base = base_images(gen, clf, seg, w0, n, precision)[0]
     dirs = link.coef_[:, :units].T.to(dev)
     readout = torch.eye(r.shape[1], device=dev)[:units]
     offsets = torch.linspace(-1, 1, steps).expand(units, samples, steps).contiguous()

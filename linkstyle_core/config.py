@@ -206,8 +206,8 @@ class TuningConfig(_Section):
         "(at most samples_per_class)",
     )
     min_part_area: float = Field(
-        0.001, ge=0.0, lt=1.0, description="a part smaller than this share of the image at "
-        "either end of a trajectory is not scored there",
+        0.001, ge=0.0, lt=1.0, description="a part smaller than this share of a sample's base "
+        "image is not scored on that sample",
     )
     store_images: bool = Field(True, description="keep the tuned images (uint8) in the store")
     seed: int = Field(0, ge=0, description="seed of the null-control random directions")

@@ -205,29 +205,26 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def base_logits(generator: Generator, classifier: Classifier, w0: torch.Tensor,
-                precision: str = "fp32") -> torch.Tensor:
-    """Logits [Ns, C] of each sample's unmodified base image, rendered once for all units."""
-    return encode(classifier, synthesize(generator, w0, precision), precision)[1]
-
-
-@torch.no_grad()
-def base_part_area(generator: Generator, segmenter: FewShotSegmenter, w0: torch.Tensor,
-                   batch_size: int = 256, precision: str = "fp32") -> torch.Tensor:
-    """Area share of every part in each sample's base image: [Ns, P] float32.
+def base_images(generator: Generator, classifier: Classifier, segmenter: FewShotSegmenter,
+                w0: torch.Tensor, batch_size: int = 256,
+                precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's unmodified base image, rendered once for all units: (logits [Ns, C] on
+    w0's device, area share of every part [Ns, P] float32 on the CPU).
 
     Small parts are left out of the scores by their base area, which no tuning direction
     affects: masking by the tuned images' own areas would keep only the samples in which a
     part happened to grow, and bias its mean change.
     """
-    areas = []
+    logits, areas = [], []
     for start in range(0, len(w0), batch_size):
         ws = broadcast_w(w0[start:start + batch_size], generator.num_ws)
         with autocast(w0.device, precision):
-            labels = segmenter.predict(render_with_features(generator, ws)[1])
+            images, features = render_with_features(generator, ws)
+            labels = segmenter.predict(features)
+        logits.append(encode(classifier, images, precision)[1])
         onehot = torch.nn.functional.one_hot(labels, segmenter.num_parts).float()
         areas.append(onehot.mean((1, 2)).cpu())
-    return torch.cat(areas)
+    return torch.cat(logits), torch.cat(areas)
 
 
 @torch.no_grad()

@@ -158,17 +158,29 @@ class Artifact:
                 "delete the artifact folder and rerun to rebuild it"
             ) from exc
 
-    def select(self, name: str, index: str, value: Any) -> np.ndarray:
-        """The rows of array ``name`` whose entry in the 1-d array ``index`` equals ``value``
-        (e.g. one unit's images: ``select("images", "unit", 92)``), read from whichever shard
-        holds them; only those rows are read. Raises ``KeyError`` if no row matches."""
+    def locate(self, index: str, value: Any) -> tuple[Artifact, np.ndarray]:
+        """(the shard, or this artifact, holding the rows whose entry in the 1-d array
+        ``index`` equals ``value``; those rows' positions in it). Raises ``KeyError`` if no row
+        matches."""
         pieces = [self] if self.manifest.shards is None else [self.shard(s) for s in self.shards]
         for piece in pieces:
             hits = np.flatnonzero(piece.load(index) == value)
             if len(hits):
-                arr = piece.array(name)
-                return np.stack([np.asarray(arr[int(i)]) for i in hits])
+                return piece, hits
         raise KeyError(f"{self.stage}/{self.key} has no row with {index} == {value!r}")
+
+    def select(self, name: str, index: str, value: Any) -> np.ndarray:
+        """The rows of array ``name`` whose entry in ``index`` equals ``value`` (e.g. one
+        unit's images: ``select("images", "unit", 92)``), read from whichever shard holds
+        them; only those rows are read."""
+        piece, rows = self.locate(index, value)
+        arr = piece.array(name)
+        return np.stack([np.asarray(arr[int(i)]) for i in rows])
+
+    def load_common(self, name: str) -> np.ndarray:
+        """An array that every shard of a sharded artifact holds alike (e.g. the samples all
+        shards were tuned on), read once."""
+        return self.shard(self.shards[0]).load(name) if self.shards else self.load(name)
 
     def file_path(self, name: str) -> str:
         """Where a file written with ``write_file`` lives (a path or URI under the root)."""

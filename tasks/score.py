@@ -42,12 +42,7 @@ def selectivity_key(config: AnalysisConfig, tune_key: str, null_key: str) -> str
 def _changes(art: Artifact, min_area: float) -> np.ndarray:
     """First -> last change [K, Ns, P, M'], parts below ``min_area`` in a base image masked."""
     change = first_last_change(art.load("measures"), art.load("motion"))
-    return mask_small_parts(change, _per_sample(art, "base_area"), min_area)
-
-
-def _per_sample(art: Artifact, name: str) -> np.ndarray:
-    """An array about the samples, which every shard of a sharded artifact repeats."""
-    return art.shard(art.shards[0]).load(name) if art.shards else art.load(name)
+    return mask_small_parts(change, art.load_common("base_area"), min_area)
 
 
 def tuning_warnings(units: pd.DataFrame) -> list[str]:
@@ -91,7 +86,7 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
 
     scores = profile(direction_means(change))
     # the test compares like with like: the units' profiles on the null's samples
-    tuned_samples = _per_sample(tuned, "sample_index")
+    tuned_samples = tuned.load_common("sample_index")
     shared = np.isin(tuned_samples, null.load("sample_index"))
     test_stat = concentration(profile(direction_means(change[:, shared])))
     null_scores = profile(null_means)
@@ -100,7 +95,7 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
 
     set_value, response = tuned.load("set_value"), tuned.load("response")
     logit, top1 = tuned.load("logit_change"), tuned.load("top1")
-    sample_class = _per_sample(tuned, "sample_class")
+    sample_class = tuned.load_common("sample_class")
     moved = np.abs(tuned.load("reencoded_change"))  # [U, D], in training SDs
     own = moved[np.arange(len(units)), units]
     summary = summary.merge(pd.DataFrame({

@@ -25,8 +25,7 @@ from linkstyle_core.tuning import (
     TuneResult,
     activation_ranges,
     analytic_gains,
-    base_logits,
-    base_part_area,
+    base_images,
     calibrated_scale,
     latent_directions,
     measured_gains,
@@ -43,7 +42,7 @@ from tasks.caching import by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
 
-VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "4", "null": "4"}
+VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "5", "null": "5"}
 EVAL_IMAGES = 128  # fresh toy images on which the segmenter's mIoU is measured
 REVERSE_ALPHA = 1.0  # ridge of the reverse map w -> r; w_dim << training pairs, so mild
 
@@ -278,15 +277,15 @@ def _tuning_inputs(cfg: AnalysisConfig, models: Models, keys: dict[str, str],
     w0 = link.predict(r)
     seg_art = store.open("segmenter", keys["segmenter"])
     segmenter = load_segmenter(seg_art, dev)
+    base, base_area = base_images(models.generator, models.classifier, segmenter, w0,
+                                  cfg.runtime.batch_size, cfg.runtime.precision)
     ranges = store.open("ranges", keys["ranges"])
     directions = store.open("directions", keys["directions"])
     return {
         "link": link, "r": r, "labels": labels, "w0": w0, "picks": picks,
         "probe_r": r_all[probe].to(dev), "probe_w0": link.predict(r_all[probe].to(dev)),
-        "base": base_logits(models.generator, models.classifier, w0, cfg.runtime.precision),
-        "segmenter": segmenter, "parts": seg_art.info["parts"],
-        "base_area": base_part_area(models.generator, segmenter, w0, cfg.runtime.batch_size,
-                                    cfg.runtime.precision),
+        "base": base, "base_area": base_area, "segmenter": segmenter,
+        "parts": seg_art.info["parts"],
         "low": torch.from_numpy(ranges.load("low")), "high": torch.from_numpy(ranges.load("high")),
         "r_std": torch.tensor(ranges.table("ranges")["std"].to_numpy(), dtype=torch.float32),
         "directions": torch.from_numpy(directions.load("directions")),

@@ -31,7 +31,7 @@ def unit_view(store: ArtifactStore, keys: dict[str, str], unit: int,
     if "images" not in tuned.array_names:
         raise ValueError("this run did not keep its tuning images (tuning.store_images: false); "
                          "rerun with store_images: true to see them")
-    classes = tuned.shard(tuned.shards[0]).load("sample_class")
+    classes = tuned.load_common("sample_class")
     # spread the shown samples over the classes: one per class, then the next one of each
     order = np.argsort(np.array([np.sum(classes[:i] == c) for i, c in enumerate(classes)]),
                        kind="stable")[:samples]
@@ -44,11 +44,16 @@ def unit_view(store: ArtifactStore, keys: dict[str, str], unit: int,
         shares = scores / scores.sum()
         null_shares = null_scores / null_scores.sum(1, keepdims=True)
     threshold = np.nanquantile(null_shares, 0.95, axis=0)
+    shard, (row_index,) = tuned.locate("unit", unit)
+
+    def of_unit(name: str) -> np.ndarray:  # only the unit's row, from the shard holding it
+        return np.asarray(shard.array(name)[int(row_index)])[order]
+
     return {
-        "images": tuned.select("images", "unit", unit)[0][order],
-        "parts": tuned.select("parts", "unit", unit)[0][order],
-        "set_value": tuned.select("set_value", "unit", unit)[0][order],
-        "response": tuned.select("response", "unit", unit)[0][order],
+        "images": of_unit("images"),
+        "parts": of_unit("parts"),
+        "set_value": of_unit("set_value"),
+        "response": of_unit("response"),
         "sample_class": classes[order],
         "row": row,
         "part_names": parts,
