@@ -184,6 +184,11 @@ class TuningConfig(_Section):
     direction_alpha: float = Field(
         1e4, gt=0.0, description="with direction: ridge, its alpha (independent of link.alpha)"
     )
+    direction_centring: Literal["global", "class"] = Field(
+        "class", description="with direction: ridge or crosscov, centre r and w on their class "
+        "means (class: what a unit tracks within a class, not what its class differs in) or on "
+        "the overall mean (global)",
+    )
     step: Literal["range", "calibrated"] = Field(
         "calibrated", description="range: latent step = offset x direction, over the unit's "
         "range (the paper); calibrated: scaled so that the re-encoded unit follows the value set",

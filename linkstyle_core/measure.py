@@ -11,12 +11,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-MEASURES = ("area", "luminance", "entropy", "cx", "cy", "width", "height", "eccentricity",
-            "angle")
-"""Columns of ``part_measures``: area fraction; mean luminance in [0, 1]; Shannon entropy (bits)
-of the part's luminance histogram; ellipse from second-order moments: centre x/y and full axis
-lengths in pixels, eccentricity in [0, 1), orientation of the major axis in degrees (-90, 90],
-counter-clockwise from the +x axis with y pointing down the image."""
+MEASURES = ("area", "luminance", "red_green", "yellow_blue", "entropy", "cx", "cy", "width",
+            "height", "eccentricity", "angle")
+"""Columns of ``part_measures``: area fraction; mean luminance in [0, 1]; mean colour in two
+opponent channels, red - green and (red + green) / 2 - blue, each in [-1, 1] (a hue change at
+constant luminance shows only here); Shannon entropy (bits) of the part's luminance histogram;
+ellipse from second-order moments: centre x/y in pixels relative to the centroid of the whole
+foreground (every label but 0, the background; the image centre if there is none), so that
+moving the whole creature does not count as every part moving; full axis lengths in pixels,
+eccentricity in [0, 1), orientation of the major axis in degrees (-90, 90], counter-clockwise
+from the +x axis with y pointing down the image."""
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -46,7 +50,11 @@ def part_measures(
     lum = luminance(images)
 
     area = count / (h * w)
-    mean_lum = (onehot * lum.unsqueeze(1)).sum((2, 3)) / safe
+    rgb = (images.float().clamp(-1, 1) + 1) / 2
+    mean_rgb = torch.einsum("nphw,nchw->npc", onehot, rgb) / safe.unsqueeze(-1)  # [N, P, 3]
+    mean_lum = mean_rgb @ torch.tensor(_LUMA, device=device)  # luminance is linear in RGB
+    red_green = mean_rgb[..., 0] - mean_rgb[..., 1]
+    yellow_blue = (mean_rgb[..., 0] + mean_rgb[..., 1]) / 2 - mean_rgb[..., 2]
 
     # luminance histogram per part via one scatter: index = part * bins + bin
     bin_idx = (lum * bins).long().clamp_(0, bins - 1)
@@ -78,10 +86,25 @@ def part_measures(
     angle = torch.rad2deg(0.5 * torch.atan2(-2 * mu11, mu20 - mu02))
     angle = torch.where(angle <= -90 + 1e-6, angle + 180, angle)
 
-    out = torch.stack([area, mean_lum, entropy, cx, cy, width, height, ecc, angle], dim=-1)
+    fg_x, fg_y = _foreground_centroid(labels)
+    out = torch.stack([area, mean_lum, red_green, yellow_blue, entropy, cx - fg_x[:, None],
+                       cy - fg_y[:, None], width, height, ecc, angle], dim=-1)
     absent = (count < min_pixels).unsqueeze(-1) & torch.ones_like(out, dtype=torch.bool)
     absent[..., 0] = False  # the area of an absent part is a valid 0
     return out.masked_fill(absent, math.nan)
+
+
+def _foreground_centroid(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """labels [N, H, W] -> (x [N], y [N]): the centroid of every pixel whose label is not 0
+    (the background), or the image centre where there is none."""
+    n, h, w = labels.shape
+    fg = (labels != 0).float()
+    count = fg.sum((1, 2))
+    ys = torch.arange(h, device=labels.device, dtype=torch.float32).view(1, h, 1)
+    xs = torch.arange(w, device=labels.device, dtype=torch.float32).view(1, 1, w)
+    x = torch.where(count > 0, (fg * xs).sum((1, 2)) / count.clamp_min(1), (w - 1) / 2)
+    y = torch.where(count > 0, (fg * ys).sum((1, 2)) / count.clamp_min(1), (h - 1) / 2)
+    return x, y
 
 
 def _gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,9 +175,13 @@ def optical_flow(
 
 def part_motion(flow: torch.Tensor, labels: torch.Tensor, num_parts: int,
                 min_pixels: int = 3) -> torch.Tensor:
-    """Mean flow magnitude (pixels) over each part's pixels. flow: [N, 2, H, W];
-    labels: [N, H, W] (the first image's parts). Returns [N, num_parts], NaN for absent parts."""
-    magnitude = flow.norm(dim=1)  # [N, H, W]
+    """Mean flow magnitude (pixels) over each part's pixels, relative to the mean flow of the
+    whole foreground (every label but 0, the background): a part that moves only because the
+    whole creature moves does not count as moving. flow: [N, 2, H, W]; labels: [N, H, W] (the
+    first image's parts). Returns [N, num_parts], NaN for absent parts."""
+    fg = (labels != 0).float().unsqueeze(1)  # [N, 1, H, W]
+    drift = (flow * fg).sum((2, 3), keepdim=True) / fg.sum((2, 3), keepdim=True).clamp_min(1)
+    magnitude = (flow - drift).norm(dim=1)  # [N, H, W]
     onehot = F.one_hot(labels.long(), num_parts).permute(0, 3, 1, 2).float()
     count = onehot.sum((2, 3))
     mean = (onehot * magnitude.unsqueeze(1)).sum((2, 3)) / count.clamp_min(1)

@@ -52,18 +52,20 @@ def step_values(low: torch.Tensor, high: torch.Tensor, steps: int) -> torch.Tens
 
 
 def latent_directions(mode: str, link_coef: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
-                      alpha: float) -> torch.Tensor:
+                      alpha: float, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Each unit's direction in W: [w_dim, D] float32 (column u is unit u's direction).
 
     mode 'link': the fitted link's ``A`` itself (the paper); 'ridge': the columns of a ridge
     fit of w on r with its own ``alpha`` (training pairs r [N, D], w [N, w_dim]); 'crosscov':
     the cross-covariance cov(w, r) [w_dim, D], the limit of ridge for large alpha up to scale.
     Plain least-squares columns are dominated by the collinearity of the units (docs/tuning.md).
+    With ``labels`` [N], r and w are centred on their class means instead of the overall mean,
+    so a direction follows what the unit tracks within a class and not the other factors its
+    class differs in.
     """
     if mode == "link":
         return link_coef.float()
-    r64, w64 = r.double(), w.double()
-    rc, wc = r64 - r64.mean(0), w64 - w64.mean(0)
+    rc, wc = centre(r.double(), labels), centre(w.double(), labels)
     cross = wc.T @ rc  # [w_dim, D]
     if mode == "crosscov":
         return (cross / max(len(r) - 1, 1)).float()
@@ -72,6 +74,16 @@ def latent_directions(mode: str, link_coef: torch.Tensor, r: torch.Tensor, w: to
         gram.diagonal().add_(alpha)
         return torch.linalg.solve(gram, cross.T).T.float()
     raise ValueError(f"tuning.direction must be 'link', 'ridge' or 'crosscov', got {mode!r}")
+
+
+def centre(x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """x [N, C] minus its mean, or minus its class's mean where ``labels`` [N] are given."""
+    if labels is None:
+        return x - x.mean(0)
+    out = x.clone()
+    for c in torch.unique(labels):
+        out[labels == c] -= out[labels == c].mean(0)
+    return out
 
 
 def reverse_map(r: torch.Tensor, w: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:

@@ -27,6 +27,7 @@ from linkstyle_core.tuning import (
     analytic_gains,
     base_images,
     calibrated_scale,
+    centre,
     latent_directions,
     measured_gains,
     null_directions,
@@ -42,7 +43,7 @@ from tasks.caching import by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
 
-VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "5", "null": "5"}
+VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "6", "null": "6"}
 EVAL_IMAGES = 128  # fresh toy images on which the segmenter's mIoU is measured
 REVERSE_ALPHA = 1.0  # ridge of the reverse map w -> r; w_dim << training pairs, so mild
 
@@ -55,7 +56,7 @@ def ranges_params(config: AnalysisConfig) -> dict[str, Any]:
 def directions_params(config: AnalysisConfig) -> dict[str, Any]:
     t = config.tuning
     return {"direction": t.direction, "direction_alpha": t.direction_alpha,
-            "reverse_alpha": REVERSE_ALPHA}
+            "direction_centring": t.direction_centring, "reverse_alpha": REVERSE_ALPHA}
 
 
 def segmenter_params(config: AnalysisConfig) -> dict[str, Any]:
@@ -164,13 +165,12 @@ def compute_directions(config: dict[str, Any], key: str, link_key: str,
     r, w = torch.from_numpy(train.load("r")), torch.from_numpy(train.load("w"))
     labels = torch.from_numpy(train.load("label"))
     link = load_link(store.open("link", link_key))
-    dirs = latent_directions(cfg.tuning.direction, link.coef_, r, w, cfg.tuning.direction_alpha)
+    dirs = latent_directions(cfg.tuning.direction, link.coef_, r, w, cfg.tuning.direction_alpha,
+                             labels if cfg.tuning.direction_centring == "class" else None)
     reverse = reverse_map(r, w, REVERSE_ALPHA)
     gains = analytic_gains(reverse, dirs.T, torch.eye(r.shape[1]))
     # the typical distance of a latent from its class mean: the scale of a "large" latent step
-    centred = w.double().clone()
-    for c in torch.unique(labels):
-        centred[labels == c] -= centred[labels == c].mean(0)
+    centred = centre(w.double(), labels)
     w_spread = float(centred.norm(dim=1).pow(2).mean().sqrt())
     with store.writer("directions", key, params=directions_params(cfg),
                       inputs={"link": link_key, "train": train_key},

@@ -4,8 +4,9 @@ It satisfies the ``Classifier`` protocol (``linkstyle_core.models.protocols``) a
 a miniature ResNet (He et al. 2016): a stem, four stages of basic residual blocks (32, 64, 128,
 192 channels), a final ReLU and global average pooling. That pooled vector is ``r``, 192
 non-negative units, like ResNet-50's 2048-unit penultimate layer in the paper, and ``head`` is
-a single linear layer from ``r`` to the species logits. The units come in six blocks of 32,
-one per creature part (``unit_parts``), which training makes part-selective.
+a single linear layer from ``r`` to the species logits. The units come in twelve blocks of 16,
+each assigned to a creature part (``unit_parts``: two blocks for each part but the small eye,
+which has one, and a third for the body), which training makes part-selective.
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ class ToyClassifierConfig:
     channels: output channels of the four stages; the last one is ``feature_dim``.
     blocks: residual blocks per stage.
     unit_parts: the part each block of penultimate units is trained to follow (empty: no
-    groups). The ``feature_dim`` units are split into ``len(unit_parts)`` contiguous, equal
-    blocks; ``train_classifier`` makes block ``g`` invariant to every part but
-    ``unit_parts[g]`` (``ToyClassifier.unit_groups``). The architecture itself is the same.
+    groups); a part may own several blocks. The ``feature_dim`` units are split into
+    ``len(unit_parts)`` contiguous, equal blocks; ``train_classifier`` makes block ``g``
+    invariant to every part but ``unit_parts[g]`` (``ToyClassifier.unit_groups``). The
+    architecture itself is the same.
     """
 
     num_classes: int = len(SPECIES)
     channels: tuple[int, ...] = (32, 64, 128, 192)
     blocks: tuple[int, ...] = (1, 1, 1, 1)
     resolution: int = RESOLUTION
-    unit_parts: tuple[str, ...] = ("body", "head", "ear", "leg", "tail", "eye")
+    unit_parts: tuple[str, ...] = ("body", "head", "ear", "leg", "tail", "eye",
+                                   "body", "head", "ear", "leg", "tail", "body")
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.blocks) or not self.channels:
@@ -126,6 +129,13 @@ class ToyClassifier(nn.Module):
         (all zeros when the config has no groups)."""
         groups = max(1, len(self.config.unit_parts))
         return torch.arange(self.feature_dim) // (self.feature_dim // groups)
+
+    def unit_part_index(self) -> tuple[tuple[str, ...], torch.Tensor]:
+        """(the distinct parts of ``config.unit_parts`` in order of first appearance,
+        [feature_dim] int64 the index into them of every unit's part)."""
+        distinct = tuple(dict.fromkeys(self.config.unit_parts))
+        of_block = torch.tensor([distinct.index(p) for p in self.config.unit_parts] or [0])
+        return distinct, of_block[self.unit_groups()]
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """images: [N, 3, H, W] in [-1, 1] -> [N, 3, 64, 64] in [-1, 1] (resized if H, W differ)."""

@@ -304,8 +304,8 @@ def train_classifier(
     try:
         torch.manual_seed(seed + _INIT_OFFSET)
         model = ToyClassifier(config).to(device).train()
-        parts = model.config.unit_parts
-        groups = model.unit_groups().to(device)
+        parts, groups = model.unit_part_index()
+        groups = groups.to(device)
         data_gen = torch.Generator().manual_seed(seed + _DATA_OFFSET)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         bar = _Progress(steps, "toy classifier", progress)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from linkstyle_core.link import LinearLink
+from linkstyle_core.measure import MEASURES
 from linkstyle_core.segment import mean_iou, train_segmenter
 from linkstyle_core.selectivity import (
     ALL_MEASURES,
@@ -221,10 +222,27 @@ def test_directions_and_calibration_on_a_linear_world() -> None:
     assert (calibrated_scale(-gains, dirs, spans, 0.5) > 0).all()
 
 
+def test_class_centred_directions_leave_out_what_the_classes_differ_in() -> None:
+    # unit 0 tracks w[:, 0] within each class; the two classes also differ in w[:, 1], and the
+    # unit's mean differs between them: a fit on the overall mean mixes w[:, 1] in
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(2).repeat_interleave(400)
+    w = torch.randn(800, 4, generator=g)
+    w[:, 1] += 3.0 * labels
+    r = (w[:, :1] + 2.0 * labels[:, None] + 0.1 * torch.randn(800, 1, generator=g)).clamp_min(0)
+    for mode in ("crosscov", "ridge"):
+        overall = latent_directions(mode, torch.zeros(4, 1), r, w, 10.0)[:, 0]
+        within = latent_directions(mode, torch.zeros(4, 1), r, w, 10.0, labels)[:, 0]
+        assert abs(overall[1]) > 0.5 * abs(overall[0])
+        assert abs(within[1]) < 0.1 * abs(within[0])
+
+
 def test_angle_changes_wrap_around() -> None:
-    measures = np.zeros((1, 1, 2, 1, 9))
-    measures[0, 0, 0, 0, 8], measures[0, 0, 1, 0, 8] = 85.0, -85.0
-    assert first_last_change(measures, np.zeros((1, 1, 1)))[0, 0, 0, 8] == pytest.approx(10.0)
+    angle = MEASURES.index("angle")
+    measures = np.zeros((1, 1, 2, 1, len(MEASURES)))
+    measures[0, 0, 0, 0, angle], measures[0, 0, 1, 0, angle] = 85.0, -85.0
+    change = first_last_change(measures, np.zeros((1, 1, 1)))
+    assert change[0, 0, 0, angle] == pytest.approx(10.0)
 
 
 def test_closed_loop_spearman() -> None:

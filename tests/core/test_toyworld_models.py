@@ -124,8 +124,13 @@ def test_classifier_shapes(classifier: ToyClassifier) -> None:
     assert classifier.head(r).shape == (4, len(SPECIES))
     assert isinstance(classifier.fc, torch.nn.Linear)
     groups = classifier.unit_groups()
-    assert classifier.config.unit_parts == GROUND_TRUTH_PARTS
-    assert torch.equal(torch.bincount(groups), torch.full((6,), 32))
+    assert torch.equal(torch.bincount(groups), torch.full((12,), 16))
+    parts, part_of_unit = classifier.unit_part_index()
+    assert parts == GROUND_TRUTH_PARTS  # every part owns units; the small eye the fewest
+    assert torch.bincount(part_of_unit).tolist() == [48, 32, 32, 32, 32, 16]
+    # training made each block follow its part: the shipped ground truth agrees
+    block_part = [parts[i] for i in part_of_unit.tolist()]
+    assert (load_ground_truth()["gt_part"] == block_part).mean() >= 0.95
 
 
 def test_ground_truth_table_has_its_columns_and_meets_the_targets() -> None:
