@@ -25,11 +25,14 @@ from the +x axis with y pointing down the image."""
 _LUMA = (0.299, 0.587, 0.114)
 
 
+def _rgb01(images: torch.Tensor) -> torch.Tensor:
+    """images: [N, 3, H, W] in [-1, 1] -> the same in [0, 1], float32."""
+    return (images.float().clamp(-1, 1) + 1) / 2
+
+
 def luminance(images: torch.Tensor) -> torch.Tensor:
     """images: [N, 3, H, W] in [-1, 1] -> [N, H, W] luminance in [0, 1] (ITU-R BT.601)."""
-    rgb = (images.float().clamp(-1, 1) + 1) / 2
-    weights = torch.tensor(_LUMA, device=images.device).view(1, 3, 1, 1)
-    return (rgb * weights).sum(1)
+    return torch.einsum("nchw,c->nhw", _rgb01(images), torch.tensor(_LUMA, device=images.device))
 
 
 def part_measures(
@@ -47,12 +50,13 @@ def part_measures(
     onehot = F.one_hot(labels.long(), num_parts).permute(0, 3, 1, 2).float()  # [N, P, H, W]
     count = onehot.sum((2, 3))  # [N, P]
     safe = count.clamp_min(1.0)
-    lum = luminance(images)
+    rgb = _rgb01(images)
+    luma = torch.tensor(_LUMA, device=device)
+    lum = torch.einsum("nchw,c->nhw", rgb, luma)
 
     area = count / (h * w)
-    rgb = (images.float().clamp(-1, 1) + 1) / 2
     mean_rgb = torch.einsum("nphw,nchw->npc", onehot, rgb) / safe.unsqueeze(-1)  # [N, P, 3]
-    mean_lum = mean_rgb @ torch.tensor(_LUMA, device=device)  # luminance is linear in RGB
+    mean_lum = mean_rgb @ luma  # luminance is linear in RGB
     red_green = mean_rgb[..., 0] - mean_rgb[..., 1]
     yellow_blue = (mean_rgb[..., 0] + mean_rgb[..., 1]) / 2 - mean_rgb[..., 2]
 
@@ -86,25 +90,19 @@ def part_measures(
     angle = torch.rad2deg(0.5 * torch.atan2(-2 * mu11, mu20 - mu02))
     angle = torch.where(angle <= -90 + 1e-6, angle + 180, angle)
 
-    fg_x, fg_y = _foreground_centroid(labels)
+    # the creature's centroid: the parts' centroids (label 0, the background, left out)
+    # weighted by their pixel counts; the image centre where there is no foreground
+    fg_count = count[:, 1:].sum(1)
+    has_fg = fg_count > 0
+    fg_x = torch.where(has_fg, (count[:, 1:] * cx[:, 1:]).sum(1) / fg_count.clamp_min(1),
+                       (w - 1) / 2)
+    fg_y = torch.where(has_fg, (count[:, 1:] * cy[:, 1:]).sum(1) / fg_count.clamp_min(1),
+                       (h - 1) / 2)
     out = torch.stack([area, mean_lum, red_green, yellow_blue, entropy, cx - fg_x[:, None],
                        cy - fg_y[:, None], width, height, ecc, angle], dim=-1)
     absent = (count < min_pixels).unsqueeze(-1) & torch.ones_like(out, dtype=torch.bool)
     absent[..., 0] = False  # the area of an absent part is a valid 0
     return out.masked_fill(absent, math.nan)
-
-
-def _foreground_centroid(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """labels [N, H, W] -> (x [N], y [N]): the centroid of every pixel whose label is not 0
-    (the background), or the image centre where there is none."""
-    n, h, w = labels.shape
-    fg = (labels != 0).float()
-    count = fg.sum((1, 2))
-    ys = torch.arange(h, device=labels.device, dtype=torch.float32).view(1, h, 1)
-    xs = torch.arange(w, device=labels.device, dtype=torch.float32).view(1, 1, w)
-    x = torch.where(count > 0, (fg * xs).sum((1, 2)) / count.clamp_min(1), (w - 1) / 2)
-    y = torch.where(count > 0, (fg * ys).sum((1, 2)) / count.clamp_min(1), (h - 1) / 2)
-    return x, y
 
 
 def _gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

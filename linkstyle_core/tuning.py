@@ -89,8 +89,7 @@ def centre(x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
 def reverse_map(r: torch.Tensor, w: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Ridge map from W back to r, fitted on training pairs: C [D, w_dim] with
     r - mean(r) ~ C (w - mean(w)). It predicts how a latent step moves the re-encoded units."""
-    r64, w64 = r.double(), w.double()
-    rc, wc = r64 - r64.mean(0), w64 - w64.mean(0)
+    rc, wc = centre(r.double()), centre(w.double())
     gram = wc.T @ wc
     gram.diagonal().add_(alpha)
     return torch.linalg.solve(gram, wc.T @ rc).T.float()

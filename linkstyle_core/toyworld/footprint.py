@@ -16,15 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from linkstyle_core.toyworld.renderer import (
-    FACTOR_PARTS,
-    FACTORS,
-    PARTS,
-    SPECIES,
-    render,
-    sample_factors,
-    species_stds,
-)
+from linkstyle_core.toyworld.renderer import FACTOR_PARTS, PARTS, factor_interventions, render
 
 
 def _near_parts(labels: torch.Tensor) -> torch.Tensor:
@@ -45,15 +37,8 @@ def factor_footprints(
     each part, "own_part_share_strict": the own-part share by the two label maps alone, without
     the one-pixel margin}}``. ``n_per_class * len(SPECIES)`` images per factor.
     """
-    gen = torch.Generator().manual_seed(seed)
-    species = torch.arange(len(SPECIES)).repeat_interleave(n_per_class)
-    base = sample_factors(species, gen)  # [N, F]
-    std = species_stds()[species]  # [N, F]
     out: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(FACTORS):
-        lo, hi = base.clone(), base.clone()
-        lo[:, i] -= std[:, i]
-        hi[:, i] += std[:, i]
+    for _, name, lo, hi in factor_interventions(n_per_class, seed):
         a, b = render(lo), render(hi)
         delta = (b.images - a.images).abs().amax(dim=1)  # [N, H, W]
         changed = delta > threshold

@@ -31,16 +31,16 @@ from linkstyle_core.toyworld.renderer import (
     FACTOR_PARTS,
     FACTORS,
     SPECIES,
+    factor_interventions,
     render,
-    sample_factors,
-    species_stds,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
 
-GROUND_TRUTH_PARTS: tuple[str, ...] = ("body", "head", "ear", "leg", "tail", "eye")
-"""The parts a unit can follow, in the column order of ``part_sensitivity``."""
+GROUND_TRUTH_PARTS: tuple[str, ...] = tuple(dict.fromkeys(FACTOR_PARTS.values()))
+"""The parts a unit can follow (body, head, ear, leg, tail, eye: every part a factor belongs
+to), in the column order of ``part_sensitivity``."""
 
 SELECTIVE_CONCENTRATION = 0.6
 """A unit is part-selective when its concentration reaches this value."""
@@ -68,15 +68,8 @@ def measure_ground_truth(
     ``part_sensitivity`` [D, 6] float32, ``concentration`` [D] float32, ``gt_part`` (list of D
     part names or ``"none"``), ``n_images`` (``n_per_class * len(SPECIES)``), ``seed``.
     """
-    gen = torch.Generator().manual_seed(seed)
-    species = torch.arange(len(SPECIES)).repeat_interleave(n_per_class)
-    base = sample_factors(species, gen)  # [N, F]
-    std = species_stds()[species]  # [N, F]
     columns = []
-    for i in range(len(FACTORS)):
-        lo, hi = base.clone(), base.clone()
-        lo[:, i] -= std[:, i]
-        hi[:, i] += std[:, i]
+    for _, _, lo, hi in factor_interventions(n_per_class, seed):
         r_lo = _features(classifier, render(lo).images)
         r_hi = _features(classifier, render(hi).images)
         columns.append((r_hi - r_lo).abs().mean(dim=0) / 2.0)  # [D]
@@ -103,7 +96,7 @@ def measure_ground_truth(
         "part_sensitivity": part_sensitivity,
         "concentration": concentration,
         "gt_part": gt_part,
-        "n_images": int(species.numel()),
+        "n_images": n_per_class * len(SPECIES),
         "seed": int(seed),
     }
 

@@ -28,6 +28,7 @@ classifier has to read every part. The nuisance factors share one distribution.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -118,7 +119,7 @@ _TRAITS: dict[str, tuple[dict[str, float], float]] = {
     "tail": ({"tail_length": 1.0, "tail_angle": 1.0, "tail_hue": -1.0}, 1.75),
     "eye": ({"eye_size": 1.0, "eye_hue": 1.0}, 2.1),
 }
-_TRAIT_PARTS: tuple[str, ...] = ("body", "head", "ear", "leg", "tail", "eye")
+_TRAIT_PARTS: tuple[str, ...] = tuple(_TRAITS)
 # Sign of each part's trait per species: rows follow SPECIES, columns _TRAIT_PARTS.
 _SPECIES_CODE = torch.tensor(
     [
@@ -238,6 +239,24 @@ def sample_factors(species: torch.Tensor, generator: torch.Generator) -> torch.T
     """
     z = sample_latent(species.shape[0], generator).to(species.device)
     return factors_from_latent(z, species)
+
+
+def factor_interventions(
+    n_per_class: int, seed: int
+) -> Iterator[tuple[int, str, torch.Tensor, torch.Tensor]]:
+    """The toy world's intervention on each factor: ``n_per_class`` creatures per species
+    (drawn with ``seed``), with one factor moved to -1 and +1 within-species std and every
+    other factor fixed. Yields ``(index, name, low [N, F], high [N, F])`` for every factor in
+    ``FACTORS`` order, all on the same creatures."""
+    gen = torch.Generator().manual_seed(seed)
+    species = torch.arange(len(SPECIES)).repeat_interleave(n_per_class)
+    base = sample_factors(species, gen)  # [N, F]
+    std = species_stds()[species]  # [N, F]
+    for i, name in enumerate(FACTORS):
+        low, high = base.clone(), base.clone()
+        low[:, i] -= std[:, i]
+        high[:, i] += std[:, i]
+        yield i, name, low, high
 
 
 def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor | float, v: torch.Tensor | float) -> torch.Tensor:
