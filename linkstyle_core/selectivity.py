@@ -9,11 +9,14 @@ first step, which let large parts win everything). A part that covers less than 
 in a sample's base image is not scored there. Averaged over measures, the squared effect sizes
 give each direction a profile over parts; its top part is where the change concentrates.
 
-Significance is asked once per unit (DESIGN.md "Tuning that moves the unit"): is the unit's
-profile more concentrated than the profiles of random directions in r-space, tuned and
-measured the same way? The p-value is the unit's rank among the null directions'
-concentrations, and Benjamini-Hochberg runs over units. The per-cell effect sizes against the
-null are kept as descriptive columns.
+Significance is asked once per unit (DESIGN.md "Tuning that moves the unit"): does the unit
+give its top part a larger share of its profile than random directions in r-space, tuned and
+measured the same way, give that part? Random directions have parts they favour (small parts
+have few measurable cells and noisier shares), so the top part's share is a z-score among the
+nulls' shares of the same part; each null direction gets the same statistic against the other
+nulls, the p-value is the unit's rank among them, and the two-stage Benjamini-Krieger-Yekutieli
+procedure (Benjamini-Hochberg with the number of units without an effect estimated) runs over
+units. The per-cell effect sizes against the null are kept as descriptive columns.
 """
 
 from __future__ import annotations
@@ -57,6 +60,27 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     out[order] = ranked
     q[finite] = out
     return q
+
+
+def two_stage_q(p: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """q-values of the two-stage step-up procedure of Benjamini, Krieger and Yekutieli (2006).
+
+    Stage one runs Benjamini-Hochberg at alpha / (1 + alpha) and counts its rejections r; the
+    number of true nulls is then estimated as m0 = m - r, and stage two is Benjamini-Hochberg
+    with m0 in place of m. It keeps the false discovery rate at alpha (proved for independent
+    p-values), and gains power when most tests are real effects, where plain BH behaves as if
+    all m could be null. Returned: BH's q-values times (1 + alpha) m0 / m, capped at 1, so that
+    ``q < alpha`` is the procedure's decision at ``alpha`` (the scaling depends on alpha: use
+    the same alpha for the decision). With no stage-one rejection these are BH's q-values
+    times 1 + alpha (none below alpha either way)."""
+    bh = benjamini_hochberg(p)
+    finite = np.isfinite(bh)
+    m = int(finite.sum())
+    if m == 0:
+        return bh
+    rejected = int((bh[finite] <= alpha / (1.0 + alpha)).sum())
+    m0 = max(m - rejected, 1)
+    return np.minimum(bh * (1.0 + alpha) * m0 / m, 1.0)
 
 
 def mask_small_parts(change: np.ndarray, base_area: np.ndarray, min_area: float) -> np.ndarray:
@@ -118,6 +142,46 @@ def specificity_p(stat: np.ndarray, null_stat: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(stat), p, np.nan)
 
 
+def _logit_shares(scores: np.ndarray) -> np.ndarray:
+    """Each part's share of a profile on the logit scale, [K, P] -> [K, P] (NaN rows for an
+    all-zero profile). Shares live in (0, 1) and are skewed; the logit makes their spread
+    across directions comparable between parts that get 5% and parts that get 50%."""
+    total = scores.sum(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, scores / np.where(total > 0, total, 1), np.nan)
+    share = np.clip(share, 1e-6, 1 - 1e-6)
+    return np.log(share / (1 - share))
+
+
+def top_part_specificity(scores: np.ndarray, null_scores: np.ndarray) -> np.ndarray:
+    """p-value of each profile's top-part share against the null directions'.
+
+    scores [U, P], null_scores [K, P] -> p [U]. A profile's statistic is its top part's
+    share as a z-score among the null directions' shares of that same part (logit scale,
+    ``_logit_shares``): how much more the profile favours its top part than random directions
+    favour that part. Each null direction's statistic is taken against the other K - 1 (their
+    mean and standard deviation), so the null statistics come from exactly the procedure the
+    units go through, and ``specificity_p`` ranks the units among them. NaN for an all-zero
+    profile.
+    """
+    unit, null = _logit_shares(scores), _logit_shares(null_scores)
+    null = null[np.isfinite(null).all(1)]
+    k = len(null)
+    mean, sd = null.mean(0), null.std(0, ddof=1)
+    # leave-one-out mean and standard deviation of every part for every null direction
+    loo_mean = (null.sum(0) - null) / (k - 1)
+    loo_var = ((null**2).sum(0) - null**2 - (k - 1) * loo_mean**2) / (k - 2)
+
+    def at_top(z: np.ndarray, logit: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(logit).all(1)
+        top = np.argmax(np.where(finite[:, None], logit, 0.0), axis=1)
+        return np.where(finite, z[np.arange(len(z)), top], np.nan)
+
+    unit_stat = at_top((unit - mean) / sd, unit)
+    null_stat = at_top((null - loo_mean) / np.sqrt(loo_var), null)
+    return specificity_p(unit_stat, null_stat)
+
+
 def selectivity_table(
     units: Sequence[int] | np.ndarray, change: np.ndarray, null_change: np.ndarray,
     parts: Sequence[str],
@@ -165,23 +229,23 @@ def closed_loop_spearman(set_values: np.ndarray, response: np.ndarray) -> np.nda
 
 
 def unit_summary(
-    units: Sequence[int] | np.ndarray, scores: np.ndarray, test_stat: np.ndarray,
-    null_stat: np.ndarray, parts: Sequence[str], q_threshold: float = 0.05,
+    units: Sequence[int] | np.ndarray, scores: np.ndarray, test_scores: np.ndarray,
+    null_scores: np.ndarray, parts: Sequence[str], q_threshold: float = 0.05,
 ) -> pd.DataFrame:
     """One row per unit: which part its tuning changes most, and is that specific?
 
     scores: [U, P] part profiles (``part_scores``) over the foreground ``parts`` (background
-    left out: it changes whenever a foreground part moves); test_stat: [U] the concentration
-    on the null's samples; null_stat: [K] the null directions' concentrations.
+    left out: it changes whenever a foreground part moves); test_scores: [U, P] the same
+    profiles on the null's samples; null_scores: [K, P] the null directions' profiles.
     Columns: unit, top_part, concentration (the top part's share of the profile),
-    tuning_strength (the profile's sum), specificity_p (``specificity_p``), specificity_q
-    (Benjamini-Hochberg over units), significant (q < q_threshold), selective (concentration
-    in the top quarter of all units), score_<part>.
+    tuning_strength (the profile's sum), specificity_p (``top_part_specificity``),
+    specificity_q (``two_stage_q`` over units), significant (q < q_threshold), selective
+    (concentration in the top quarter of all units), score_<part>.
     """
     top = np.asarray(parts, dtype=object)[np.nanargmax(np.where(np.isnan(scores), -1, scores),
                                                        axis=1)]
-    p = specificity_p(test_stat, null_stat)
-    q = benjamini_hochberg(p)
+    p = top_part_specificity(test_scores, null_scores)
+    q = two_stage_q(p, q_threshold)
     conc = concentration(scores)
     out = pd.DataFrame({
         "unit": np.asarray(units),

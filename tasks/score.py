@@ -25,7 +25,7 @@ from tasks.caching import by_content_key
 from tasks.context import as_config, store_for
 
 STAGE = "selectivity"
-VERSION = "5"
+VERSION = "6"
 MIN_MEDIAN_GAIN = 0.5  # below this the re-encoded units do not follow their tuning
 MIN_MEDIAN_PIXEL_CHANGE = 1 / 255  # below one grey level the images do not visibly change
 
@@ -88,10 +88,9 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
     # the test compares like with like: the units' profiles on the null's samples
     tuned_samples = tuned.load_common("sample_index")
     shared = np.isin(tuned_samples, null.load("sample_index"))
-    test_stat = concentration(profile(direction_means(change[:, shared])))
+    test_scores = profile(direction_means(change[:, shared]))
     null_scores = profile(null_means)
-    null_stat = concentration(null_scores)
-    summary = unit_summary(units, scores, test_stat, null_stat, parts)
+    summary = unit_summary(units, scores, test_scores, null_scores, parts)
 
     set_value, response = tuned.load("set_value"), tuned.load("response")
     logit, top1 = tuned.load("logit_change"), tuned.load("top1")
@@ -119,7 +118,7 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
         out.write_table("selectivity", table)
         out.write_table("units", summary)
         out.write_table("null_profiles", pd.DataFrame(
-            {"direction": null.load("direction"), "concentration": null_stat,
+            {"direction": null.load("direction"), "concentration": concentration(null_scores),
              "closed_loop_gain": _slopes(null.load("set_value"), null.load("response")),
              **{f"score_{p}": null_scores[:, j] for j, p in enumerate(parts)}}))
         out.info.update({
@@ -128,7 +127,7 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
             "median_pixel_change": float(summary["pixel_change"].median()),
             "median_label_change": float(summary["label_change"].median()),
             "significant_units": int(summary["significant"].sum()),
-            "null_directions": len(null_stat),
+            "null_directions": len(null_scores),
         })
     return {"stage": STAGE, "key": key, "computed": True}
 

@@ -22,6 +22,8 @@ from linkstyle_core.selectivity import (
     part_scores,
     selectivity_table,
     specificity_p,
+    top_part_specificity,
+    two_stage_q,
     unit_summary,
 )
 from linkstyle_core.tuning import (
@@ -134,8 +136,8 @@ def test_a_unit_that_moves_one_part_is_selective_for_it() -> None:
     hit = table[(table.unit == 12) & (table.part == "ear")]
     assert (hit.effect_size > 2).all()
     scores, null_scores = _profiles(units, null)
-    summary = unit_summary([10, 11, 12, 13, 14, 15], scores, concentration(scores),
-                           concentration(null_scores), parts).set_index("unit")
+    summary = unit_summary([10, 11, 12, 13, 14, 15], scores, scores, null_scores,
+                           parts).set_index("unit")
     assert summary.loc[12, "top_part"] == "ear" and bool(summary.loc[12, "significant"])
     assert summary.loc[12, "specificity_p"] == pytest.approx(1 / 257)
     assert summary.loc[12, "concentration"] > summary.drop(12)["concentration"].max()
@@ -149,10 +151,49 @@ def test_random_mixtures_are_not_significant() -> None:
     mixtures = rng.normal(0, 1, (256 + 128, 1, 6, len(ALL_MEASURES)))
     change = mixtures + rng.normal(0, 0.3, (256 + 128, 10, 6, len(ALL_MEASURES)))
     scores, null_scores = _profiles(change[:128], change[128:])
-    summary = unit_summary(np.arange(128), scores, concentration(scores),
-                           concentration(null_scores), list("abcdef"))
+    summary = unit_summary(np.arange(128), scores, scores, null_scores, list("abcdef"))
     assert summary["significant"].mean() <= 0.05
     assert 0.3 < summary["specificity_p"].median() < 0.7
+
+
+def test_a_part_is_compared_with_the_nulls_shares_of_that_part() -> None:
+    # random directions favour part 0 (a small part with noisy measures): their concentration
+    # is often high there, while part 1 never gets more than a third of their profile
+    rng = np.random.default_rng(2)
+    null = rng.uniform(0.5, 1.5, (256, 4))
+    null[:, 0] *= rng.uniform(1, 8, 256)
+    specific = np.array([[1.0, 2.2, 1.0, 1.0]])  # share 0.42 of part 1: above every null's
+    like_null = np.array([[5.0, 1.0, 1.0, 1.0]])  # share 0.62 of part 0: common among nulls
+    assert concentration(specific)[0] < np.median(concentration(null))
+    p = top_part_specificity(np.concatenate([specific, like_null]), null)
+    assert p[0] == pytest.approx(1 / 257)
+    assert p[1] > 0.2
+    # a null direction's p against the others is uniform: the procedure is calibrated
+    loo = np.array([top_part_specificity(null[i:i + 1], np.delete(null, i, 0))[0]
+                    for i in range(256)])
+    assert 0.02 < (loo <= 0.05).mean() < 0.09 and 0.4 < np.median(loo) < 0.6
+    assert np.isnan(top_part_specificity(np.zeros((1, 4)), null)[0])
+
+
+def test_two_stage_q_gains_power_only_when_most_tests_have_an_effect() -> None:
+    rng = np.random.default_rng(3)
+    # 160 of 200 tests have an effect, 60 of them with p in (0.02, 0.06): BH passes about 110,
+    # the two stages nearly all 160
+    p = np.concatenate([rng.uniform(0, 0.02, 100), rng.uniform(0.02, 0.06, 60),
+                        rng.uniform(0, 1, 40), [np.nan]])
+    bh, two = benjamini_hochberg(p), two_stage_q(p, 0.05)
+    assert np.isnan(two[-1])
+    assert (bh < 0.05).sum() < 130 and (two < 0.05).sum() >= 150
+    # the decision is the two-stage procedure's: BH at alpha/(1+alpha), then BH with m0 = m - r
+    finite = p[:-1]
+    r = int((benjamini_hochberg(finite) <= 0.05 / 1.05).sum())
+    order = np.sort(finite)
+    passing = np.nonzero(order <= np.arange(1, 201) * (0.05 / 1.05) / (200 - r))[0]
+    assert (two < 0.05).sum() == passing.max() + 1
+    # all null: as conservative as BH (no stage-one rejections, BH's q-values times 1.05)
+    null = rng.uniform(0, 1, 500)
+    np.testing.assert_allclose(two_stage_q(null), np.minimum(benjamini_hochberg(null) * 1.05, 1))
+    assert (two_stage_q(null) < 0.05).sum() == 0
 
 
 def test_specificity_p_counts_the_null_at_or_above() -> None:

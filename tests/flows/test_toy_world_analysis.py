@@ -75,9 +75,9 @@ def test_selective_parts_match_the_ground_truth(toy_run) -> None:
     called_eye = m["chance_eye"] * m["n_units"]
     assert m["match_eye"] >= 0.8 and m["match_eye"] * eye_units / called_eye >= 0.6
     assert called_eye <= 0.15 * m["n_units"]
-    # 53 of 192 significant at this reduced size, 50 of 192 with the default settings
-    # (docs/tuning.md says why not more); the rotated control below gets none
-    assert m["n_selective_significant"] >= 0.2 * m["n_selective"]
+    # at least half of the part-selective units are significant (measured: 115 of 192 at this
+    # reduced size, 159 with the default settings); the rotated control below gets none
+    assert m["n_selective_significant"] >= 0.5 * m["n_selective"]
 
 
 def test_random_units_are_not_significant(tmp_path_factory) -> None:
