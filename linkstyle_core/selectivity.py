@@ -153,32 +153,40 @@ def _logit_shares(scores: np.ndarray) -> np.ndarray:
     return np.log(share / (1 - share))
 
 
-def top_part_specificity(scores: np.ndarray, null_scores: np.ndarray) -> np.ndarray:
-    """p-value of each profile's top-part share against the null directions'.
-
-    scores [U, P], null_scores [K, P] -> p [U]. A profile's statistic is its top part's
-    share as a z-score among the null directions' shares of that same part (logit scale,
-    ``_logit_shares``): how much more the profile favours its top part than random directions
-    favour that part. Each null direction's statistic is taken against the other K - 1 (their
-    mean and standard deviation), so the null statistics come from exactly the procedure the
-    units go through, and ``specificity_p`` ranks the units among them. NaN for an all-zero
-    profile.
-    """
+def share_z(scores: np.ndarray, null_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every part's share of a profile as a z-score among the null directions' shares of that
+    part, on the logit scale (``_logit_shares``): how much more the profile favours the part
+    than random directions favour it. scores [U, P], null_scores [K, P] -> (z [U, P], null
+    z [K', P]), where each (finite) null direction is scored against the other K' - 1 (their
+    mean and standard deviation), so that the nulls' z come from the procedure the units go
+    through. NaN rows for all-zero profiles."""
     unit, null = _logit_shares(scores), _logit_shares(null_scores)
     null = null[np.isfinite(null).all(1)]
     k = len(null)
     mean, sd = null.mean(0), null.std(0, ddof=1)
-    # leave-one-out mean and standard deviation of every part for every null direction
     loo_mean = (null.sum(0) - null) / (k - 1)
     loo_var = ((null**2).sum(0) - null**2 - (k - 1) * loo_mean**2) / (k - 2)
+    return (unit - mean) / sd, (null - loo_mean) / np.sqrt(loo_var)
 
-    def at_top(z: np.ndarray, logit: np.ndarray) -> np.ndarray:
-        finite = np.isfinite(logit).all(1)
-        top = np.argmax(np.where(finite[:, None], logit, 0.0), axis=1)
-        return np.where(finite, z[np.arange(len(z)), top], np.nan)
 
-    unit_stat = at_top((unit - mean) / sd, unit)
-    null_stat = at_top((null - loo_mean) / np.sqrt(loo_var), null)
+def top_part_specificity(scores: np.ndarray, null_scores: np.ndarray,
+                         top: np.ndarray | None = None) -> np.ndarray:
+    """p-value of each profile's top-part share against the null directions'.
+
+    scores [U, P], null_scores [K, P] -> p [U]. A profile's statistic is its top part's
+    ``share_z``; a null direction's is the same for its own top part, and ``specificity_p``
+    ranks the units among the nulls. ``top`` [U]: the units' top parts when they were chosen
+    on more samples than ``scores`` holds (default: the largest share in ``scores``); a part
+    chosen on other samples is not the one with the largest z by construction, so the test
+    stays valid. NaN for an all-zero profile.
+    """
+    z, null_z = share_z(scores, null_scores)
+    finite = np.isfinite(z).all(1)
+    if top is None:
+        top = np.argmax(np.where(finite[:, None], scores, 0.0), axis=1)
+    unit_stat = np.where(finite, z[np.arange(len(z)), top], np.nan)
+    null_scores = null_scores[np.isfinite(_logit_shares(null_scores)).all(1)]
+    null_stat = null_z[np.arange(len(null_z)), np.argmax(null_scores, axis=1)]
     return specificity_p(unit_stat, null_stat)
 
 
@@ -242,9 +250,9 @@ def unit_summary(
     specificity_q (``two_stage_q`` over units), significant (q < q_threshold), selective
     (concentration in the top quarter of all units), score_<part>.
     """
-    top = np.asarray(parts, dtype=object)[np.nanargmax(np.where(np.isnan(scores), -1, scores),
-                                                       axis=1)]
-    p = top_part_specificity(test_scores, null_scores)
+    top_index = np.nanargmax(np.where(np.isnan(scores), -1, scores), axis=1)
+    top = np.asarray(parts, dtype=object)[top_index]
+    p = top_part_specificity(test_scores, null_scores, top_index)
     q = two_stage_q(p, q_threshold)
     conc = concentration(scores)
     out = pd.DataFrame({
@@ -260,3 +268,26 @@ def unit_summary(
     for j, part in enumerate(parts):
         out[f"score_{part}"] = scores[:, j]
     return out
+
+
+def unit_parts_table(summary: pd.DataFrame, test_scores: np.ndarray, null_scores: np.ndarray,
+                     parts: Sequence[str]) -> pd.DataFrame:
+    """The per-part columns of ``unit_summary`` in long format, one row per (unit, part), so
+    that the schema does not depend on the part list. Columns: unit, part, score (the
+    profile's ``score_<part>``), share (score / the profile's sum), z (``share_z`` on the
+    null's samples: the specificity test's statistic when the part is the top part), top (the
+    unit's top part), q (the unit's ``specificity_q`` on its top part's row, NaN on the
+    others: significance is tested for the top part only)."""
+    scores = summary[[f"score_{p}" for p in parts]].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = scores / scores.sum(1, keepdims=True)
+    z, _ = share_z(test_scores, null_scores)
+    top = summary["top_part"].to_numpy()[:, None] == np.asarray(parts, dtype=object)[None, :]
+    q = np.where(top, summary["specificity_q"].to_numpy()[:, None], np.nan)
+    n_units, n_parts = scores.shape
+    return pd.DataFrame({
+        "unit": np.repeat(summary["unit"].to_numpy(), n_parts),
+        "part": np.tile(np.asarray(parts, dtype=object), n_units),
+        "score": scores.ravel(), "share": share.ravel(), "z": z.ravel(),
+        "top": top.ravel(), "q": q.ravel(),
+    })

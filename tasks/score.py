@@ -18,6 +18,7 @@ from linkstyle_core.selectivity import (
     null_reference,
     part_scores,
     selectivity_table,
+    unit_parts_table,
     unit_summary,
 )
 from storage import Artifact, content_key
@@ -25,7 +26,7 @@ from tasks.caching import by_content_key
 from tasks.context import as_config, store_for
 
 STAGE = "selectivity"
-VERSION = "6"
+VERSION = "7"
 MIN_MEDIAN_GAIN = 0.5  # below this the re-encoded units do not follow their tuning
 MIN_MEDIAN_PIXEL_CHANGE = 1 / 255  # below one grey level the images do not visibly change
 
@@ -117,6 +118,7 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
                       inputs={"tune": tune_key, "null": null_key}, code_version=VERSION) as out:
         out.write_table("selectivity", table)
         out.write_table("units", summary)
+        out.write_table("unit_parts", unit_parts_table(summary, test_scores, null_scores, parts))
         out.write_table("null_profiles", pd.DataFrame(
             {"direction": null.load("direction"), "concentration": concentration(null_scores),
              "closed_loop_gain": _slopes(null.load("set_value"), null.load("response")),

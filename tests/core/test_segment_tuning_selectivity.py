@@ -24,6 +24,7 @@ from linkstyle_core.selectivity import (
     specificity_p,
     top_part_specificity,
     two_stage_q,
+    unit_parts_table,
     unit_summary,
 )
 from linkstyle_core.tuning import (
@@ -143,6 +144,13 @@ def test_a_unit_that_moves_one_part_is_selective_for_it() -> None:
     assert summary.loc[12, "concentration"] > summary.drop(12)["concentration"].max()
     assert not summary.drop(12)["significant"].any()
     assert {f"score_{p}" for p in parts} <= set(summary.columns)
+    long = unit_parts_table(summary.reset_index(), scores, null_scores, parts)
+    assert len(long) == 6 * len(parts)
+    np.testing.assert_allclose(long.groupby("unit")["share"].sum(), 1.0)
+    assert (long.groupby("unit")["top"].sum() == 1).all()
+    hit = long[(long.unit == 12) & (long.part == "ear")].iloc[0]
+    assert hit.top and hit.q == pytest.approx(summary.loc[12, "specificity_q"])
+    assert hit.z > 3 and long.loc[~long.top, "q"].isna().all()
 
 
 def test_random_mixtures_are_not_significant() -> None:

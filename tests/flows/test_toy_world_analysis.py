@@ -8,6 +8,8 @@ meet (docs/tuning.md, docs/toyworld.md).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,3 +108,46 @@ def test_counterfactuals_flip_and_are_confirmed(toy_run) -> None:
     with torch.no_grad():
         predicted = clf.head(clf.features(clf.preprocess(images))).argmax(1).numpy()
     assert np.array_equal(predicted == pairs["target"].to_numpy(), pairs["success"].to_numpy())
+
+
+def _documented_names(stage: str) -> list[str]:
+    """Every backticked name in docs/tables.md's section of ``stage`` (comma lists split),
+    including the sections that section defers to."""
+    text = (Path(__file__).parents[2] / "docs" / "tables.md").read_text()
+    sections = {m.group(1): m.group(2) for m in
+                re.finditer(r"^## `(\w+)`(.*?)(?=^## |\Z)", text, flags=re.M | re.S)}
+    assert stage in sections, f"docs/tables.md has no section for {stage!r}"
+    body = sections[stage] + "".join(sections[s] for s in {"null": ["tune"],
+                                                          "validation": ["selectivity"]}
+                                     .get(stage, []))
+    return [name.strip() for token in re.findall(r"`([^`]+)`", body)
+            for name in token.split(",")]
+
+
+def _is_documented(name: str, documented: list[str]) -> bool:
+    # a documented `score_<part>` covers score_body, score_head, ...
+    return any(re.fullmatch(re.sub(r"<\w+>", r"\\w+", re.escape(d).replace(r"\<", "<")
+                                   .replace(r"\>", ">")), name) for d in documented)
+
+
+def test_docs_tables_describe_every_table_and_column_written(toy_run) -> None:
+    """docs/tables.md names every table, column and array each stage writes."""
+    store = toy_run["store"]
+    stages = sorted({a.stage for a in store.list_artifacts()})
+    assert {"paired", "link", "tune", "null", "selectivity", "validation",
+            "counterfactual"} <= set(stages)
+    missing = []
+    for stage in stages:
+        documented = _documented_names(stage)
+        info = next(a for a in store.list_artifacts(stage) if a.status == "complete")
+        art = store.open(stage, info.key)
+        part = art.shard(art.shards[0]) if art.shards else art
+        for table in part.table_names:
+            if not _is_documented(table, documented):
+                missing.append(f"{stage}: table {table}")
+            missing += [f"{stage}.{table}: column {c}" for c in part.table(table).columns
+                        if not _is_documented(str(c), documented)]
+        if stage != "segmenter":  # its arrays are the network's parameters
+            missing += [f"{stage}: array {a}" for a in part.array_names
+                        if not _is_documented(a, documented)]
+    assert not missing, "not in docs/tables.md: " + "; ".join(missing)
