@@ -44,7 +44,7 @@ def counterfactual_figure(images: np.ndarray, labels: Sequence[str],
         orig, cf = images[i, 0].astype(np.float32), images[i, 1].astype(np.float32)
         diff = np.abs(cf - orig).mean(0)
         for j, (img, name) in enumerate(((orig, "original"), (cf, "counterfactual"),
-                                         (diff, "|difference|"))):
+                                         (diff, "|difference|, RGB mean"))):
             ax = fig.add_subplot(grid[i, j])
             if img.ndim == 3:
                 ax.imshow(_hwc(img).astype(np.uint8))

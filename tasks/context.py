@@ -18,6 +18,7 @@ from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.models.protocols import Classifier, Generator
 from linkstyle_core.models.registry import (
     check_compatible,
+    class_names,
     fingerprint,
     load_classifier,
     load_generator,
@@ -38,6 +39,11 @@ class Models:
     @property
     def keys(self) -> dict[str, str]:
         return {"generator": self.generator_key, "classifier": self.classifier_key}
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classifier's class names (``registry.class_names``: indices when unnamed)."""
+        return class_names(self.classifier)
 
 
 def as_config(config: AnalysisConfig | dict[str, Any] | None) -> AnalysisConfig:

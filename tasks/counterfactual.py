@@ -22,7 +22,7 @@ from tasks.context import Models, as_config, models_for, store_for
 from tasks.link import load_link
 
 STAGE = "counterfactual"
-VERSION = "2"
+VERSION = "3"
 
 
 def counterfactual_params(config: AnalysisConfig, pairs: list[tuple[int, int]]) -> dict:
@@ -36,7 +36,8 @@ def counterfactual_key(config: AnalysisConfig, models: Models, pairs: list[tuple
                        {**keys, **models.keys})
 
 
-def _summary(pairs_table: pd.DataFrame, units: pd.DataFrame | None, top_k: int) -> pd.DataFrame:
+def _summary(pairs_table: pd.DataFrame, units: pd.DataFrame | None, top_k: int,
+             names: list[str]) -> pd.DataFrame:
     """Per class pair: flip rate, median steps, most frequent decision units, their top parts
     in stage 4 and how many of them stage 4 found selective for each part."""
     top_part = {} if units is None else dict(zip(units["unit"], units["top_part"], strict=True))
@@ -50,7 +51,8 @@ def _summary(pairs_table: pd.DataFrame, units: pd.DataFrame | None, top_k: int) 
         counts = Counter(u for units_ in ok["top_units"] for u in units_)
         decision = [u for u, _ in counts.most_common(top_k)]
         row = {
-            "origin": origin, "target": target, "n": len(group),
+            "origin": origin, "target": target, "origin_name": names[origin],
+            "target_name": names[target], "n": len(group),
             "flip_rate": float(group["success"].mean()),
             "median_steps": float(ok["steps"].median()) if len(ok) else float("nan"),
             "decision_units": decision,
@@ -105,7 +107,9 @@ def counterfactuals(config: dict[str, Any], key: str, pairs: list[list[int]],
     stats = shift_statistics(shift, cf.top_units)
     table = pd.DataFrame({
         "pair": np.arange(len(pick)), "sample": pick.numpy(), "origin": origins,
-        "target": targets, "success": torch.cat([r.success for r in results]).numpy(),
+        "target": targets, "origin_name": [models.class_names[c] for c in origins],
+        "target_name": [models.class_names[c] for c in targets],
+        "success": torch.cat([r.success for r in results]).numpy(),
         "steps": torch.cat([r.steps for r in results]).numpy(),
         "l1": stats["l1"].numpy(), "l2": stats["l2"].numpy(),
         "sparsity": stats["sparsity"].numpy(),
@@ -116,7 +120,7 @@ def counterfactuals(config: dict[str, Any], key: str, pairs: list[list[int]],
     })
     units = store.open("selectivity", keys["selectivity"]).table("units") \
         if keys.get("selectivity") else None
-    summary = _summary(table, units, cf.top_units)
+    summary = _summary(table, units, cf.top_units, models.class_names)
     with store.writer(STAGE, key, params=counterfactual_params(cfg, [(p[0], p[1]) for p in pairs]),
                       inputs={**keys, **models.keys}, code_version=VERSION) as out:
         out.write_array("shift", shift.numpy())
@@ -125,11 +129,13 @@ def counterfactuals(config: dict[str, Any], key: str, pairs: list[list[int]],
         out.write_table("summary", summary)
         for row in summary.itertuples():
             group = table[(table["origin"] == row.origin) & (table["target"] == row.target)]
-            labels = [f"#{s} {'flipped' if ok else 'not flipped'} ({n})" for s, ok, n in
-                      zip(group["sample"], group["success"], group["steps"], strict=True)]
+            labels = [f"sample {s}\n{f'flipped, {n} steps' if ok else 'not flipped'}"
+                      for s, ok, n in zip(group["sample"], group["success"], group["steps"],
+                                          strict=True)]
             out.write_file(f"pair-{row.origin}-{row.target}.png", counterfactual_figure(
                 images.numpy()[group["pair"].to_numpy()], labels,
                 list(zip(row.decision_units, row.decision_unit_counts, strict=True)),
-                f"class {row.origin} -> {row.target}: flip rate {row.flip_rate:.0%}"))
+                f"{row.origin_name} (class {row.origin}) -> {row.target_name} (class "
+                f"{row.target}): flip rate {row.flip_rate:.0%} of {row.n} samples"))
         out.timings["compute_s"] = round(time.perf_counter() - t0, 3)
     return {"stage": STAGE, "key": key, "computed": True}

@@ -75,6 +75,7 @@ class SplitClassifier(nn.Module):
 
     ``body``: the model with that Linear replaced by ``nn.Identity``; ``head``: the Linear.
     ``num_classes``/``feature_dim``: its out/in features. ``head_name``: where it sat.
+    ``class_names``: the classes' names when the weights carry them (``registry.class_names``).
     """
 
     def __init__(self, model: nn.Module, preprocessing: Preprocessing | None = None,
@@ -83,6 +84,7 @@ class SplitClassifier(nn.Module):
         preprocessing = preprocessing or Preprocessing()
         model = model.eval().requires_grad_(False)
         self.name = name or type(model).__name__
+        self.class_names: list[str] | None = None  # set by the loaders when the weights name them
         self.head_name, linear = last_linear(model)
         self.num_classes = linear.out_features
         self.feature_dim = linear.in_features
@@ -171,6 +173,13 @@ def load_state_dict_file(path: str | Path, what: str = "classifier.weights") -> 
     Checkpoints that wrap it (``{'state_dict': ...}``, ``{'model': ...}``, ``state_dict_ema``)
     and DataParallel ``module.`` prefixes are unwrapped. Only tensors are loaded (no pickles).
     """
+    return read_checkpoint_file(path, what)[0]
+
+
+def read_checkpoint_file(path: str | Path, what: str = "classifier.weights"
+                         ) -> tuple[dict[str, Any], list[str] | None]:
+    """``load_state_dict_file``'s state dict, and the class names a wrapping checkpoint
+    stores beside it (a list of strings under ``class_names`` or ``categories``), if any."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelError(
@@ -187,6 +196,12 @@ def load_state_dict_file(path: str | Path, what: str = "classifier.weights") -> 
     except Exception as exc:
         raise ModelError(f"{what} file {str(path)!r} is not a readable state dict "
                          f"({type(exc).__name__}: {exc})") from exc
+    names = None
+    for key in ("class_names", "categories"):
+        found = state.get(key) if isinstance(state, dict) else None
+        if isinstance(found, (list, tuple)) and all(isinstance(x, str) for x in found):
+            names = list(found)
+            break
     for key in ("state_dict_ema", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -196,7 +211,7 @@ def load_state_dict_file(path: str | Path, what: str = "classifier.weights") -> 
         raise ModelError(f"{what} file {str(path)!r} does not hold a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
+    return state, names
 
 
 def _load_into(model: nn.Module, state: dict[str, Any], source: str, name: str,
@@ -317,12 +332,15 @@ def load_torchvision(name: str, weights: str | None, device: torch.device | str 
             )
         model = _build_without_download(torchvision.models.get_model, name, weights=enum)
         preprocessing = preprocessing_of(enum)
+        names = enum.meta.get("categories")
     else:
-        state = load_state_dict_file(weights)
+        state, names = read_checkpoint_file(weights)
         model = _build_and_load(lambda: torchvision.models.get_model(name, weights=None), state,
                                 f"classifier.weights {weights!r}", f"torchvision {name}")
         preprocessing = Preprocessing()
-    return SplitClassifier(model.to(device), preprocessing, name=name, check=check)
+    split = SplitClassifier(model.to(device), preprocessing, name=name, check=check)
+    split.class_names = names
+    return split
 
 
 def _build_without_download(builder: Any, *args: Any, **kwargs: Any) -> nn.Module:
@@ -371,7 +389,7 @@ def load_timm(name: str, weights: str | None, device: torch.device | str = "cpu"
             f"checkpoint file (.pth, .bin or .safetensors); timm weights are never downloaded "
             f"here, fetch them on a machine with internet (e.g. from the Hugging Face hub)"
         )
-    state = load_state_dict_file(weights)
+    state, names = read_checkpoint_file(weights)
     classifier_key = _timm_classifier_key(timm, name)
     head = state.get(f"{classifier_key}.weight") if classifier_key else None
     kwargs: dict[str, Any] = {}
@@ -388,7 +406,9 @@ def load_timm(name: str, weights: str | None, device: torch.device | str = "cpu"
         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
         interpolation=interpolation if interpolation in ("bilinear", "bicubic") else "bilinear",
     )
-    return SplitClassifier(model.to(device), preprocessing, name=name, check=check)
+    split = SplitClassifier(model.to(device), preprocessing, name=name, check=check)
+    split.class_names = names
+    return split
 
 
 def _timm_classifier_key(timm: Any, name: str) -> str | None:

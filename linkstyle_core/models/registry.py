@@ -218,6 +218,18 @@ def load_classifier(cfg: ClassifierConfig, device: torch.device) -> Classifier:
     return classifier
 
 
+def class_names(classifier: Any) -> list[str]:
+    """The classifier's class names: its ``class_names`` attribute when that names every class
+    (the toy species; ImageNet categories from torchvision weights or a checkpoint that stores
+    them), else the class indices as text."""
+    n = int(classifier.num_classes)
+    names = getattr(classifier, "class_names", None)
+    if isinstance(names, (list, tuple)) and len(names) == n \
+            and all(isinstance(x, str) and x for x in names):
+        return list(names)
+    return [str(i) for i in range(n)]
+
+
 def modules_of(model: Any) -> list[torch.nn.Module]:
     """The torch modules behind a model: itself, or those an adapter object holds."""
     if isinstance(model, torch.nn.Module):

@@ -94,7 +94,8 @@ class _BasicBlock(nn.Module):
 class ToyClassifier(nn.Module):
     """Species classifier for 64x64 toy images (``Classifier`` protocol).
 
-    Attributes: ``num_classes`` (number of species), ``feature_dim`` (192).
+    Attributes: ``num_classes`` (number of species), ``feature_dim`` (192), ``class_names``
+    (the species, ``SPECIES``, when there are that many classes).
     ``features(preprocess(images))`` gives ``r: [N, feature_dim]``, non-negative (ReLU then average
     pooling), and ``head(r)`` the logits ``[N, num_classes]``.
     """
@@ -105,6 +106,7 @@ class ToyClassifier(nn.Module):
         cfg = self.config
         self.num_classes = cfg.num_classes
         self.feature_dim = cfg.channels[-1]
+        self.class_names = list(SPECIES) if cfg.num_classes == len(SPECIES) else None
         # Stride-2 stem: 64 -> 32 px. The creatures' thinnest parts (legs, tail) are ~3 px
         # wide, so 32 px keeps them, and it quarters the cost of every later layer.
         self.stem = nn.Sequential(

@@ -24,7 +24,7 @@ from linkstyle_core.models.classifiers import (
     preprocessing_of,
     torchvision_cache_file,
 )
-from linkstyle_core.models.registry import ModelError, check_protocol
+from linkstyle_core.models.registry import ModelError, check_protocol, class_names
 
 # (model, where its last Linear sits, units of the penultimate layer, test input side)
 TORCHVISION = [
@@ -108,6 +108,8 @@ def test_torchvision_weights_come_from_the_hub_cache(hub: Path) -> None:
     # no weights name: torchvision's DEFAULT, which is IMAGENET1K_V1 for resnet18
     default = load_torchvision("resnet18", None)
     torch.testing.assert_close(default.head.weight, reference.fc.weight)
+    # the weights' metadata names the ImageNet classes
+    assert class_names(clf)[:2] == ["tench", "goldfish"] and len(class_names(clf)) == 1000
 
 
 def test_the_hub_can_never_download() -> None:
@@ -170,6 +172,13 @@ def test_class_count_and_wrapped_checkpoints(tmp_path: Path) -> None:
                                            for k, v in reference.state_dict().items()}}, path)
     clf = load_torchvision("resnet18", str(path))
     assert (clf.num_classes, clf.feature_dim) == (10, 512)
+    assert class_names(clf) == [str(i) for i in range(10)]  # the file names no classes
+    named = tmp_path / "named.pt"
+    birds = [f"bird {i}" for i in range(10)]
+    torch.save({"state_dict": reference.state_dict(), "class_names": birds}, named)
+    assert class_names(load_torchvision("resnet18", str(named))) == birds
+    torch.save({"state_dict": reference.state_dict(), "class_names": birds[:3]}, named)
+    assert class_names(load_torchvision("resnet18", str(named)))[:3] == ["0", "1", "2"]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(clf.head(clf.features(x)), reference(x))

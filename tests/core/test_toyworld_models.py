@@ -11,6 +11,7 @@ import torch
 
 from linkstyle_core.models import toy
 from linkstyle_core.models.protocols import Classifier, Generator
+from linkstyle_core.models.registry import class_names
 from linkstyle_core.models.toy import load_toy_classifier, load_toy_generator
 from linkstyle_core.toyworld import (
     FACTOR_PARTS,
@@ -116,6 +117,7 @@ def test_generator_rejects_bad_shapes(generator: ToyGenerator) -> None:
 
 def test_classifier_shapes(classifier: ToyClassifier) -> None:
     assert classifier.feature_dim == 192 and classifier.num_classes == len(SPECIES)
+    assert class_names(classifier) == list(SPECIES)
     images = torch.rand(4, 3, 128, 128) * 2 - 1
     x = classifier.preprocess(images)
     assert x.shape == (4, 3, 64, 64)

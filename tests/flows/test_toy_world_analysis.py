@@ -18,6 +18,7 @@ import torch
 
 from flows.analysis import counterfactual_flow, tune_score_flow, validate_flow
 from linkstyle_core.models.toy import load_toy_classifier
+from linkstyle_core.toyworld import SPECIES
 from linkstyle_core.toyworld.ground_truth import load_ground_truth
 from storage import ArtifactStore
 
@@ -101,6 +102,7 @@ def test_counterfactuals_flip_and_are_confirmed(toy_run) -> None:
     art = store.open("counterfactual", reports["counterfactual"].keys["counterfactual"])
     pairs = art.table("pairs")
     assert pairs["success"].mean() >= 0.5
+    assert set(pairs["origin_name"]) == {SPECIES[0]} and set(pairs["target_name"]) == {SPECIES[1]}
     summary = art.table("summary").iloc[0]
     assert all(part for part in summary["decision_unit_parts"])  # stage 4 knows every unit
     images = torch.from_numpy(art.load("images")[:, 1].copy()).float() / 127.5 - 1.0
