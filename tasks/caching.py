@@ -8,10 +8,13 @@ remembers an earlier result.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from prefect import Task
+from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
+from prefect.states import State
 
 
 def by_content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -29,3 +32,26 @@ def submit(task: Task, exists: bool, **kwargs: Any) -> Any:
 def was_cached(future: Any) -> bool:
     """True if Prefect answered the task from its cache."""
     return future.state.name == "Cached"
+
+
+# errno values a user has to fix (permissions, a read-only or full disk, a wrong path): retrying
+# them only delays the message
+_NOT_TRANSIENT = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                  errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def transient_io_error(task: Task, task_run: TaskRun, state: State) -> bool:
+    """retry_condition_fn: retry a task only for an I/O error that may pass (a dropped
+    connection, a timeout, an EIO from a network file system), never for a user's mistake or
+    a bug."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno not in _NOT_TRANSIENT \
+        and not isinstance(exc, (FileNotFoundError, PermissionError))
+
+
+# the options of tasks that read and write the store for minutes (the shards): three retries,
+# 5, 20 and 60 s apart, for transient I/O errors only
+IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [5, 20, 60],
+                              "retry_condition_fn": transient_io_error}

@@ -39,7 +39,7 @@ from linkstyle_core.tuning import (
     unit_offsets,
 )
 from storage import Artifact, ArtifactWriter, ShardedWriter, content_key
-from tasks.caching import by_content_key
+from tasks.caching import IO_RETRIES, by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
 
@@ -400,7 +400,7 @@ def _tune_writer(cfg: AnalysisConfig, models: Models, key: str,
 
 
 @task(name="tune-shard", cache_key_fn=by_content_key, persist_result=True,
-      cache_result_in_memory=False, task_run_name="tune-{shard}")
+      cache_result_in_memory=False, task_run_name="tune-{shard}", **IO_RETRIES)
 def tune_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str]) -> dict:
     """Tune one shard of units: calibrated steps, trajectories, closed-loop response, parts and
     measurements."""
@@ -444,7 +444,8 @@ def tune_finalize(config: dict[str, Any], key: str, keys: dict[str, str],
     return {"stage": "tune", "key": key, "computed": True}
 
 
-@task(name="null", cache_key_fn=by_content_key, persist_result=True, task_run_name="null")
+@task(name="null", cache_key_fn=by_content_key, persist_result=True, task_run_name="null",
+      **IO_RETRIES)
 def tune_null(config: dict[str, Any], key: str, keys: dict[str, str]) -> dict[str, Any]:
     """The null control: random r-space directions with the units' step sizes, calibrated
     exactly as the units are, on ``tuning.null_samples_per_class`` samples per class and two

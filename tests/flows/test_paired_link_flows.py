@@ -122,3 +122,55 @@ def test_killed_run_resumes_at_shard_granularity(tmp_path, calls: Counter) -> No
     assert calls == {"paired-train": 1}
     assert store.exists("paired", key)
     assert np.bincount(store.open("paired", key).load("label")).tolist() == [40, 40, 40]
+
+
+def test_shards_retry_transient_io_errors_but_not_user_errors(
+        tmp_path, calls: Counter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dropped connection while a shard runs is retried (with backoff, here without delay);
+    a user's mistake fails at once and is not retried."""
+    import errno
+
+    from linkstyle_core.paired import AcceptanceError
+
+    monkeypatch.setattr(paired_tasks.paired_shard, "retry_delay_seconds", [0, 0, 0])
+    counting = paired_tasks.sample_class  # the `calls` fixture's counter
+    failures: Counter = Counter()
+
+    def flaky(*args, **kwargs):
+        if kwargs["split"] == "train" and failures["io"] < 2:
+            failures["io"] += 1
+            raise OSError(errno.EIO, "Input/output error (network file system)")
+        return counting(*args, **kwargs)
+
+    monkeypatch.setattr(paired_tasks, "sample_class", flaky)
+    reports = paired_data_flow(_config(tmp_path))
+    assert failures["io"] == 2 and calls["paired-train"] == 3
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    assert store.exists("paired", reports["paired"].keys["train"])
+
+    attempts: Counter = Counter()
+
+    def refused(*args, **kwargs):
+        attempts["user"] += 1
+        raise AcceptanceError("class 0: the classifier accepts too few of its generated images")
+
+    monkeypatch.setattr(paired_tasks, "sample_class", refused)
+    with pytest.raises(AcceptanceError):
+        paired_data_flow(_config(tmp_path / "second"))
+    assert attempts["user"] == 1
+
+
+def test_transient_io_error_condition() -> None:
+    import errno
+
+    from prefect.states import Failed
+
+    from tasks.caching import transient_io_error
+
+    def retried(exc: BaseException) -> bool:
+        return transient_io_error(None, None, Failed(data=exc))  # type: ignore[arg-type]
+
+    assert retried(OSError(errno.EIO, "eio")) and retried(ConnectionResetError())
+    assert retried(TimeoutError())
+    assert not retried(OSError(errno.ENOSPC, "full")) and not retried(PermissionError())
+    assert not retried(FileNotFoundError()) and not retried(ValueError("bad config"))

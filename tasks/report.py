@@ -1,0 +1,291 @@
+"""A static, offline HTML report of a finished run: summary, link metrics, validation, the top
+units of every part with their tuning strips, one page per unit, a sortable units table, the
+counterfactual figures, and ``units.csv``.
+
+Everything is written under one folder and opens from disk: no server, no CDN, the pictures
+are PNG files beside the pages and the table sorts with a few lines of inline JavaScript.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from storage import ArtifactStore
+from tasks.unit_view import unit_view
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
+th { background: #eee; cursor: pointer; }
+td.text, th.text { text-align: left; }
+img.strip { height: 64px; image-rendering: pixelated; vertical-align: middle; }
+img.figure { max-width: 100%; }
+.note { color: #555; font-size: 0.9em; }
+.top { display: flex; align-items: center; gap: 0.8em; margin: 0.3em 0; }
+"""
+
+# sorts a table when a header cell is clicked: numbers as numbers, the rest as text
+_SORT_SCRIPT = """
+document.querySelectorAll("table.sortable th").forEach((th, col) => {
+  th.addEventListener("click", () => {
+    const body = th.closest("table").tBodies[0];
+    const rows = Array.from(body.rows);
+    const up = th.dataset.order !== "asc";
+    th.dataset.order = up ? "asc" : "desc";
+    const key = r => { const t = r.cells[col].dataset.value ?? r.cells[col].textContent;
+                       const n = parseFloat(t); return isNaN(n) ? t : n; };
+    rows.sort((a, b) => { const x = key(a), y = key(b);
+                          return (x < y ? -1 : x > y ? 1 : 0) * (up ? 1 : -1); });
+    rows.forEach(r => body.appendChild(r));
+  });
+});
+"""
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "–" if not math.isfinite(float(value)) else f"{float(value):.{digits}g}"
+    return html.escape(str(value))
+
+
+def _table(frame: pd.DataFrame, sortable: bool = False,
+           links: dict[str, Callable[[Any], str]] | None = None) -> str:
+    """An HTML table of ``frame``; ``links`` maps a column to a function giving each cell's
+    link target."""
+    links = links or {}
+    text = [c for c in frame.columns if frame[c].dtype == object]
+    head = "".join(f'<th class="{"text" if c in text else ""}">{html.escape(str(c))}</th>'
+                   for c in frame.columns)
+    rows = []
+    for record in frame.itertuples(index=False):
+        cells = []
+        for column, value in zip(frame.columns, record, strict=True):
+            shown = _fmt(value)
+            if column in links:
+                shown = f'<a href="{html.escape(links[column](value))}">{shown}</a>'
+            sort_value = "" if not isinstance(value, (float, np.floating)) or math.isfinite(
+                float(value)) else ' data-value="Infinity"'
+            cells.append(f'<td class="{"text" if column in text else ""}"{sort_value}>'
+                         f"{shown}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    cls = ' class="sortable"' if sortable else ""
+    return (f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+            "</table>")
+
+
+def _page(title: str, body: str, script: str = "") -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>"
+            f"{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
+            f"<h1>{html.escape(title)}</h1>\n{body}\n"
+            + (f"<script>{script}</script>" if script else "") + "</body></html>\n")
+
+
+def describe_unit(row: pd.Series) -> str:
+    """One line on what a unit does, from its row of the ``units`` table."""
+    verdict = ("significantly specific to it" if row["significant"] else
+               "not more specific than random directions")
+    return (f"unit {int(row['unit'])}: tuning changes the {row['top_part']} most "
+            f"({row['concentration']:.0%} of its change profile, q {row['specificity_q']:.2g}: "
+            f"{verdict}); closed-loop gain {row['closed_loop_gain']:.2f}, pixel change "
+            f"{row['pixel_change']:.3f}")
+
+
+def ranked_units(units: pd.DataFrame) -> pd.DataFrame:
+    """Units ordered for showing: significant ones first, by q then concentration; the rest
+    after them by concentration (never ranked above a significant unit)."""
+    significant = units["significant"].astype(bool)
+    return pd.concat([
+        units[significant].sort_values(["specificity_q", "concentration"],
+                                       ascending=[True, False]),
+        units[~significant].sort_values("concentration", ascending=False),
+    ])
+
+
+def _strip_png(images: np.ndarray) -> bytes:
+    """One sample's tuning steps side by side, then |last - first| in grey levels:
+    images [S, 3, H, W] uint8 -> a PNG."""
+    from PIL import Image
+
+    diff = np.abs(images[-1].astype(np.int16) - images[0].astype(np.int16)).mean(0)
+    scale = 255.0 / max(float(diff.max()), 1.0)
+    diff_rgb = np.repeat((diff * scale).clip(0, 255).astype(np.uint8)[None], 3, axis=0)
+    tiles = [*images, diff_rgb]
+    strip = np.concatenate([t.transpose(1, 2, 0) for t in tiles], axis=1)
+    from io import BytesIO
+
+    buffer = BytesIO()
+    Image.fromarray(strip).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
+                 class_names: Sequence[str], title: str = "linkstyle report",
+                 per_part: int = 5, unit_pages: Sequence[int] | None = None) -> dict[str, Any]:
+    """Write the report of the run whose stage keys are ``keys`` into folder ``out``.
+
+    keys: at least train, test, link, tune, null, selectivity; validation and counterfactual
+    when those stages ran. unit_pages: the units that get a page (default: every unit).
+    Returns {"index": path of index.html, "units_csv": path, "unit_pages": count}.
+    """
+    from linkstyle_core.figures import unit_figure
+
+    out = Path(out)
+    (out / "units").mkdir(parents=True, exist_ok=True)
+    (out / "img").mkdir(exist_ok=True)
+    selectivity = store.open("selectivity", keys["selectivity"])
+    units = selectivity.table("units")
+    parts_long = selectivity.table("unit_parts") if "unit_parts" in selectivity.table_names \
+        else None
+    link = store.open("link", keys["link"]).table("metrics")
+
+    units_csv = pd.DataFrame({
+        "unit": units["unit"], "top_part": units["top_part"], "q": units["specificity_q"],
+        "significant": units["significant"], "concentration": units["concentration"],
+        "closed_loop_gain": units["closed_loop_gain"],
+        "description": [describe_unit(r) for _, r in units.iterrows()],
+    })
+    units_csv.to_csv(out / "units.csv", index=False)
+
+    pages = list(units["unit"]) if unit_pages is None else list(unit_pages)
+    shown_top: dict[str, list[int]] = {}
+    ranked = ranked_units(units)
+    for part, group in ranked.groupby("top_part", sort=True):
+        shown_top[str(part)] = [int(u) for u in group["unit"][:per_part]]
+    for unit in sorted(set(pages) | {u for us in shown_top.values() for u in us}):
+        view = unit_view(store, keys, int(unit))
+        (out / "img" / f"strip-{unit}.png").write_bytes(_strip_png(view["images"][0]))
+        if unit not in pages:
+            continue
+        row = view["row"].copy()
+        row["unit"] = unit
+        labels = [f"{class_names[c]} (class {c})" for c in view["sample_class"]]
+        (out / "img" / f"unit-{unit}.png").write_bytes(unit_figure(
+            view["images"], view["parts"], view["set_value"], view["response"], view["shares"],
+            view["part_names"], view["highlighted"], view["null_threshold"],
+            describe_unit(row), row_labels=labels))
+        per_part_rows = (parts_long[parts_long["unit"] == unit].drop(columns="unit")
+                         if parts_long is not None else pd.DataFrame({
+                             "part": view["part_names"], "share": view["shares"]}))
+        body = (f'<p><a href="../index.html">back to the report</a></p>'
+                f"<p>{html.escape(describe_unit(row))}"
+                f"</p><img class=\"figure\" src=\"../img/unit-{unit}.png\" alt=\"unit {unit}\">"
+                "<h2>Per part</h2><p class=\"note\">share: the part's share of the unit's "
+                "change profile; z: that share against random directions' shares of the same "
+                "part; q: the specificity test, on the top part's row.</p>"
+                + _table(per_part_rows))
+        (out / "units" / f"unit-{unit}.html").write_text(_page(f"Unit {unit}", body))
+
+    sections = [_summary_section(store, keys, selectivity, units, class_names)]
+    sections.append("<h2>Link</h2>" + _table(link))
+    if keys.get("validation") and store.exists("validation", keys["validation"]):
+        sections.append(_validation_section(store.open("validation", keys["validation"])))
+    sections.append(_parts_section(units, shown_top, set(pages)))
+    table = units[["unit", "top_part", "specificity_q", "significant", "concentration",
+                   "closed_loop_gain", "pixel_change", "label_change"]]
+    sections.append("<h2>All units</h2><p class=\"note\">Click a column to sort.</p>" + _table(
+        table, sortable=True,
+        links={"unit": lambda u: f"units/unit-{u}.html"} if pages else None))
+    sections.append(_counterfactual_section(store, keys, out))
+    index = out / "index.html"
+    index.write_text(_page(title, "\n".join(sections), _SORT_SCRIPT))
+    return {"index": str(index), "units_csv": str(out / "units.csv"),
+            "unit_pages": len(pages)}
+
+
+def _summary_section(store: ArtifactStore, keys: dict[str, str], selectivity: Any,
+                     units: pd.DataFrame, class_names: Sequence[str]) -> str:
+    info = selectivity.info
+    rows = pd.DataFrame({"figure": [
+        "units tuned", "significant units (specificity q < 0.05)",
+        "median closed-loop gain (1: the re-encoded unit follows)",
+        "median pixel change, first to last step (in [0, 1])",
+        "median share of part labels changed", "null directions", "classes"],
+        "value": [str(len(units)), str(int(info["significant_units"])),
+                  f"{info['median_closed_loop_gain']:.2f}", f"{info['median_pixel_change']:.3f}",
+                  f"{info['median_label_change']:.1%}", str(info["null_directions"]),
+                  ", ".join(class_names)]})
+    paths = pd.DataFrame({"stage": list(keys), "key": list(keys.values()),
+                          "folder": [f"{store.root_uri}/{_stage_of(k)}/{v}"
+                                     for k, v in keys.items()]})
+    warnings = "".join(f"<p><b>Warning:</b> {html.escape(w)}</p>" for w in info["warnings"])
+    return "<h2>Run</h2>" + warnings + _table(rows) + "<h3>Artifacts</h3>" + _table(paths)
+
+
+def _stage_of(name: str) -> str:
+    return "paired" if name in ("train", "test") else name
+
+
+def _validation_section(validation: Any) -> str:
+    m = validation.info
+    parts = [k.removeprefix("auc_") for k in m if k.startswith("auc_")]
+    overall = pd.DataFrame({
+        "units": ["all evaluated", "strongly tuned", "part-selective (ground truth)"],
+        "count": [m["n_units"], m["n_strong"], m["n_selective"]],
+        "match": [m["match_rate_all"], m["match_rate"], m["match_rate_selective"]],
+        "chance": [m["chance_all"], m["chance"], m["chance_selective"]]})
+    per_part = pd.DataFrame({"part": parts, "match": [m[f"match_{p}"] for p in parts],
+                             "chance": [m[f"chance_{p}"] for p in parts],
+                             "AUC": [m[f"auc_{p}"] for p in parts]})
+    return ("<h2>Validation against the toy world's ground truth</h2><p class=\"note\">match: "
+            "share of units whose top part is their ground-truth part; chance: the same with "
+            "the top parts shuffled; AUC: how well a part's share ranks its ground-truth units "
+            f"above the others. Mean AUC {m['mean_auc']:.3f}; "
+            f"{int(m['n_selective_significant'])} of {int(m['n_selective'])} part-selective "
+            "units significant.</p>" + _table(overall) + _table(per_part))
+
+
+def _parts_section(units: pd.DataFrame, shown: dict[str, list[int]], pages: set[int]) -> str:
+    by_unit = units.set_index("unit")
+    out = ["<h2>Top units per part</h2><p class=\"note\">Significant units first (by q), then "
+           "the others by concentration. Each strip: one sample's tuning steps, then "
+           "|last - first| scaled to its maximum.</p>"]
+    for part, unit_list in shown.items():
+        out.append(f"<h3>{html.escape(part)}</h3>")
+        for unit in unit_list:
+            row = by_unit.loc[unit]
+            name = (f'<a href="units/unit-{unit}.html">unit {unit}</a>' if unit in pages
+                    else f"unit {unit}")
+            out.append(f'<div class="top"><img class="strip" src="img/strip-{unit}.png" '
+                       f'alt="tuning strip of unit {unit}"><span>{name}: concentration '
+                       f"{row['concentration']:.2f}, q {row['specificity_q']:.2g}"
+                       f"{'' if row['significant'] else ' (not significant)'}</span></div>")
+    return "\n".join(out)
+
+
+def _counterfactual_section(store: ArtifactStore, keys: dict[str, str], out: Path) -> str:
+    """The counterfactual figures of the newest counterfactual artifact built on this run's
+    link, copied beside the report."""
+    found = []
+    for info in store.list_artifacts("counterfactual"):
+        if info.status != "complete":
+            continue
+        art = store.open("counterfactual", info.key)
+        if art.manifest.inputs.get("link") == keys["link"]:
+            found.append((info.created or "", art))
+    if not found:
+        return ("<h2>Counterfactuals</h2><p class=\"note\">None for this run (`linkstyle "
+                "counterfactual` makes them).</p>")
+    art = max(found, key=lambda f: f[0])[1]
+    summary = art.table("summary")
+    figures = []
+    for row in summary.itertuples():
+        name = f"pair-{row.origin}-{row.target}.png"
+        (out / "img" / name).write_bytes(art.read_file(name))
+        figures.append(f'<h3>{html.escape(str(row.origin_name))} → '
+                       f"{html.escape(str(row.target_name))}</h3>"
+                       f'<img class="figure" src="img/{name}" alt="counterfactuals {name}">')
+    columns = [c for c in ("origin_name", "target_name", "n", "flip_rate", "median_steps")
+               if c in summary.columns]
+    return ("<h2>Counterfactuals</h2>" + _table(summary[columns]) + "".join(figures))

@@ -1,0 +1,124 @@
+"""The offline HTML report of a small toy-world run, opened in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from flows.analysis import analysis_keys, counterfactual_flow, validate_flow
+from linkstyle_core.config import AnalysisConfig
+from linkstyle_core.toyworld import SPECIES
+from storage import ArtifactStore
+from tasks.context import models_for
+from tasks.report import build_report, ranked_units
+from tasks.validate import validation_key
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SMALL_TOY: dict[str, Any] = {
+    "data": {"samples_per_class": 60, "test_samples_per_class": 10},
+    "tuning": {"units": "0-23", "samples_per_class": 1, "null_directions": 32,
+               "null_samples_per_class": 1, "store_images": True},
+    "counterfactual": {"samples": 2, "max_steps": 100},
+    "runtime": {"device": "cpu", "batch_size": 256},
+}
+
+
+def chromium() -> str:
+    """The headless browser: Debian's ``chromium``, installed when missing and possible."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is not installed and cannot be installed here (needs root and "
+                    "apt-get): apt-get install chromium")
+    try:
+        for command in (["apt-get", "update", "-qq"],
+                        ["apt-get", "install", "-y", "-qq", "chromium"]):
+            subprocess.run(command, check=True, capture_output=True, timeout=600,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(f"chromium could not be installed ({exc}); apt-get install chromium")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("apt-get installed no chromium binary")
+    return found
+
+
+def rendered_dom(page: Path) -> str:
+    """The page's DOM after its scripts ran, as headless Chromium sees it from disk."""
+    result = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+         page.as_uri()], capture_output=True, text=True, timeout=120, check=True)
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("report")
+    config = {**SMALL_TOY, "artifact_root": str(root / "artifacts")}
+    validate_flow(config)
+    counterfactual_flow(config, origin=0, target=1, with_selectivity=True)
+    cfg = AnalysisConfig.from_dict(config)
+    models = models_for(cfg)
+    keys = analysis_keys(cfg, models)
+    keys["validation"] = validation_key(keys["selectivity"], models)
+    store = ArtifactStore(cfg.artifact_root)
+    out = build_report(store, keys, root / "report", class_names=models.class_names,
+                       per_part=3, unit_pages=[0, 1, 2])
+    units = store.open("selectivity", keys["selectivity"]).table("units")
+    return {"out": out, "units": units, "dir": root / "report"}
+
+
+def test_report_opens_offline_and_shows_the_run(report: dict[str, Any]) -> None:
+    index = Path(report["out"]["index"])
+    text = index.read_text()
+    assert "http://" not in text and "https://" not in text  # no CDN, nothing to fetch
+    dom = rendered_dom(index)
+    units = report["units"]
+    # every unit is a row of the sortable table, linked to its page when it has one
+    body = re.search(r'<table class="sortable">.*?<tbody>(.*?)</tbody>', dom, re.S)
+    assert body is not None
+    assert body.group(1).count("<tr>") == len(units) == 24
+    for part in set(units["top_part"]):
+        assert f"<h3>{part}</h3>" in dom
+    # the top units of every part, each with its tuning strip, the strips on disk
+    strips = re.findall(r'<img class="strip" src="(img/strip-(\d+)\.png)"', dom)
+    expected = sum(min(3, n) for n in units["top_part"].value_counts())
+    assert len(strips) == expected
+    shown = [int(u) for _, u in strips]
+    for _, group in ranked_units(units).groupby("top_part"):
+        assert set(group["unit"][:3]) <= set(shown)
+    assert all((report["dir"] / src).is_file() for src, _ in strips)
+    # names, not only indices; validation and counterfactuals are there
+    assert all(name in dom for name in SPECIES)
+    assert "Validation against the toy world" in dom and "Counterfactuals" in dom
+    assert "img/pair-0-1.png" in dom and (report["dir"] / "img" / "pair-0-1.png").is_file()
+
+
+def test_unit_pages_and_units_csv(report: dict[str, Any]) -> None:
+    page = report["dir"] / "units" / "unit-1.html"
+    dom = rendered_dom(page)
+    assert "unit 1: tuning changes the" in dom and 'src="../img/unit-1.png"' in dom
+    assert (report["dir"] / "img" / "unit-1.png").stat().st_size > 10_000
+    assert not (report["dir"] / "units" / "unit-5.html").exists()  # not asked for
+    table = pd.read_csv(report["out"]["units_csv"])
+    assert list(table.columns) == ["unit", "top_part", "q", "significant", "concentration",
+                                   "closed_loop_gain", "description"]
+    assert len(table) == 24 and table["description"].str.startswith("unit ").all()
+    units = report["units"].set_index("unit")
+    assert (table.set_index("unit")["top_part"] == units["top_part"]).all()
+
+
+def test_units_are_never_ranked_above_a_significant_one() -> None:
+    units = pd.DataFrame({"unit": [1, 2, 3, 4], "significant": [False, True, True, False],
+                          "specificity_q": [1.0, 0.04, 0.01, 0.5],
+                          "concentration": [0.99, 0.5, 0.4, 0.3], "top_part": ["a"] * 4})
+    assert ranked_units(units)["unit"].tolist() == [3, 2, 1, 4]
