@@ -19,7 +19,14 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from linkstyle_core.config import AnalysisConfig, ConfigError
-from storage import ArtifactNotFound, ArtifactStore, CorruptArtifact, IncompleteArtifact
+from storage import (
+    STAGE_NAMES,
+    ArtifactNotFound,
+    ArtifactStore,
+    CorruptArtifact,
+    IncompleteArtifact,
+    NotAnArtifactRoot,
+)
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -48,7 +55,8 @@ def _human_size(n: int) -> str:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that explain a problem with the input: shown as one message, no traceback."""
     errors: list[type[Exception]] = [ConfigError, UsageError, FileNotFoundError,
-                                     ArtifactNotFound, CorruptArtifact, IncompleteArtifact]
+                                     ArtifactNotFound, CorruptArtifact, IncompleteArtifact,
+                                     NotAnArtifactRoot]
     if "torch" in sys.modules:  # the model errors live beside torch code; import only if used
         from linkstyle_core.labels import LabelError
         from linkstyle_core.models.registry import ModelError
@@ -71,8 +79,11 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.stage is not None and args.stage not in STAGE_NAMES:
+        raise UsageError(f"--stage {args.stage!r} is not a stage; the stages are "
+                         f"{', '.join(STAGE_NAMES)}")
     store = _store_for(args)
-    infos = store.list_artifacts(args.stage)
+    infos = store.list_artifacts(args.stage, verify=args.verify)
     if not infos:
         print(f"no artifacts under {store.root_uri}")
         return 0
@@ -83,10 +94,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         created = info.created or "-"
         print(f"{info.stage:<16} {info.key:<22} {info.status:<12} {shards:>9} "
               f"{_human_size(info.size_bytes):>10}  {created}")
-    return 0
+        if info.problem:
+            print(f"  {info.status}: {info.problem}")
+    damaged = [i for i in infos if i.status == "corrupt"]
+    if damaged:
+        print(f"{len(damaged)} corrupt artifact(s): the next run rebuilds them (and what depends "
+              "on them)", file=sys.stderr)
+    return 1 if args.verify and damaged else 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    if not args.older_than >= 0:  # also refuses nan
+        raise UsageError(f"--older-than must be a number of seconds >= 0, got {args.older_than}")
     store = _store_for(args)
     removed = store.cleanup(older_than_s=args.older_than, dry_run=args.dry_run,
                             corrupt=args.corrupt)
@@ -439,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "list artifacts: stage, key, complete/partial, size, created")
     with_root(p)
     p.add_argument("--stage", help="only this stage")
+    p.add_argument("--verify", action="store_true",
+                   help="read every file and compare its checksum with the manifest's; exit "
+                        "code 1 if an artifact is corrupt")
 
     p = add("clean", cmd_clean, "remove uncommitted leftovers of failed or killed runs")
     with_root(p)
@@ -447,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 3600)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p.add_argument("--corrupt", action="store_true",
-                   help="also remove artifacts whose manifest cannot be read")
+                   help="also remove artifacts whose manifest or files are damaged")
 
     config = sub.add_parser("config", help="show or validate an analysis config")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

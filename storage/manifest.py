@@ -2,7 +2,9 @@
 
 An artifact directory may hold any number of ``data-<txid>/`` folders; only the one named by
 ``manifest.json`` is part of the artifact. A manifest is written last and atomically, so a
-reader either sees a complete artifact or none.
+reader either sees a complete artifact or none. It lists every file of its data folder with
+size and CRC-32 (``content``), a digest over that list (``digest``, the artifact's content
+identity) and the digests of the input artifacts it was built from (``input_digests``).
 """
 
 from __future__ import annotations
@@ -19,18 +21,17 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-MANIFEST = "manifest.json"
-SHARD_PLAN = "shards.json"
-STARTED = "_started.json"
-FORMAT_VERSION = 1
+from storage.errors import CorruptArtifact
+from storage.layout import MANIFEST, SHARD_PLAN, STARTED
+
+__all__ = ["FORMAT_VERSION", "MANIFEST", "SHARD_PLAN", "STARTED", "CorruptArtifact", "Manifest",
+           "atomic_write_text", "new_txid", "package_versions", "read_text", "utcnow"]
+
+FORMAT_VERSION = 2  # 2: content (file sizes and checksums), digest, input_digests
 
 _VERSIONED_PACKAGES = (
     "linkstyle", "torch", "torchvision", "numpy", "zarr", "pyarrow", "pandas", "prefect", "fsspec",
 )
-
-
-class CorruptArtifact(RuntimeError):
-    """A manifest or the data it names cannot be read as written."""
 
 
 def utcnow() -> str:
@@ -60,6 +61,11 @@ class Manifest:
     arrays: name -> {"shape", "dtype", "chunks"}; tables: name -> {"rows", "columns"};
     data_dir: the ``data-<txid>`` folder (relative to the artifact) that holds them, or None
     for a sharded artifact's whole manifest, whose data lives in ``shards``.
+    content: every file of the data folder, path relative to it -> ``[size, crc32]``.
+    digest: hash over ``content`` (or, sharded, over the shards' digests in plan order): equal
+    digests mean equal bytes, whichever write produced them.
+    shard_digests: a sharded artifact's shard id -> that shard's digest when it was finalised.
+    input_digests: input key -> ``{"stage", "digest"}`` of each input artifact at commit time.
     """
 
     stage: str
@@ -73,6 +79,10 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     shards: list[str] | None = None
     shard: str | None = None
+    content: dict[str, list[int]] = field(default_factory=dict)
+    digest: str | None = None
+    shard_digests: dict[str, str] = field(default_factory=dict)
+    input_digests: dict[str, dict[str, str]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=package_versions)
@@ -86,8 +96,10 @@ class Manifest:
     def from_json(cls, text: str, where: str) -> Manifest:
         try:
             raw = json.loads(text)
+            if not isinstance(raw, dict):
+                raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
             return cls(**raw)
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # ValueError covers JSONDecodeError
             raise CorruptArtifact(
                 f"manifest {where} cannot be read ({exc}); remove the artifact with "
                 "`linkstyle clean --corrupt` or delete that folder, then rerun to rebuild it"
@@ -115,8 +127,18 @@ def atomic_write_text(fs: AbstractFileSystem, path: str, text: str) -> None:
 
 
 def read_text(fs: AbstractFileSystem, path: str) -> str | None:
-    """The file's text, or None if it does not exist."""
+    """The file's text, or None if it does not exist; ``CorruptArtifact`` if it is not UTF-8
+    (or is a folder)."""
     try:
-        return fs.cat_file(path).decode("utf-8")
+        data = fs.cat_file(path)
     except FileNotFoundError:
         return None
+    except (IsADirectoryError, NotADirectoryError) as exc:
+        raise CorruptArtifact(f"{path} cannot be read ({exc})") from exc
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptArtifact(
+            f"{path} cannot be read (not UTF-8 text: {exc.reason} at byte {exc.start}); remove "
+            "the artifact with `linkstyle clean --corrupt` or delete that folder, then rerun"
+        ) from exc

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import storage.store as store_module
+import storage.writer as writer_module
 from storage import (
     ArtifactNotFound,
     ArtifactStore,
@@ -64,7 +64,7 @@ def test_round_trip_and_manifest_contents(store: ArtifactStore) -> None:
 
 
 def test_no_manifest_means_no_artifact(store: ArtifactStore) -> None:
-    key = "k" * 20
+    key = "0f" * 10
     assert not store.exists("paired", key)
     with pytest.raises(ArtifactNotFound, match="no committed 'paired' artifact"):
         store.open("paired", key)
@@ -75,7 +75,7 @@ def test_no_manifest_means_no_artifact(store: ArtifactStore) -> None:
 
 
 def test_writer_that_raises_commits_nothing(store: ArtifactStore) -> None:
-    key = "fresh0000000000000000"
+    key = "f0e50000000000000000"
     with pytest.raises(RuntimeError, match="boom"):
         with store.writer("paired", key) as w:
             w.write_array("w", np.ones((4, 2)))
@@ -86,7 +86,7 @@ def test_writer_that_raises_commits_nothing(store: ArtifactStore) -> None:
 
 
 def test_failed_rewrite_leaves_the_committed_artifact_untouched(store: ArtifactStore) -> None:
-    key = "stable00000000000000"
+    key = "5ab1e000000000000000"
     _write(store, key, 1.0)
     before = store.open("paired", key).manifest.to_json()
     with pytest.raises(RuntimeError, match="mid-write"):
@@ -102,13 +102,13 @@ def test_failed_rewrite_leaves_the_committed_artifact_untouched(store: ArtifactS
 def test_failure_while_writing_the_manifest_keeps_the_old_one(
     store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = "manifest000000000000"
+    key = "3a1f0000000000000000"
     _write(store, key, 1.0)
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_module, "atomic_write_text", broken)
+    monkeypatch.setattr(writer_module, "atomic_write_text", broken)
     with pytest.raises(OSError, match="disk full"):
         _write(store, key, 5.0)
     monkeypatch.undo()
@@ -117,7 +117,7 @@ def test_failure_while_writing_the_manifest_keeps_the_old_one(
 
 def test_local_manifest_replace_is_atomic(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ArtifactStore(str(tmp_path))
-    key = "atomic00000000000000"
+    key = "a70b1c00000000000000"
     _write(store, key, 1.0)
     manifest_path = os.path.join(store.artifact_path("paired", key), "manifest.json")
     good = open(manifest_path).read()
@@ -134,7 +134,7 @@ def test_local_manifest_replace_is_atomic(tmp_path, monkeypatch: pytest.MonkeyPa
 
 
 def test_successful_rewrite_replaces_data_and_drops_the_old_folder(store: ArtifactStore) -> None:
-    key = "rewrite0000000000000"
+    key = "2e0217e0000000000000"
     _write(store, key, 1.0)
     old_dir = store.open("paired", key).manifest.data_dir
     _write(store, key, 2.0)
@@ -145,7 +145,7 @@ def test_successful_rewrite_replaces_data_and_drops_the_old_folder(store: Artifa
 
 
 def test_corrupt_manifest_is_reported_and_not_counted(store: ArtifactStore) -> None:
-    key = "corrupt0000000000000"
+    key = "c0220b70000000000000"
     _write(store, key, 1.0)
     store.fs.pipe_file(f"{store.artifact_path('paired', key)}/manifest.json", b"{not json")
     assert not store.exists("paired", key)
@@ -158,7 +158,7 @@ def test_corrupt_manifest_is_reported_and_not_counted(store: ArtifactStore) -> N
 
 
 def test_missing_data_under_a_manifest_is_corrupt(store: ArtifactStore) -> None:
-    key = "lostdata000000000000"
+    key = "1057da7a000000000000"
     _write(store, key, 1.0)
     art = store.open("paired", key)
     store.fs.rm(f"{art.path}/{art.manifest.data_dir}/w.zarr", recursive=True)
@@ -168,7 +168,7 @@ def test_missing_data_under_a_manifest_is_corrupt(store: ArtifactStore) -> None:
 
 def test_sharded_artifact_resumes_and_reports_missing_shards(store: ArtifactStore) -> None:
     plan = ["units-000-063", "units-064-127", "units-128-191", "units-192-255"]
-    writer = store.sharded("tune", "shardkey000000000000", plan, params={"steps": 3})
+    writer = store.sharded("tune", "5ba2dcee000000000000", plan, params={"steps": 3})
     for i, shard in enumerate(plan[:2]):
         with writer.shard(shard) as w:
             w.write_array("v", np.full((2, 3), i))
@@ -178,20 +178,20 @@ def test_sharded_artifact_resumes_and_reports_missing_shards(store: ArtifactStor
             w.write_array("v", np.full((2, 3), 99))
             raise ValueError("killed")
     # a new run (a fresh writer object) sees exactly what committed
-    resumed = store.sharded("tune", "shardkey000000000000", plan, params={"steps": 3})
+    resumed = store.sharded("tune", "5ba2dcee000000000000", plan, params={"steps": 3})
     assert resumed.committed() == plan[:2]
     assert resumed.missing() == plan[2:]
     [info] = store.list_artifacts("tune")
     assert (info.status, info.shards_done, info.shards_total) == ("partial", 2, 4)
     with pytest.raises(IncompleteArtifact, match="2 of 4 shards missing"):
         resumed.finalize()
-    assert not store.exists("tune", "shardkey000000000000")
+    assert not store.exists("tune", "5ba2dcee000000000000")
     for i, shard in enumerate(plan[2:], start=2):
         with resumed.shard(shard) as w:
             w.write_array("v", np.full((2, 3), i))
             w.write_table("t", pd.DataFrame({"unit": [i]}))
     resumed.finalize(info={"units": 256})
-    art = store.open("tune", "shardkey000000000000")
+    art = store.open("tune", "5ba2dcee000000000000")
     assert art.shards == plan and art.info == {"units": 256}
     assert art.load("v")[:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # plan order
     assert art.table("t")["unit"].tolist() == [0, 1, 2, 3]
@@ -214,14 +214,14 @@ def test_listing_reports_stage_key_size_and_creation(store: ArtifactStore) -> No
 
 
 def test_cleanup_removes_only_uncommitted_leftovers(store: ArtifactStore) -> None:
-    _write(store, "keep0000000000000000", 1.0)
-    for key in ("keep0000000000000000", "orphan00000000000000"):
+    _write(store, "cee90000000000000000", 1.0)
+    for key in ("cee90000000000000000", "0b9ba000000000000000"):
         with pytest.raises(RuntimeError):
             with store.writer("paired", key) as w:
                 w.write_array("w", np.zeros(3))
                 raise RuntimeError("killed")
     plan = ["s0", "s1"]
-    sharded = store.sharded("tune", "part0000000000000000", plan)
+    sharded = store.sharded("tune", "ba270000000000000000", plan)
     with sharded.shard("s0") as w:
         w.write_array("v", np.arange(3))
     with pytest.raises(RuntimeError):
@@ -236,12 +236,12 @@ def test_cleanup_removes_only_uncommitted_leftovers(store: ArtifactStore) -> Non
     assert store.cleanup(dry_run=True) == removable  # dry run removed nothing
     removed = store.cleanup()
     assert sorted(removed) == sorted(removable)
-    assert any(p.endswith("/orphan00000000000000") for p in removed)
+    assert any(p.endswith("/0b9ba000000000000000") for p in removed)
     assert any(p.endswith("/shards/s1") for p in removed)
     statuses = {(i.stage, i.key): i.status for i in store.list_artifacts()}
-    assert statuses == {("paired", "keep0000000000000000"): "complete",
-                        ("tune", "part0000000000000000"): "partial"}
-    np.testing.assert_array_equal(store.open("paired", "keep0000000000000000").load("w"),
+    assert statuses == {("paired", "cee90000000000000000"): "complete",
+                        ("tune", "ba270000000000000000"): "partial"}
+    np.testing.assert_array_equal(store.open("paired", "cee90000000000000000").load("w"),
                                   np.ones((6, 4)))
     assert sharded.committed() == ["s0"]
     assert store.cleanup() == []
@@ -251,5 +251,5 @@ def test_bad_names_are_refused(store: ArtifactStore) -> None:
     with pytest.raises(ValueError, match="stage name '../x' is not allowed"):
         store.artifact_path("../x", "k")
     with pytest.raises(ValueError, match="array name 'a/b' is not allowed"):
-        with store.writer("paired", "k" * 20) as w:
+        with store.writer("paired", "0f" * 10) as w:
             w.write_array("a/b", np.zeros(1))

@@ -1,0 +1,212 @@
+"""Listing artifacts (``linkstyle status``) and removing leftovers (``linkstyle clean``).
+
+``cleanup`` removes only what it can prove is its own: it refuses a root without the root
+marker, looks only into the known stage folders (``STAGE_NAMES``) and key folders named like a
+content key, and removes only the store's own names there (``data-<txid>`` folders no manifest
+names, ``shards/<shard>`` folders without a committed shard, key folders holding nothing
+else), and only those whose last write is older than ``older_than_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from storage.errors import CorruptArtifact
+from storage.layout import (
+    DATA_DIR,
+    KEY,
+    NAME,
+    SHARDS,
+    STAGE_NAMES,
+    STARTED,
+    check_stage,
+    is_owned_entry,
+    txid_time,
+)
+from storage.manifest import read_text
+
+if TYPE_CHECKING:
+    from storage.store import ArtifactStore
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """One line of ``linkstyle status``.
+
+    status: "complete" | "partial" | "uncommitted" | "corrupt" | "stale"; problem: for corrupt
+    and stale, what is wrong (the first file or input, and how many more).
+    """
+
+    stage: str
+    key: str
+    status: str
+    size_bytes: int
+    created: str | None
+    shards_done: int | None = None
+    shards_total: int | None = None
+    problem: str | None = None
+
+
+def _entries(store: ArtifactStore, path: str) -> dict[str, dict]:
+    try:
+        found = store.fs.ls(path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in found}
+
+
+def _dirs(store: ArtifactStore, path: str) -> list[str]:
+    return sorted(n for n, e in _entries(store, path).items() if e["type"] == "directory")
+
+
+def _size(store: ArtifactStore, path: str) -> int:
+    try:
+        return int(store.fs.du(path, total=True))
+    except FileNotFoundError:
+        return 0
+
+
+def list_artifacts(store: ArtifactStore, stage: str | None = None,
+                   verify: bool = False) -> list[ArtifactInfo]:
+    """Every key folder of the known stages (or of ``stage``, which must be one) with its
+    status; sizes are always checked, checksums with ``verify``."""
+    stages = [check_stage(stage)] if stage is not None else list(STAGE_NAMES)
+    out = []
+    for st in stages:
+        for key in _dirs(store, f"{store.root}/{st}"):
+            if not KEY.match(key):
+                continue
+            path = f"{store.root}/{st}/{key}"
+            problems = store._problems(path, checksums=verify, cached=False)
+            manifest = store._read_manifest(path, missing_ok=True, corrupt_ok=True)
+            done = total = None
+            plan = store._read_plan(path)
+            if plan is not None:
+                total = len(plan)
+                done = sum(not store._problems(f"{path}/shards/{s}", checksums=verify,
+                                               cached=False) for s in plan)
+            kinds = {kind for kind, _ in problems}
+            if not problems:
+                status = "complete"
+            elif kinds == {"missing"}:
+                status = "partial" if done else "uncommitted"
+            elif "corrupt" in kinds:
+                status = "corrupt"
+            else:
+                status = "stale"
+            problem = None
+            if status in ("corrupt", "stale"):
+                first = next(msg for kind, msg in problems if kind == status)
+                more = len(problems) - 1
+                problem = first + (f" (and {more} more)" if more else "")
+            out.append(ArtifactInfo(
+                stage=st, key=key, status=status, size_bytes=_size(store, path),
+                created=manifest.created if manifest else None,
+                shards_done=done, shards_total=total, problem=problem,
+            ))
+    return out
+
+
+def _time(entry: dict) -> float | None:
+    """Last modification (or creation) time of an ``fs.ls`` entry, if the filesystem says."""
+    for field in ("mtime", "LastModified", "updated", "created"):
+        value = entry.get(field)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+def _started(store: ArtifactStore, path: str, name: str) -> float | None:
+    """When the write into data folder ``name`` started: its ``_started.json``, else the time
+    in its name."""
+    try:
+        text = read_text(store.fs, f"{path}/{name}/{STARTED}")
+        if text is not None:
+            return float(json.loads(text)["started"])
+    except (CorruptArtifact, ValueError, KeyError, TypeError):
+        pass
+    return txid_time(name)
+
+
+def _leftovers(store: ArtifactStore, path: str, older_than_s: float,
+               now: float) -> tuple[list[str], bool]:
+    """(the removable leftovers inside the artifact or shard folder ``path``; whether the
+    whole folder is a removable leftover). Whole: it holds only the store's own names, no
+    manifest, nothing younger than ``older_than_s`` and no committed shard."""
+    entries = _entries(store, path)
+    owned = all(is_owned_entry(name) for name in entries)
+    manifest = store._read_manifest(path, missing_ok=True, corrupt_ok=True)
+    keep = manifest.data_dir if manifest is not None else None
+    times = [t for name, e in entries.items() if e["type"] != "directory"
+             if (t := _time(e)) is not None]
+    try:  # the folder's own time: an empty key folder is as young as its creation
+        own = _time(store.fs.info(path))
+    except FileNotFoundError:
+        own = None
+    if own is not None:
+        times.append(own)
+    stale = []
+    for name, entry in entries.items():
+        if entry["type"] != "directory" or not DATA_DIR.match(name) or name == keep:
+            continue
+        started = _started(store, path, name)
+        if started is None:
+            owned = False
+            continue
+        times.append(started)
+        if now - started >= older_than_s:
+            stale.append(f"{path}/{name}")
+    data_dirs = [n for n, e in entries.items() if e["type"] == "directory" and DATA_DIR.match(n)]
+    alive = len(stale) < len(data_dirs)
+    if SHARDS in entries:
+        for shard_id, entry in _entries(store, f"{path}/{SHARDS}").items():
+            shard_path = f"{path}/{SHARDS}/{shard_id}"
+            if entry["type"] != "directory" or not NAME.match(shard_id):
+                alive = True  # not ours: never removed, and keeps the folder
+                continue
+            shard_stale, shard_whole = _leftovers(store, shard_path, older_than_s, now)
+            if shard_whole:
+                stale.append(shard_path)
+            else:
+                stale += shard_stale
+                alive = True
+    newest = max(times, default=None)
+    whole = (owned and manifest is None and not alive and newest is not None
+             and now - newest >= older_than_s)
+    return stale, whole
+
+
+def cleanup(store: ArtifactStore, older_than_s: float = 0.0, dry_run: bool = False,
+            corrupt: bool = False) -> list[str]:
+    """Remove uncommitted leftovers: data folders no manifest names, and artifact or shard
+    folders without any committed content, older than ``older_than_s`` seconds (a writer may
+    still be running). Committed artifacts and shards are never touched; ``corrupt=True`` also
+    removes artifacts whose manifest or files are damaged.
+
+    Raises ``ValueError`` for a negative ``older_than_s`` and ``NotAnArtifactRoot`` for a root
+    without the root marker. Returns the removed (or, with ``dry_run``, removable) paths.
+    """
+    if not older_than_s >= 0:  # also refuses NaN
+        raise ValueError(f"older_than_s must be a number of seconds >= 0, got {older_than_s}")
+    store.check_root()
+    now = time.time()
+    removed: list[str] = []
+    for info in list_artifacts(store):
+        path = f"{store.root}/{info.stage}/{info.key}"
+        if info.status == "corrupt":
+            if corrupt and all(is_owned_entry(n) for n in _entries(store, path)):
+                removed.append(path)
+            continue
+        stale, whole = _leftovers(store, path, older_than_s, now)
+        removed += [path] if whole else stale
+    if not dry_run:
+        for p in removed:
+            if store.fs.exists(p):
+                store.fs.rm(p, recursive=True)
+    return removed

@@ -1,0 +1,200 @@
+"""Writing and committing artifacts: one ``data-<txid>`` folder per write, the manifest last.
+
+A write goes to a fresh ``data-<txid>`` folder. At commit the writer lists every file of that
+folder with its size and CRC-32, records the content digests of the input artifacts, and then
+writes the manifest atomically; only after that is the folder an older manifest named removed.
+A writer that raises (or is killed) leaves the committed artifact as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from storage import integrity
+from storage.artifact import Artifact, zarr_store
+from storage.errors import IncompleteArtifact
+from storage.layout import MANIFEST, SHARD_PLAN, STARTED, check_name
+from storage.manifest import Manifest, atomic_write_text, new_txid, utcnow
+
+if TYPE_CHECKING:
+    from storage.store import ArtifactStore
+
+
+class ArtifactWriter:
+    """Writes one artifact (or shard) into a fresh ``data-<txid>`` folder.
+
+    Use through ``ArtifactStore.writer`` / ``ShardedWriter.shard`` as a context manager: the
+    manifest is written when the block exits normally, and nothing is committed if it raises.
+    Record extra facts with ``info[...] = ...`` and durations with ``timings[...] = seconds``.
+    """
+
+    def __init__(self, store: ArtifactStore, path: str, manifest: Manifest) -> None:
+        self.store = store
+        self.path = path
+        self.txid = new_txid()
+        self.data_path = f"{path}/data-{self.txid}"
+        self._manifest = manifest
+        self._manifest.data_dir = f"data-{self.txid}"
+        self.info = manifest.info
+        self.timings = manifest.timings
+        self._arrays: dict[str, zarr.Array] = {}
+        self._t0 = time.perf_counter()
+        store._ensure_marker()
+        fs = store.fs
+        fs.makedirs(self.data_path, exist_ok=True)
+        fs.pipe_file(f"{self.data_path}/{STARTED}", json.dumps({"started": time.time()}).encode())
+
+    def create_array(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dtype: Any,
+        chunks: Sequence[int] | None = None,
+    ) -> zarr.Array:
+        """An empty Zarr array to fill chunk by chunk (for streaming writes)."""
+        check_name("array", name)
+        if name in self._arrays:
+            raise ValueError(f"array {name!r} was already written in this artifact")
+        store = zarr_store(self.store.fs, f"{self.data_path}/{name}.zarr", read_only=False)
+        arr = zarr.create_array(
+            store, shape=tuple(shape), dtype=np.dtype(dtype),
+            chunks=tuple(chunks) if chunks is not None else "auto",
+        )
+        self._arrays[name] = arr
+        return arr
+
+    def write_array(self, name: str, data: Any, chunks: Sequence[int] | None = None) -> None:
+        """Write a whole array (numpy, or anything ``np.asarray`` takes)."""
+        data = np.asarray(data)
+        arr = self.create_array(name, data.shape, data.dtype, chunks)
+        if data.size:
+            arr[...] = data
+
+    def write_table(self, name: str, table: pd.DataFrame | pa.Table) -> None:
+        """Write a table as Parquet."""
+        check_name("table", name)
+        if name in self._manifest.tables:
+            raise ValueError(f"table {name!r} was already written in this artifact")
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        with self.store.fs.open(f"{self.data_path}/{name}.parquet", "wb") as handle:
+            pq.write_table(table, handle)
+        self._manifest.tables[name] = {"rows": table.num_rows, "columns": table.column_names}
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Write an opaque file (a figure, a report) into the artifact."""
+        check_name("file", name)
+        self.store.fs.pipe_file(f"{self.data_path}/{name}", data)
+        self._manifest.files[name] = {"bytes": len(data)}
+
+    def _commit(self) -> Manifest:
+        for name, arr in self._arrays.items():
+            self._manifest.arrays[name] = {
+                "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
+            }
+        self.timings.setdefault("write_s", round(time.perf_counter() - self._t0, 4))
+        t0 = time.perf_counter()
+        self._manifest.content = integrity.record(self.store.fs, self.data_path)
+        self._manifest.digest = integrity.digest(self._manifest.content)
+        self.timings["checksum_s"] = round(time.perf_counter() - t0, 4)
+        self._manifest.input_digests = self.store._input_digests(self._manifest.inputs)
+        self._manifest.created = utcnow()
+        fs = self.store.fs
+        manifest_path = f"{self.path}/{MANIFEST}"
+        previous = self.store._read_manifest(self.path, missing_ok=True, corrupt_ok=True)
+        atomic_write_text(fs, manifest_path, self._manifest.to_json())
+        fs.rm_file(f"{self.data_path}/{STARTED}")
+        # The committed folder replaced an older one: that one is no longer reachable. Another
+        # writer of the same key may be removing it too (two runs at once).
+        old_dir = previous.data_dir if previous is not None else None
+        if old_dir and old_dir != self._manifest.data_dir:
+            old = f"{self.path}/{old_dir}"
+            try:
+                if fs.exists(old):
+                    fs.rm(old, recursive=True)
+            except FileNotFoundError:
+                pass
+        return self._manifest
+
+
+class ShardedWriter:
+    """Writes a sharded artifact: every shard commits on its own, then ``finalize``.
+
+    shards: the plan, shard ids in order (e.g. ``["units-0000-0063", ...]``).
+    """
+
+    def __init__(
+        self, store: ArtifactStore, stage: str, key: str, shards: Sequence[str],
+        params: Mapping[str, Any], inputs: Mapping[str, str], code_version: str,
+    ) -> None:
+        if not shards:
+            raise ValueError("a sharded artifact needs at least one shard")
+        if len(set(shards)) != len(shards):
+            raise ValueError("shard ids must be unique")
+        for shard_id in shards:
+            check_name("shard", shard_id)
+        self.store, self.stage, self.key = store, stage, key
+        self.plan = list(shards)
+        self.params, self.inputs, self.code_version = dict(params), dict(inputs), str(code_version)
+        self.path = store.artifact_path(stage, key)
+        plan_text = Manifest(
+            stage=stage, key=key, code_version=self.code_version, params=self.params,
+            inputs=self.inputs, data_dir=None, shards=self.plan,
+        ).to_json()
+        existing = store._read_plan(self.path)
+        if existing != self.plan:
+            store._ensure_marker()
+            atomic_write_text(store.fs, f"{self.path}/{SHARD_PLAN}", plan_text)
+
+    def committed(self) -> list[str]:
+        """Shard ids of the plan whose shard is committed and intact, in plan order."""
+        return [s for s in self.plan if self.store._valid(f"{self.path}/shards/{s}")]
+
+    def missing(self) -> list[str]:
+        """Shard ids of the plan that still have to be written, in plan order."""
+        done = set(self.committed())
+        return [s for s in self.plan if s not in done]
+
+    @contextmanager
+    def shard(self, shard_id: str) -> Iterator[ArtifactWriter]:
+        if shard_id not in self.plan:
+            raise KeyError(f"shard {shard_id!r} is not in the plan of {self.stage}/{self.key}")
+        manifest = Manifest(
+            stage=self.stage, key=self.key, code_version=self.code_version, params=self.params,
+            inputs=self.inputs, data_dir=None, shard=shard_id,
+        )
+        with self.store._write(f"{self.path}/shards/{shard_id}", manifest) as writer:
+            yield writer
+
+    def finalize(self, info: Mapping[str, Any] | None = None) -> Artifact:
+        """Write the whole-artifact manifest; ``IncompleteArtifact`` if shards are missing."""
+        missing = self.missing()
+        if missing:
+            raise IncompleteArtifact(
+                f"{self.stage}/{self.key}: {len(missing)} of {len(self.plan)} shards missing "
+                f"(first: {missing[:3]}); write them before finalising"
+            )
+        shard_digests = {}
+        for shard_id in self.plan:
+            shard = self.store._read_manifest(f"{self.path}/shards/{shard_id}")
+            assert shard is not None
+            shard_digests[shard_id] = str(shard.digest)
+        self.store._ensure_marker()
+        manifest = Manifest(
+            stage=self.stage, key=self.key, code_version=self.code_version, params=self.params,
+            inputs=self.inputs, data_dir=None, shards=self.plan, info=dict(info or {}),
+            shard_digests=shard_digests, digest=integrity.digest(shard_digests),
+            input_digests=self.store._input_digests(self.inputs),
+        )
+        atomic_write_text(self.store.fs, f"{self.path}/{MANIFEST}", manifest.to_json())
+        return Artifact(self.store, self.path, manifest)

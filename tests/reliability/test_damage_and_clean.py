@@ -1,0 +1,467 @@
+"""Misuse of ``clean`` and ``status`` removes nothing; every kind of damage to a committed
+artifact is reported corrupt (naming the file) and repaired by the next run.
+
+Each command-line case runs ``flows.cli.main`` in-process and asserts its exit code, a message
+naming the file or folder, and that the folder it was pointed at did not change (relative
+paths, sizes and sha256 of every file, before and after). The damage cases share one small
+artifact root (stages 1-2 of the tiny models, built once per module) and damage a copy of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.cli import main
+from storage import ROOT_MARKER, ArtifactStore, CorruptArtifact, content_key
+from tests.fixtures.tiny_models import TINY_CONFIG
+
+Snapshot = dict[str, tuple[int, str] | None]
+
+
+def snapshot(folder: Path) -> Snapshot:
+    """Relative path -> (size, sha256) of every file, None for every folder."""
+    if folder.is_file():
+        return {".": (folder.stat().st_size, hashlib.sha256(folder.read_bytes()).hexdigest())}
+    out: Snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), folder)] = None
+        for f in filenames:
+            p = Path(dirpath, f)
+            out[os.path.relpath(p, folder)] = (p.stat().st_size,
+                                               hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def _write(store: ArtifactStore, stage: str, key: str, value: float,
+           inputs: dict[str, str] | None = None) -> None:
+    with store.writer(stage, key, inputs=inputs) as w:
+        w.write_array("w", np.full((6, 4), value, dtype="float32"), chunks=(3, 4))
+        w.write_table("rates", pd.DataFrame({"cls": [0, 1], "rate": [value, value / 2]}))
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Make every file and folder under ``path`` (and every write started there) look
+    ``seconds`` old."""
+    then = time.time() - seconds
+    for started in path.rglob("_started.json"):
+        started.write_text(json.dumps({"started": then}))
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [*dirnames, *filenames]:
+            os.utime(os.path.join(dirpath, name), (then, then))
+    os.utime(path, (then, then))
+
+
+KEY_A = content_key("paired", 1, {"case": "a"})
+KEY_B = content_key("link", 1, {"case": "b"})
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Path]:
+    """An artifact root (a committed artifact, an old leftover) beside a user's folders."""
+    root = tmp_path / "project" / "artifacts"
+    store = ArtifactStore(str(root))
+    _write(store, "paired", KEY_A, 1.0)
+    with pytest.raises(RuntimeError):
+        with store.writer("link", KEY_B) as w:
+            w.write_array("coef", np.zeros(2))
+            raise RuntimeError("killed")
+    _age(root / "link", 7200)
+    for rel in ("project/src/main.py", "project/src/pkg/util.py", "photos/2024/img_0001.jpg",
+                "photos/2024/img_0002.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(rel.encode() * 7)
+    (tmp_path / "photos" / "2024" / "empty-album").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("do not delete\n")
+    # a user's folder that looks like a root's insides, without the marker
+    lookalike = tmp_path / "lookalike" / "paired" / ("0" * 20)
+    (lookalike / "data-20200101T000000-0000abcd").mkdir(parents=True)
+    (lookalike / "data-20200101T000000-0000abcd" / "x.bin").write_bytes(b"mine")
+    _age(tmp_path / "lookalike", 10 * 86400)
+    _age(tmp_path / "photos", 10 * 86400)
+    return {"tmp": tmp_path, "root": root}
+
+
+# -- clean and status pointed at the wrong thing: exit 2, a message, nothing changed ------------
+CLEAN_MISUSE = [
+    # (case, argv after the command, folder that must not change, words the message must hold)
+    ("parent-of-root", ["clean", "--root", "{tmp}/project", "--older-than", "0"],
+     "{tmp}/project", ["project", "not a linkstyle artifact root", ROOT_MARKER]),
+    ("grandparent-of-root", ["clean", "--root", "{tmp}", "--older-than", "0", "--corrupt"],
+     "{tmp}", ["not a linkstyle artifact root"]),
+    ("stage-folder", ["clean", "--root", "{root}/paired", "--older-than", "0"],
+     "{tmp}", ["artifacts/paired", "not a linkstyle artifact root"]),
+    ("key-folder", ["clean", "--root", "{root}/paired/" + KEY_A, "--older-than", "0"],
+     "{tmp}", [KEY_A, "not a linkstyle artifact root"]),
+    ("leftover-stage-folder", ["clean", "--root", "{root}/link", "--older-than", "0"],
+     "{tmp}", ["artifacts/link", "not a linkstyle artifact root"]),
+    ("user-src", ["clean", "--root", "{tmp}/project/src", "--older-than", "0"],
+     "{tmp}", ["project/src", "not a linkstyle artifact root"]),
+    ("user-photos", ["clean", "--root", "{tmp}/photos", "--older-than", "0"],
+     "{tmp}", ["photos", "not a linkstyle artifact root"]),
+    ("user-photos-2024", ["clean", "--root", "{tmp}/photos/2024", "--older-than", "0"],
+     "{tmp}", ["photos/2024", "not a linkstyle artifact root"]),
+    ("lookalike-without-marker", ["clean", "--root", "{tmp}/lookalike", "--older-than", "0"],
+     "{tmp}", ["lookalike", "not a linkstyle artifact root"]),
+    ("a-file", ["clean", "--root", "{tmp}/project/notes.txt", "--older-than", "0"],
+     "{tmp}", ["notes.txt", "is a file"]),
+    ("nonexistent", ["clean", "--root", "{tmp}/no/such/folder", "--older-than", "0"],
+     "{tmp}", ["no/such/folder", "does not exist"]),
+    ("negative-older-than", ["clean", "--root", "{root}", "--older-than", "-100"],
+     "{tmp}", ["--older-than", "-100", ">= 0"]),
+    ("nan-older-than", ["clean", "--root", "{root}", "--older-than", "nan"],
+     "{tmp}", ["--older-than", "nan"]),
+    ("status-stage-dotdot", ["status", "--root", "{root}", "--stage", ".."],
+     "{tmp}", ["--stage '..'", "not a stage"]),
+    ("status-stage-path", ["status", "--root", "{root}", "--stage", "paired/../.."],
+     "{tmp}", ["paired/../..", "not a stage"]),
+    ("status-stage-user-folder", ["status", "--root", "{tmp}/project", "--stage", "src"],
+     "{tmp}", ["'src'", "paired, link"]),
+]
+
+
+@pytest.mark.parametrize("case,argv,folder,words", CLEAN_MISUSE, ids=[c[0] for c in CLEAN_MISUSE])
+def test_misuse_is_refused_and_changes_nothing(world, capsys, case, argv, folder, words) -> None:
+    fill = {"tmp": str(world["tmp"]), "root": str(world["root"])}
+    argv = [a.format(**fill) for a in argv]
+    watched = Path(folder.format(**fill))
+    before = snapshot(watched)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("linkstyle: error: ") and "Traceback" not in err
+    for word in words:
+        assert word in err
+    assert snapshot(watched) == before
+
+
+def test_every_stage_the_tasks_write_is_a_known_stage_name() -> None:
+    """clean looks only into STAGE_NAMES: a stage missing there would never be cleaned, and
+    the store refuses to write it."""
+    import tasks.counterfactual
+    import tasks.link
+    import tasks.paired
+    import tasks.score
+    import tasks.tuning
+    import tasks.validate
+    from storage import STAGE_NAMES
+
+    modules = [tasks.paired, tasks.link, tasks.score, tasks.validate, tasks.counterfactual]
+    written = {m.STAGE for m in modules} | set(tasks.tuning.VERSIONS)
+    assert written == set(STAGE_NAMES)
+    with pytest.raises(ValueError, match="stage name 'src' is not allowed"):
+        ArtifactStore("memory://x").artifact_path("src", KEY_A)
+
+
+def test_marker_from_a_newer_linkstyle_is_refused(world, capsys) -> None:
+    (world["root"] / ROOT_MARKER).write_text(json.dumps({"linkstyle_root": 99}))
+    before = snapshot(world["tmp"])
+    assert main(["clean", "--root", str(world["root"]), "--older-than", "0"]) == 2
+    assert "newer linkstyle" in capsys.readouterr().err
+    assert snapshot(world["tmp"]) == before
+
+
+def test_clean_in_a_real_root_removes_only_its_own_old_leftovers(world, capsys) -> None:
+    """Unknown folders and files inside the root, a stage folder or a key folder stay; a young
+    empty key folder stays until it is older than --older-than."""
+    root, tmp = world["root"], world["tmp"]
+    strangers = [root / "src" / "main.py", root / "paired" / "notes" / "a.txt",
+                 root / "paired" / "NOT-A-KEY" / "data-20200101T000000-0000abcd" / "x",
+                 root / "link" / KEY_B / "README.txt"]
+    for p in strangers:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("user data")
+    young_empty = root / "paired" / ("e" * 20)
+    young_empty.mkdir()
+    _age(root / "src", 7200)
+    outside = snapshot(tmp / "photos") | snapshot(tmp / "project" / "src")
+    leftover = next((root / "link" / KEY_B).glob("data-*"))
+
+    assert main(["clean", "--root", str(root)]) == 0  # default: older than an hour
+    out = capsys.readouterr().out
+    assert f"removed {leftover}" in out and "removed 1 uncommitted" in out
+    assert not leftover.exists()
+    assert young_empty.is_dir()  # younger than an hour
+    assert all(p.exists() for p in strangers)  # the key folder holds a stranger: kept
+    assert main(["clean", "--root", str(root), "--older-than", "0"]) == 0
+    assert not young_empty.exists()
+    assert all(p.exists() for p in strangers)
+    assert ArtifactStore(str(root)).exists("paired", KEY_A)
+    assert snapshot(tmp / "photos") | snapshot(tmp / "project" / "src") == outside
+
+
+# -- downstream staleness and reads of damaged arrays (storage level) ----------------------------
+def test_changed_input_makes_downstream_stale_and_identical_rebuild_keeps_it(tmp_path) -> None:
+    store = ArtifactStore(str(tmp_path / "root"))
+    _write(store, "paired", KEY_A, 1.0)
+    _write(store, "link", KEY_B, 5.0, inputs={"train": KEY_A, "generator": "f" * 20})
+    recorded = store.open("link", KEY_B).manifest.input_digests
+    assert list(recorded) == [KEY_A] and recorded[KEY_A]["stage"] == "paired"
+    _write(store, "paired", KEY_A, 1.0)  # a deterministic rebuild: the same bytes
+    assert store.exists("link", KEY_B)
+    _write(store, "paired", KEY_A, 2.0)  # a rebuild that produced other data
+    assert not store.exists("link", KEY_B)
+    assert "changed since this artifact was built" in store.verify("link", KEY_B)[0][1]
+    [info] = store.list_artifacts("link")
+    assert info.status == "stale"
+
+
+def test_a_deleted_chunk_never_reads_as_fill_values(tmp_path) -> None:
+    store = ArtifactStore(str(tmp_path / "root"))
+    _write(store, "paired", KEY_A, 3.0)
+    art = store.open("paired", KEY_A)
+    chunk = sorted(Path(art.path, art.manifest.data_dir, "w.zarr").rglob("c/*/*"))[-1]
+    chunk.unlink()
+    with pytest.raises(CorruptArtifact, match="w.zarr/c/1/0: missing"):
+        art.load("w")
+    with pytest.raises(CorruptArtifact, match="w.zarr/c/1/0: missing"):
+        store.open("paired", KEY_A)
+    assert not store.exists("paired", KEY_A)
+
+
+def test_checksums_are_verified_once_per_process_and_sizes_every_time(tmp_path) -> None:
+    store = ArtifactStore(str(tmp_path / "root"))
+    _write(store, "paired", KEY_A, 3.0)
+    assert store.exists("paired", KEY_A)
+    art = store.open("paired", KEY_A)
+    table = Path(art.path, art.manifest.data_dir, "rates.parquet")
+    data = bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    table.write_bytes(bytes(data))  # same size, other bytes
+    assert store.exists("paired", KEY_A)  # checked once in this process: sizes only now
+    assert "rates.parquet: checksum" in store.verify("paired", KEY_A)[0][1]
+    table.write_bytes(bytes(data[:-3]))
+    assert not store.exists("paired", KEY_A)
+
+
+def test_concurrent_writers_of_one_artifact_leave_one_intact_commit(tmp_path) -> None:
+    """Two runs at once write the same key: whichever commits last wins, the manifest always
+    names an intact data folder, and clean later removes the loser's folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = ArtifactStore(str(tmp_path / "root"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda _: _write(store, "paired", KEY_A, 4.0), range(8)))
+    assert store.exists("paired", KEY_A) and store.verify("paired", KEY_A) == []
+    np.testing.assert_array_equal(store.open("paired", KEY_A).load("w"), np.full((6, 4), 4.0))
+    store.cleanup(older_than_s=0)
+    assert len(list(Path(store.artifact_path("paired", KEY_A)).glob("data-*"))) == 1
+    assert store.verify("paired", KEY_A) == []
+
+
+# -- damage to a real root: detected by status --verify, repaired by the next run ----------------
+def _config(root: Path) -> dict:
+    config = copy.deepcopy(TINY_CONFIG)
+    config["artifact_root"] = str(root)
+    config["link"] = {"type": "ridge", "alpha": 0.01}
+    return config
+
+
+@pytest.fixture(scope="module")
+def pristine(prefect_harness, tmp_path_factory) -> dict:
+    """Stages 1-2 of the tiny models, built once: the root and the stage keys."""
+    from flows.analysis import link_flow
+
+    root = tmp_path_factory.mktemp("pristine") / "artifacts"
+    reports = link_flow(_config(root))
+    keys = {"train": reports["paired"].keys["train"], "test": reports["paired"].keys["test"],
+            "link": reports["link"].keys["link"]}
+    return {"root": root, "keys": keys}
+
+
+def _data(root: Path, stage: str, key: str, shard: str | None = None) -> Path:
+    folder = root / stage / key / ("shards/" + shard if shard else "")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return folder / manifest["data_dir"]
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def _link_chunk(root: Path, keys: dict) -> Path:
+    return sorted((_data(root, "link", keys["link"]) / "coef.zarr").rglob("c/*/*"))[0]
+
+
+def _train_shard(root: Path, keys: dict) -> Path:
+    return _data(root, "paired", keys["train"], "class-0001")
+
+
+Damage = Callable[[Path, dict], Path]  # damages the root; returns the path the report names
+
+
+def flip_link_chunk(root: Path, keys: dict) -> Path:
+    chunk = _link_chunk(root, keys)
+    _flip(chunk)
+    return chunk
+
+
+def delete_link_chunk(root: Path, keys: dict) -> Path:
+    chunk = _link_chunk(root, keys)
+    chunk.unlink()
+    return chunk
+
+
+def delete_paired_chunk(root: Path, keys: dict) -> Path:
+    chunk = sorted((_train_shard(root, keys) / "w.zarr").rglob("c/*/*"))[0]
+    chunk.unlink()
+    return chunk
+
+
+def extra_chunk(root: Path, keys: dict) -> Path:
+    chunk = _link_chunk(root, keys)
+    extra = chunk.parent / "99"
+    shutil.copy(chunk, extra)
+    return extra
+
+
+def truncate_link_parquet(root: Path, keys: dict) -> Path:
+    table = _data(root, "link", keys["link"]) / "metrics.parquet"
+    table.write_bytes(table.read_bytes()[:-40])
+    return table
+
+
+def delete_paired_parquet(root: Path, keys: dict) -> Path:
+    table = _train_shard(root, keys) / "acceptance.parquet"
+    table.unlink()
+    return table
+
+
+def flip_paired_parquet(root: Path, keys: dict) -> Path:
+    table = _data(root, "paired", keys["test"], "class-0002") / "acceptance.parquet"
+    _flip(table)
+    return table
+
+
+def manifest_not_utf8(root: Path, keys: dict) -> Path:
+    manifest = root / "link" / keys["link"] / "manifest.json"
+    manifest.write_bytes(b"\xff\xfe" + manifest.read_bytes()[2:])
+    return manifest
+
+
+def manifest_bad_json(root: Path, keys: dict) -> Path:
+    manifest = root / "paired" / keys["test"] / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:-20])
+    return manifest
+
+
+def shard_manifest_bad_json(root: Path, keys: dict) -> Path:
+    manifest = root / "paired" / keys["train"] / "shards" / "class-0000" / "manifest.json"
+    manifest.write_text('{"stage": "paired", "key": ')
+    return manifest
+
+
+def shard_manifest_wrong_type(root: Path, keys: dict) -> Path:
+    manifest = root / "paired" / keys["train"] / "shards" / "class-0002" / "manifest.json"
+    manifest.write_text("[1, 2, 3]")
+    return manifest
+
+
+def junk_in_data_dir(root: Path, keys: dict) -> Path:
+    junk = _data(root, "link", keys["link"]) / "notes.txt"
+    junk.write_text("an editor's backup")
+    return junk
+
+
+def delete_data_dir(root: Path, keys: dict) -> Path:
+    data = _data(root, "link", keys["link"])
+    shutil.rmtree(data)
+    return data
+
+
+def flip_zarr_metadata(root: Path, keys: dict) -> Path:
+    meta = _data(root, "link", keys["link"]) / "coef.zarr" / "zarr.json"
+    meta.write_text(meta.read_text().replace('"float', '"int  '))
+    return meta
+
+
+# (damage, status the artifact gets, exit code of `status --verify`)
+DAMAGE = [
+    (flip_link_chunk, "corrupt", 1),
+    (delete_link_chunk, "corrupt", 1),
+    (delete_paired_chunk, "corrupt", 1),
+    (extra_chunk, "corrupt", 1),
+    (truncate_link_parquet, "corrupt", 1),
+    (delete_paired_parquet, "corrupt", 1),
+    (flip_paired_parquet, "corrupt", 1),
+    (manifest_not_utf8, "corrupt", 1),
+    (manifest_bad_json, "corrupt", 1),
+    (shard_manifest_bad_json, "corrupt", 1),
+    (shard_manifest_wrong_type, "corrupt", 1),
+    (junk_in_data_dir, "corrupt", 1),
+    (delete_data_dir, "corrupt", 1),
+    (flip_zarr_metadata, "corrupt", 1),
+]
+
+
+def _contents(root: Path, keys: dict) -> dict:
+    store = ArtifactStore(str(root))
+    out = {}
+    for role, key in keys.items():
+        art = store.open("link" if role == "link" else "paired", key)
+        for name in art.array_names:
+            out[f"{role}/{name}"] = art.load(name)
+        for name in art.table_names:
+            out[f"{role}/{name}.table"] = art.table(name)
+    return out
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(value, b[name])
+        else:
+            np.testing.assert_array_equal(value, b[name])
+
+
+@pytest.mark.parametrize("damage,status,code", DAMAGE, ids=[d[0].__name__ for d in DAMAGE])
+def test_damage_is_reported_and_repaired(pristine, tmp_path, capsys, damage, status,
+                                         code) -> None:
+    from flows.analysis import link_flow
+
+    root, keys = tmp_path / "artifacts", pristine["keys"]
+    shutil.copytree(pristine["root"], root)
+    named = damage(root, keys)
+    damaged = snapshot(root)
+    assert main(["status", "--root", str(root), "--verify"]) == code
+    out = capsys.readouterr().out
+    assert f" {status}" in out
+    relative = named.relative_to(root).as_posix()
+    assert relative in out, out
+    assert snapshot(root) == damaged  # status only reads
+
+    link_dir = _data(pristine["root"], "link", keys["link"]).name
+    link_flow(_config(root))
+    assert main(["status", "--root", str(root), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "corrupt" not in out and "stale" not in out
+    _assert_same(_contents(root, keys), _contents(pristine["root"], keys))
+    if "link" not in relative.split("/")[0]:  # paired repaired with the same bytes: the link
+        assert _data(root, "link", keys["link"]).name == link_dir  # built on it stays valid
+
+
+def test_deleted_manifest_is_uncommitted_and_rebuilt(pristine, tmp_path, capsys) -> None:
+    from flows.analysis import link_flow
+
+    root, keys = tmp_path / "artifacts", pristine["keys"]
+    shutil.copytree(pristine["root"], root)
+    (root / "link" / keys["link"] / "manifest.json").unlink()
+    assert main(["status", "--root", str(root), "--verify"]) == 0  # nothing corrupt
+    line = next(x for x in capsys.readouterr().out.splitlines() if keys["link"] in x)
+    assert line.split()[2] == "uncommitted"
+    link_flow(_config(root))
+    assert ArtifactStore(str(root)).exists("link", keys["link"])
+    _assert_same(_contents(root, keys), _contents(pristine["root"], keys))
