@@ -8,14 +8,17 @@ choice: by default one thread, since the stages share one device; pass
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from linkstyle_core.config import AnalysisConfig
 from tasks.caching import submit, was_cached
+from tasks.catalog import new_run, record_run
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.counterfactual import counterfactual_key, counterfactuals
 from tasks.link import fit_link, link_key
@@ -192,22 +195,70 @@ def _analysis(config: AnalysisConfig, until: str) -> dict[str, StageReport]:
 _RUNNER: Any = ThreadPoolTaskRunner(max_workers=1)
 
 
+def load_flow_config(config: dict[str, Any] | AnalysisConfig | None,
+                     config_path: str | None) -> AnalysisConfig:
+    """A flow's config: the mapping ``config``, or the YAML file at ``config_path`` (a local
+    path or any fsspec URI, e.g. s3://bucket/linkstyle.yaml), not both."""
+    if config_path is None:
+        return as_config(config)
+    if config:
+        raise ValueError("give the flow either config (a mapping) or config_path, not both")
+    if "://" not in config_path or config_path.startswith("file://"):
+        return AnalysisConfig.from_yaml(config_path.removeprefix("file://"))
+    import tempfile
+
+    import fsspec
+
+    with fsspec.open(config_path, "rb") as remote, tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "config.yaml"
+        local.write_bytes(remote.read())
+        return AnalysisConfig.from_yaml(local)
+
+
+def _cataloged(name: str, config: AnalysisConfig,
+               body: Callable[[], dict[str, StageReport]]) -> dict[str, StageReport]:
+    """Run ``body`` and record the run in the artifact root's catalog (``tasks.catalog``):
+    completed with the key of every stage, or failed with the error."""
+    store = store_for(config)
+    row = new_run(name, config.model_dump(mode="json"), config.artifact_root)
+    try:
+        reports = body()
+    except BaseException as exc:
+        try:
+            record_run(store, row, "failed", {}, error=f"{type(exc).__name__}: {exc}")
+        except Exception:  # a root that cannot be written: the run's own error matters more
+            pass
+        raise
+    keys = {k: v for report in reports.values() for k, v in report.keys.items()}
+    path = record_run(store, row, "completed", keys)
+    get_run_logger().info("run %s recorded in the catalog: %s", row["run_id"], path)
+    for report in reports.values():
+        report.extra["run_id"] = row["run_id"]
+    return reports
+
+
 @flow(name="linkstyle-paired-data", task_runner=_RUNNER, log_prints=True)
-def paired_data_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
+def paired_data_flow(config: dict[str, Any] | None = None,
+                     config_path: str | None = None) -> dict[str, StageReport]:
     """Stage 1 alone: paired (w, r) data for the train and test splits."""
-    return _analysis(as_config(config), "paired")
+    cfg = load_flow_config(config, config_path)
+    return _cataloged("linkstyle-paired-data", cfg, lambda: _analysis(cfg, "paired"))
 
 
 @flow(name="linkstyle-link", task_runner=_RUNNER, log_prints=True)
-def link_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
+def link_flow(config: dict[str, Any] | None = None,
+              config_path: str | None = None) -> dict[str, StageReport]:
     """Stages 1-2: paired data (from the cache when unchanged) and the link."""
-    return _analysis(as_config(config), "link")
+    cfg = load_flow_config(config, config_path)
+    return _cataloged("linkstyle-link", cfg, lambda: _analysis(cfg, "link"))
 
 
 @flow(name="linkstyle-tune-score", task_runner=_RUNNER, log_prints=True)
-def tune_score_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
+def tune_score_flow(config: dict[str, Any] | None = None,
+                    config_path: str | None = None) -> dict[str, StageReport]:
     """Stages 3-4 (with 1-2 from the cache when unchanged): tuning and selectivity."""
-    return _analysis(as_config(config), "score")
+    cfg = load_flow_config(config, config_path)
+    return _cataloged("linkstyle-tune-score", cfg, lambda: _analysis(cfg, "score"))
 
 
 def run_counterfactual(config: AnalysisConfig, models: Models, reports: dict[str, StageReport],
@@ -240,25 +291,32 @@ def class_pairs(config: AnalysisConfig, models: Models, origin: int | None,
 
 @flow(name="linkstyle-counterfactual", task_runner=_RUNNER, log_prints=True)
 def counterfactual_flow(config: dict[str, Any] | None = None, origin: int | None = None,
-                        target: int | None = None,
-                        with_selectivity: bool = True) -> dict[str, StageReport]:
+                        target: int | None = None, with_selectivity: bool = True,
+                        config_path: str | None = None) -> dict[str, StageReport]:
     """Stages 1-2 (and 3-4 for the overlap with selective units), then counterfactuals."""
-    cfg = as_config(config)
+    cfg = load_flow_config(config, config_path)
     models = models_for(cfg)
     pairs = class_pairs(cfg, models, origin, target)
-    reports = _analysis(cfg, "score" if with_selectivity else "link")
-    reports["counterfactual"] = run_counterfactual(cfg, models, reports, pairs)
-    return reports
+
+    def body() -> dict[str, StageReport]:
+        reports = _analysis(cfg, "score" if with_selectivity else "link")
+        reports["counterfactual"] = run_counterfactual(cfg, models, reports, pairs)
+        return reports
+
+    return _cataloged("linkstyle-counterfactual", cfg, body)
 
 
 @flow(name="linkstyle-validate", task_runner=_RUNNER, log_prints=True)
-def validate_flow(config: dict[str, Any] | None = None) -> dict[str, StageReport]:
+def validate_flow(config: dict[str, Any] | None = None,
+                  config_path: str | None = None) -> dict[str, StageReport]:
     """Stages 1-4 (cached) and the toy world's ground-truth validation."""
-    return _analysis(as_config(config), "validate")
+    cfg = load_flow_config(config, config_path)
+    return _cataloged("linkstyle-validate", cfg, lambda: _analysis(cfg, "validate"))
 
 
 @flow(name="linkstyle-analysis", task_runner=_RUNNER, log_prints=True)
-def analysis_flow(config: dict[str, Any] | None = None,
-                  until: str = "score") -> dict[str, StageReport]:
+def analysis_flow(config: dict[str, Any] | None = None, until: str = "score",
+                  config_path: str | None = None) -> dict[str, StageReport]:
     """The full analysis on the configured models, up to and including stage ``until``."""
-    return _analysis(as_config(config), until)
+    cfg = load_flow_config(config, config_path)
+    return _cataloged("linkstyle-analysis", cfg, lambda: _analysis(cfg, until))

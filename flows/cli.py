@@ -63,6 +63,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
         from linkstyle_core.paired import AcceptanceError
 
         errors += [ModelError, AcceptanceError, FloatingPointError, LabelError]
+    if "flows.results" in sys.modules:
+        from flows.results import RunNotFound
+
+        errors.append(RunNotFound)
     return tuple(errors)
 
 
@@ -133,16 +137,18 @@ def _print_link_metrics(metrics: pd.DataFrame) -> None:
 
 
 def _print_top_units(units: pd.DataFrame, per_part: int = 5) -> None:
-    print("top units per part (significant first, then most concentrated; unit (concentration, "
-          "q)):")
-    ranked = units.sort_values(["significant", "concentration"], ascending=False)
-    for part, group in ranked.groupby("top_part", sort=True):
-        shown = ", ".join(f"{int(u)} ({c:.2f}, {q:.2g})" for u, c, q in
+    from tasks.report import ranked_units
+
+    print("top units per part (significant ones by q, then the others by concentration, marked "
+          "*; unit (concentration, q)):")
+    for part, group in ranked_units(units).groupby("top_part", sort=True):
+        shown = ", ".join(f"{int(u)}{'' if sig else '*'} ({c:.2f}, {q:.2g})" for u, c, q, sig in
                           zip(group["unit"][:per_part], group["concentration"][:per_part],
-                              group["specificity_q"][:per_part], strict=True))
+                              group["specificity_q"][:per_part], group["significant"][:per_part],
+                              strict=True))
         print(f"  {part:<10} {len(group):>4} units: {shown}")
-    print(f"  {int(units['significant'].sum())} of {len(units)} units have a part profile more "
-          "concentrated than random directions' (specificity q < 0.05)")
+    print(f"  {int(units['significant'].sum())} of {len(units)} units give their top part a "
+          "larger share of their change than random directions give it (specificity q < 0.05)")
     print(f"  tuning: median closed-loop gain {units['closed_loop_gain'].median():.2f} "
           f"(1 = the re-encoded unit follows the value set), median pixel change "
           f"{units['pixel_change'].median():.3f}, part labels changed "
@@ -157,11 +163,15 @@ def _print_warnings(warnings: list[str]) -> None:
 def _print_tables(config: AnalysisConfig, reports: dict) -> None:
     store = ArtifactStore(config.artifact_root)
     print("artifacts (Parquet tables and Zarr arrays; columns in docs/tables.md):")
-    where = {"paired": ("paired", "train"), "link": ("link", "link"),
-             "tune": ("tune", "tune"), "score": ("selectivity", "selectivity")}
-    for stage, (name, key_name) in where.items():
-        if stage in reports:
-            print(f"  {name:<12} {store.artifact_path(name, reports[stage].keys[key_name])}")
+    for report in reports.values():
+        for name, key in report.keys.items():
+            stage = "paired" if name in ("train", "test") else name
+            label = f"{stage} ({name})" if stage != name else stage
+            print(f"  {label:<16} {store.artifact_path(stage, key)}")
+    run_id = next((r.extra["run_id"] for r in reports.values() if "run_id" in r.extra), None)
+    if run_id:
+        print(f"run {run_id} is in the catalog: `linkstyle tables --run {run_id}` lists its "
+              "tables, `linkstyle report` makes its HTML report")
 
 
 def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
@@ -203,6 +213,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_warnings(reports["score"].extra["warnings"])
     _print_tables(config, reports)
     print("`linkstyle status` lists every artifact")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from flows.results import cmd_runs as runs
+
+    return runs(args, _config_from_args(args))
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from flows.results import cmd_tables as tables
+
+    return tables(args, _config_from_args(args))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flows.results import cmd_report as report
+
+    t0 = time.perf_counter()
+    out = report(args, _config_from_args(args))
+    print(f"report: {out['index']} ({out['unit_pages']} unit pages, {time.perf_counter() - t0:.0f}"
+          f" s); units.csv: {out['units_csv']}")
     return 0
 
 
@@ -454,6 +486,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sheet", cmd_toy_sheet, "picture: renderer vs. generator images and labels", tsub)
     p.add_argument("out", metavar="OUT.png")
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("runs", cmd_runs, "list the runs recorded in the artifact root's catalog")
+    with_root(p)
+    p.add_argument("--last", type=int, default=20, help="show the newest N runs (default: 20)")
+
+    p = add("tables", cmd_tables, "a run's tables: Parquet file paths or DuckDB views")
+    with_root(p)
+    p.add_argument("--run", default="latest", metavar="ID|latest",
+                   help="a run id from `linkstyle runs`, or latest (the newest completed run "
+                        "of this config; default)")
+    p.add_argument("--format", choices=["paths", "sql"], default="paths",
+                   help="paths: one line per file (view name, path); sql: DuckDB CREATE VIEW "
+                        "statements over exactly those files")
+
+    p = add("report", cmd_report, "write a static HTML report of a run (opens from disk)")
+    with_root(p)
+    p.add_argument("--run", default="latest", metavar="ID|latest",
+                   help="a run id from `linkstyle runs`, or latest (default)")
+    p.add_argument("--out", metavar="DIR", help="folder to write (default: "
+                   "linkstyle-report-<run id>)")
+    p.add_argument("--pages", choices=["all", "top"], default="all",
+                   help="a page for every unit (default) or only for the top units per part")
 
     p = add("status", cmd_status, "list artifacts: stage, key, complete/partial, size, created")
     with_root(p)

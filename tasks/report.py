@@ -132,11 +132,12 @@ def _strip_png(images: np.ndarray) -> bytes:
 
 def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
                  class_names: Sequence[str], title: str = "linkstyle report",
-                 per_part: int = 5, unit_pages: Sequence[int] | None = None) -> dict[str, Any]:
+                 per_part: int = 5, unit_pages: Sequence[int] | str = "all") -> dict[str, Any]:
     """Write the report of the run whose stage keys are ``keys`` into folder ``out``.
 
     keys: at least train, test, link, tune, null, selectivity; validation and counterfactual
-    when those stages ran. unit_pages: the units that get a page (default: every unit).
+    when those stages ran. unit_pages: the units that get a page: ``all``, ``top`` (the top
+    units shown per part) or a list of units.
     Returns {"index": path of index.html, "units_csv": path, "unit_pages": count}.
     """
     from linkstyle_core.figures import unit_figure
@@ -158,11 +159,17 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
     })
     units_csv.to_csv(out / "units.csv", index=False)
 
-    pages = list(units["unit"]) if unit_pages is None else list(unit_pages)
     shown_top: dict[str, list[int]] = {}
-    ranked = ranked_units(units)
-    for part, group in ranked.groupby("top_part", sort=True):
+    for part, group in ranked_units(units).groupby("top_part", sort=True):
         shown_top[str(part)] = [int(u) for u in group["unit"][:per_part]]
+    if isinstance(unit_pages, str):
+        if unit_pages not in ("all", "top"):
+            raise ValueError(f"unit_pages must be 'all', 'top' or a list of units, got "
+                             f"{unit_pages!r}")
+        pages = (list(units["unit"]) if unit_pages == "all"
+                 else [u for us in shown_top.values() for u in us])
+    else:
+        pages = list(unit_pages)
     for unit in sorted(set(pages) | {u for us in shown_top.values() for u in us}):
         view = unit_view(store, keys, int(unit))
         (out / "img" / f"strip-{unit}.png").write_bytes(_strip_png(view["images"][0]))

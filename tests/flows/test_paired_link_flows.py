@@ -4,6 +4,7 @@ and shard-granular resume, counted by how often the core computations actually r
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ import linkstyle_core.link as link_module
 import tasks.paired as paired_tasks
 from flows.analysis import link_flow, paired_data_flow
 from storage import ArtifactStore
+from tasks.catalog import read_catalog
 from tests.fixtures.tiny_models import TINY_CONFIG
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -158,6 +160,13 @@ def test_shards_retry_transient_io_errors_but_not_user_errors(
     with pytest.raises(AcceptanceError):
         paired_data_flow(_config(tmp_path / "second"))
     assert attempts["user"] == 1
+    # both runs are in their roots' catalogs: the first completed with its keys, the second
+    # failed with its error
+    first = read_catalog(store).iloc[-1]
+    assert first["status"] == "completed" and first["flow"] == "linkstyle-paired-data"
+    assert json.loads(first["keys"]) == reports["paired"].keys
+    second = read_catalog(ArtifactStore(str(tmp_path / "second" / "artifacts"))).iloc[-1]
+    assert second["status"] == "failed" and second["error"].startswith("AcceptanceError: class 0")
 
 
 def test_transient_io_error_condition() -> None:

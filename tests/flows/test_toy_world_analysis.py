@@ -153,3 +153,33 @@ def test_docs_tables_describe_every_table_and_column_written(toy_run) -> None:
             missing += [f"{stage}: array {a}" for a in part.array_names
                         if not _is_documented(a, documented)]
     assert not missing, "not in docs/tables.md: " + "; ".join(missing)
+
+
+def test_documented_duckdb_queries_run_on_the_views_of_the_latest_run(
+        toy_run, tmp_path, capsys) -> None:
+    """`linkstyle tables --format sql` gives views that answer docs/tables.md's queries."""
+    duckdb = pytest.importorskip("duckdb", reason="DuckDB is the optional extra linkstyle[duckdb]")
+    import yaml
+
+    from flows.cli import main
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(toy_run["config"]))
+    capsys.readouterr()
+    assert main(["tables", "--config", str(config_file), "--format", "sql"]) == 0
+    views = capsys.readouterr().out
+    assert "selectivity_units" in views and "'/" in views  # exact files, no globs
+    con = duckdb.connect()
+    con.execute(views)
+    text = (Path(__file__).parents[2] / "docs" / "tables.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    assert len(queries) == 3
+    eye_area, head, joined = (con.sql(q).df() for q in queries)
+    truth = load_ground_truth().set_index("unit")["gt_part"]
+    assert len(eye_area) == 10 and (truth[eye_area["unit"]] == "eye").mean() >= 0.8
+    assert len(head) > 0 and (truth[head["unit"]] == "head").all()
+    assert (head["specificity_q"] < 0.05).all() and head["share"].between(0, 1).all()
+    assert joined["units"].sum() == 192 and (joined["closed_loop_r"] > 0.5).all()
+    # every view carries the run and the stage key of the artifact it reads
+    run = con.sql("SELECT DISTINCT run_id, stage_key FROM selectivity_units").fetchall()
+    assert len(run) == 1 and run[0][1] == toy_run["reports"]["score"].keys["selectivity"]

@@ -1,0 +1,76 @@
+"""The commands that look at finished runs: ``runs`` (the catalog), ``tables`` (a run's Parquet
+files, or DuckDB views over them) and ``report`` (the offline HTML report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from linkstyle_core.config import AnalysisConfig
+from storage import ArtifactStore
+
+
+class RunNotFound(LookupError):
+    """The run asked for is not in the catalog (or never finished)."""
+
+
+def run_keys(config: AnalysisConfig, run: str) -> tuple[str, dict[str, str]]:
+    """(run id, stage keys) of ``run`` (an id or ``latest``, the newest completed analysis of
+    ``config``) under the config's artifact root."""
+    from tasks.catalog import resolve_run
+
+    store = ArtifactStore(config.artifact_root)
+    try:
+        row = resolve_run(store, run, config.model_dump(mode="json") if run == "latest" else None,
+                          flows=("linkstyle-analysis", "linkstyle-validate",
+                                 "linkstyle-tune-score", "linkstyle-counterfactual")
+                          if run == "latest" else None)
+    except LookupError as exc:
+        raise RunNotFound(str(exc)) from None
+    return str(row["run_id"]), json.loads(row["keys"])
+
+
+def cmd_runs(args: argparse.Namespace, config: AnalysisConfig) -> int:
+    from tasks.catalog import read_catalog
+
+    catalog = read_catalog(ArtifactStore(config.artifact_root))
+    if catalog.empty:
+        print(f"no runs recorded under {config.artifact_root}")
+        return 0
+    shown = catalog[["run_id", "flow", "status", "started", "ended", "config_hash"]]
+    print(shown.tail(args.last).to_string(index=False))
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace, config: AnalysisConfig) -> int:
+    from tasks.catalog import duckdb_views, run_tables
+
+    run_id, keys = run_keys(config, args.run)
+    tables = run_tables(ArtifactStore(config.artifact_root), keys)
+    if args.format == "sql":
+        print(f"-- run {run_id}: DuckDB views over its committed Parquet files")
+        print(duckdb_views(tables, run_id))
+        return 0
+    for row in tables.itertuples():
+        for path in row.files:
+            print(f"{row.view}\t{path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, config: AnalysisConfig) -> dict[str, Any]:
+    from tasks.context import models_for
+    from tasks.report import build_report
+
+    run_id, keys = run_keys(config, args.run)
+    missing = [k for k in ("tune", "null", "selectivity") if k not in keys]
+    if missing:
+        raise RunNotFound(f"run {run_id} did not tune and score its units (no {missing[0]} "
+                          "stage); a report needs `linkstyle run`")
+    store = ArtifactStore(config.artifact_root)
+    out = Path(args.out) if args.out else Path(f"linkstyle-report-{run_id}")
+    models = models_for(config)
+    return build_report(store, keys, out, class_names=models.class_names,
+                        title=f"linkstyle report, run {run_id}",
+                        unit_pages=args.pages)
