@@ -231,10 +231,67 @@ def _cataloged(name: str, config: AnalysisConfig,
         raise
     keys = {k: v for report in reports.values() for k, v in report.keys.items()}
     path = record_run(store, row, "completed", keys)
-    get_run_logger().info("run %s recorded in the catalog: %s", row["run_id"], path)
     for report in reports.values():
         report.extra["run_id"] = row["run_id"]
+    publish(config, reports, row["run_id"], path)
     return reports
+
+
+def _stage_of(name: str) -> str:
+    return "paired" if name in ("train", "test") else name
+
+
+def publish(config: AnalysisConfig, reports: dict[str, StageReport], run_id: str,
+            catalog_path: str) -> None:
+    """What a run did, in the flow run's logs and as Prefect artifacts (visible in the UI):
+    a markdown summary, the link metrics and the top units per part as tables."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    logger = get_run_logger()
+    store = store_for(config)
+    lines = [f"# linkstyle run {run_id}", "",
+             f"Artifacts under `{config.artifact_root}`; catalog row `{catalog_path}`.", "",
+             "| stage | artifact | computed | from cache | already stored | folder |",
+             "|---|---|---|---|---|---|"]
+    for report in reports.values():
+        logger.info("stage %s: computed %d, from cache %d, already stored %d", report.stage,
+                    report.computed, report.cached, report.reused)
+        for name, key in report.keys.items():
+            folder = store.artifact_path(_stage_of(name), key)
+            logger.info("  %s: %s", name, folder)
+            lines.append(f"| {report.stage} | {name} | {report.computed} | {report.cached} | "
+                         f"{report.reused} | `{folder}` |")
+    if "link" in reports:
+        metrics = reports["link"].extra["metrics"]
+        test = metrics.set_index("split").loc["test"]
+        logger.info("link: held-out R2 %.3f, closed-loop accuracy %.3f", test["r2"],
+                    test["closed_loop_accuracy"])
+        create_table_artifact(metrics.round(4).to_dict(orient="records"), key="link-metrics",
+                              description=f"run {run_id}: the link's train and test metrics")
+    if "score" in reports:
+        from tasks.report import ranked_units
+
+        units = reports["score"].extra["units"]
+        significant = int(units["significant"].sum())
+        logger.info("selectivity: %d of %d units significant (q < 0.05), median closed-loop "
+                    "gain %.2f, median pixel change %.3f", significant, len(units),
+                    units["closed_loop_gain"].median(), units["pixel_change"].median())
+        lines += ["", f"{significant} of {len(units)} units significant (specificity q < 0.05); "
+                  "`linkstyle report --run " + run_id + "` writes the HTML report."]
+        top = ranked_units(units).groupby("top_part", sort=True).head(5)
+        create_table_artifact(
+            top[["top_part", "unit", "specificity_q", "significant", "concentration",
+                 "closed_loop_gain"]].round(4).to_dict(orient="records"),
+            key="top-units-per-part",
+            description=f"run {run_id}: the five top units of every part (significant first)")
+    if "validate" in reports:
+        m = reports["validate"].extra["metrics"]
+        logger.info("validation: match %.3f (chance %.3f), mean AUC %.3f",
+                    m["match_rate_all"], m["chance_all"], m["mean_auc"])
+        lines += ["", f"Validation: top part = ground-truth part for {m['match_rate_all']:.1%} "
+                  f"of units (chance {m['chance_all']:.1%}); mean AUC {m['mean_auc']:.3f}."]
+    create_markdown_artifact("\n".join(lines), key="linkstyle-run-summary",
+                             description=f"run {run_id}: stages, artifacts, figures")
 
 
 @flow(name="linkstyle-paired-data", task_runner=_RUNNER, log_prints=True)

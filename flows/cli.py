@@ -121,10 +121,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _quiet_prefect_defaults() -> None:
-    """Offline, quiet defaults for a local run; the user's own settings win."""
-    for name, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
-                        ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"),
-                        ("PREFECT_LOGGING_LEVEL", "WARNING")):
+    """Offline, quiet defaults for a local run; the user's own settings win. With a Prefect
+    server of one's own (PREFECT_API_URL), the flow runs' logs stay at Prefect's level, so the
+    UI shows them."""
+    defaults = [("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
+                ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")]
+    if not os.environ.get("PREFECT_API_URL"):
+        defaults.append(("PREFECT_LOGGING_LEVEL", "WARNING"))
+    for name, value in defaults:
         os.environ.setdefault(name, value)
 
 

@@ -183,3 +183,37 @@ def test_transient_io_error_condition() -> None:
     assert retried(TimeoutError())
     assert not retried(OSError(errno.ENOSPC, "full")) and not retried(PermissionError())
     assert not retried(FileNotFoundError()) and not retried(ValueError("bad config"))
+
+
+def test_a_flow_run_shows_its_logs_and_artifacts_in_prefect(tmp_path) -> None:
+    """The Prefect server holds the run's logs (stages, artifact folders, metrics) and its
+    artifacts: a markdown summary and the link metrics as a table."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogWorker
+
+    state = link_flow(_config(tmp_path), return_state=True)
+    run_id = state.state_details.flow_run_id
+    APILogWorker.drain_all(timeout=10)  # logs reach the server in batches
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    assert runs[0].state.is_completed()
+    messages = "\n".join(log.message for log in logs)
+    assert "stage link: computed 1" in messages and "held-out R2" in messages
+    assert str(tmp_path / "artifacts" / "link") in messages
+    kinds = {a.key: a.type for a in artifacts}
+    assert kinds.get("linkstyle-run-summary") == "markdown"
+    assert kinds.get("link-metrics") == "table"
+    summary = next(a for a in artifacts if a.key == "linkstyle-run-summary")
+    assert "| link | link | 1 |" in summary.data
