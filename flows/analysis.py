@@ -78,8 +78,8 @@ def run_paired(config: AnalysisConfig, models: Models) -> StageReport:
                                         key=key, shard=shard, cls=cls, classes=classes))
         final = submit(paired_finalize, complete, config=payload, split=split, key=key,
                        classes=classes, shards=shard_futures)
-        final.result()
-        for fut in [*shard_futures, final]:
+        for fut in [*shard_futures, final]:  # a failed shard raises its own error first
+            fut.result()
             report.count(fut)
     return report
 
