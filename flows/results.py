@@ -71,6 +71,12 @@ def cmd_report(args: argparse.Namespace, config: AnalysisConfig) -> dict[str, An
     store = ArtifactStore(config.artifact_root)
     out = Path(args.out) if args.out else Path(f"linkstyle-report-{run_id}")
     models = models_for(config)
+    if "validation" not in keys:  # validated by another run on the same selectivity
+        from tasks.validate import validation_key
+
+        candidate = validation_key(keys["selectivity"], models)
+        if store.exists("validation", candidate):
+            keys = {**keys, "validation": candidate}
     return build_report(store, keys, out, class_names=models.class_names,
                         title=f"linkstyle report, run {run_id}",
                         unit_pages=args.pages)

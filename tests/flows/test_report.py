@@ -17,8 +17,7 @@ from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.toyworld import SPECIES
 from storage import ArtifactStore
 from tasks.context import models_for
-from tasks.report import build_report, ranked_units
-from tasks.validate import validation_key
+from tasks.report import ranked_units
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -62,18 +61,24 @@ def rendered_dom(page: Path) -> str:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`linkstyle report` on the latest run of a small toy config (pages for the top units)."""
+    import yaml
+
+    from flows.cli import main
+
     root = tmp_path_factory.mktemp("report")
     config = {**SMALL_TOY, "artifact_root": str(root / "artifacts")}
     validate_flow(config)
     counterfactual_flow(config, origin=0, target=1, with_selectivity=True)
+    config_file = root / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    assert main(["report", "--config", str(config_file), "--out", str(root / "report"),
+                 "--pages", "top"]) == 0
     cfg = AnalysisConfig.from_dict(config)
-    models = models_for(cfg)
-    keys = analysis_keys(cfg, models)
-    keys["validation"] = validation_key(keys["selectivity"], models)
-    store = ArtifactStore(cfg.artifact_root)
-    out = build_report(store, keys, root / "report", class_names=models.class_names,
-                       per_part=3, unit_pages=[0, 1, 2])
-    units = store.open("selectivity", keys["selectivity"]).table("units")
+    keys = analysis_keys(cfg, models_for(cfg))
+    units = ArtifactStore(cfg.artifact_root).open("selectivity", keys["selectivity"]).table("units")
+    out = {"index": str(root / "report" / "index.html"),
+           "units_csv": str(root / "report" / "units.csv")}
     return {"out": out, "units": units, "dir": root / "report"}
 
 
@@ -91,11 +96,11 @@ def test_report_opens_offline_and_shows_the_run(report: dict[str, Any]) -> None:
         assert f"<h3>{part}</h3>" in dom
     # the top units of every part, each with its tuning strip, the strips on disk
     strips = re.findall(r'<img class="strip" src="(img/strip-(\d+)\.png)"', dom)
-    expected = sum(min(3, n) for n in units["top_part"].value_counts())
+    expected = sum(min(5, n) for n in units["top_part"].value_counts())
     assert len(strips) == expected
     shown = [int(u) for _, u in strips]
     for _, group in ranked_units(units).groupby("top_part"):
-        assert set(group["unit"][:3]) <= set(shown)
+        assert set(group["unit"][:5]) <= set(shown)
     assert all((report["dir"] / src).is_file() for src, _ in strips)
     # names, not only indices; validation and counterfactuals are there
     assert all(name in dom for name in SPECIES)
@@ -104,17 +109,20 @@ def test_report_opens_offline_and_shows_the_run(report: dict[str, Any]) -> None:
 
 
 def test_unit_pages_and_units_csv(report: dict[str, Any]) -> None:
-    page = report["dir"] / "units" / "unit-1.html"
-    dom = rendered_dom(page)
-    assert "unit 1: tuning changes the" in dom and 'src="../img/unit-1.png"' in dom
-    assert (report["dir"] / "img" / "unit-1.png").stat().st_size > 10_000
-    assert not (report["dir"] / "units" / "unit-5.html").exists()  # not asked for
+    units = report["units"]
+    top = ranked_units(units).groupby("top_part").head(5)["unit"].tolist()
+    pages = sorted(int(p.stem.removeprefix("unit-")) for p in (report["dir"] / "units").iterdir())
+    assert pages == sorted(top)  # --pages top: the units shown per part, no others
+    unit = top[0]
+    dom = rendered_dom(report["dir"] / "units" / f"unit-{unit}.html")
+    assert f"unit {unit}: tuning changes the" in dom and f'src="../img/unit-{unit}.png"' in dom
+    assert (report["dir"] / "img" / f"unit-{unit}.png").stat().st_size > 10_000
+    assert dom.count("<tr>") == 1 + 6  # the per-part table: a header and the six parts
     table = pd.read_csv(report["out"]["units_csv"])
     assert list(table.columns) == ["unit", "top_part", "q", "significant", "concentration",
                                    "closed_loop_gain", "description"]
     assert len(table) == 24 and table["description"].str.startswith("unit ").all()
-    units = report["units"].set_index("unit")
-    assert (table.set_index("unit")["top_part"] == units["top_part"]).all()
+    assert (table.set_index("unit")["top_part"] == units.set_index("unit")["top_part"]).all()
 
 
 def test_units_are_never_ranked_above_a_significant_one() -> None:
