@@ -1,5 +1,8 @@
 """Prefect flows: paired data (stage 1), link (stage 2), and the full analysis.
 
+Every flow first runs ``flows.preflight.preflight`` (config, models, labels, artifact root,
+arguments), so a mistake fails before any stage runs and before the run is cataloged.
+
 Flows only compose tasks. Every task is keyed by its artifact's content key; the artifact
 store decides what is rebuilt (see ``tasks.caching``). The task runner is the flow call's
 choice: by default one thread, since the stages share one device; pass
@@ -16,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.preflight import class_pairs, preflight
 from linkstyle_core.config import AnalysisConfig
 from tasks.caching import submit, was_cached
 from tasks.catalog import new_run, record_run
@@ -135,10 +139,31 @@ def run_tune(config: AnalysisConfig, models: Models, paired: StageReport,
                    shards=shards)
     null = submit(tune_null, store.exists("null", keys["null"]), config=payload,
                   key=keys["null"], keys=keys)
+    progress = _Progress("tune-progress", f"tuning: {len(shards)} unit shards, then the null",
+                         len(shards) + 1)
     for fut in [*futures, *shards, final, null]:
         fut.result()
         report.count(fut)
+        if fut in shards or fut is null:
+            progress.step()
     return report
+
+
+class _Progress:
+    """A Prefect progress artifact of a long stage (the UI shows it filling up), advanced one
+    finished task at a time."""
+
+    def __init__(self, key: str, description: str, total: int) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.done, self.total = 0, max(total, 1)
+        self.id: Any = create_progress_artifact(0.0, key=key, description=description)
+
+    def step(self) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.done += 1
+        update_progress_artifact(self.id, 100.0 * self.done / self.total)
 
 
 def run_score(config: AnalysisConfig, tune: StageReport) -> StageReport:
@@ -299,6 +324,7 @@ def paired_data_flow(config: dict[str, Any] | None = None,
                      config_path: str | None = None) -> dict[str, StageReport]:
     """Stage 1 alone: paired (w, r) data for the train and test splits."""
     cfg = load_flow_config(config, config_path)
+    preflight(cfg, "paired")
     return _cataloged("linkstyle-paired-data", cfg, lambda: _analysis(cfg, "paired"))
 
 
@@ -307,6 +333,7 @@ def link_flow(config: dict[str, Any] | None = None,
               config_path: str | None = None) -> dict[str, StageReport]:
     """Stages 1-2: paired data (from the cache when unchanged) and the link."""
     cfg = load_flow_config(config, config_path)
+    preflight(cfg, "link")
     return _cataloged("linkstyle-link", cfg, lambda: _analysis(cfg, "link"))
 
 
@@ -315,6 +342,7 @@ def tune_score_flow(config: dict[str, Any] | None = None,
                     config_path: str | None = None) -> dict[str, StageReport]:
     """Stages 3-4 (with 1-2 from the cache when unchanged): tuning and selectivity."""
     cfg = load_flow_config(config, config_path)
+    preflight(cfg, "score")
     return _cataloged("linkstyle-tune-score", cfg, lambda: _analysis(cfg, "score"))
 
 
@@ -331,28 +359,14 @@ def run_counterfactual(config: AnalysisConfig, models: Models, reports: dict[str
     return report
 
 
-def class_pairs(config: AnalysisConfig, models: Models, origin: int | None,
-                target: int | None) -> list[tuple[int, int]]:
-    """One (origin, target) pair, or every ordered pair of the configured classes."""
-    classes = resolve_classes(config, models)
-    if origin is None and target is None:
-        return [(a, b) for a in classes for b in classes if a != b]
-    if origin is None or target is None or origin == target:
-        raise ValueError("give both --origin and --target (different classes), or neither for "
-                         "all pairs of the configured classes")
-    for c in (origin, target):
-        if c not in classes:
-            raise ValueError(f"class {c} is not among the configured classes {classes}")
-    return [(origin, target)]
-
-
 @flow(name="linkstyle-counterfactual", task_runner=_RUNNER, log_prints=True)
 def counterfactual_flow(config: dict[str, Any] | None = None, origin: int | None = None,
                         target: int | None = None, with_selectivity: bool = True,
                         config_path: str | None = None) -> dict[str, StageReport]:
     """Stages 1-2 (and 3-4 for the overlap with selective units), then counterfactuals."""
     cfg = load_flow_config(config, config_path)
-    models = models_for(cfg)
+    models = preflight(cfg, "score" if with_selectivity else "link", origin, target,
+                       counterfactual=True)
     pairs = class_pairs(cfg, models, origin, target)
 
     def body() -> dict[str, StageReport]:
@@ -368,6 +382,7 @@ def validate_flow(config: dict[str, Any] | None = None,
                   config_path: str | None = None) -> dict[str, StageReport]:
     """Stages 1-4 (cached) and the toy world's ground-truth validation."""
     cfg = load_flow_config(config, config_path)
+    preflight(cfg, "validate")
     return _cataloged("linkstyle-validate", cfg, lambda: _analysis(cfg, "validate"))
 
 
@@ -376,4 +391,5 @@ def analysis_flow(config: dict[str, Any] | None = None, until: str = "score",
                   config_path: str | None = None) -> dict[str, StageReport]:
     """The full analysis on the configured models, up to and including stage ``until``."""
     cfg = load_flow_config(config, config_path)
+    preflight(cfg, until)
     return _cataloged("linkstyle-analysis", cfg, lambda: _analysis(cfg, until))

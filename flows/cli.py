@@ -7,14 +7,19 @@ Heavy imports (torch, prefect) happen inside the commands that need them, so ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import logging
 import os
+import signal
 import sys
 import time
 
 # Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads were
 # measured to slow torch down up to 18x. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
 
 import pandas as pd
 
@@ -33,6 +38,18 @@ Command = Callable[[argparse.Namespace], int]
 
 class UsageError(Exception):
     """A problem with what the user asked for; printed without a traceback."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the same clean shutdown as a Ctrl-C (the flow run is
+    marked crashed, the temporary Prefect server is stopped, committed artifacts are kept)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's one error format (``linkstyle: error: ...``, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def load_config(path: str | None) -> AnalysisConfig:
@@ -68,6 +85,79 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
         errors.append(RunNotFound)
     return tuple(errors)
+
+
+# errno values of an OSError that the user has to fix (permissions, a read-only or full disk, a
+# path that is not a folder): shown as a message, not a traceback
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+_ERRNO_FIX = {
+    errno.ENOSPC: "free space on that disk (or choose another artifact root) and rerun; "
+                  "committed artifacts are kept and the run resumes",
+    errno.EROFS: "the file system is read-only: choose a writable artifact root (--root)",
+}
+_ERRNO_FIX[errno.EDQUOT] = _ERRNO_FIX[errno.ENOSPC]
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """True for an error that explains a mistake in the input or the environment."""
+    if isinstance(exc, _user_errors()):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _USER_ERRNOS
+
+
+def _describe(exc: BaseException) -> str:
+    """The message of a user error; an OSError gets its file and the fix."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror \
+            and exc.errno in _USER_ERRNOS:
+        where = f": {exc.filename}" if exc.filename else ""
+        fix = _ERRNO_FIX.get(exc.errno or 0, "check the permissions of the artifact root "
+                             "(--root) or choose another one")
+        return f"{exc.strerror}{where}; {fix}"
+    return str(exc)
+
+
+class _HideUserErrorTracebacks(logging.Filter):
+    """On Prefect's run loggers: a task or flow that failed because of a user's mistake logs
+    no traceback ("Task run failed with exception ..."); ``main`` prints the one message. With
+    a Prefect server of one's own (PREFECT_API_URL) the line stays, without the traceback, so
+    the UI shows it; in a local run it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not _is_user_error(exc):
+            return True
+        record.exc_info, record.exc_text = None, None
+        from flows.server import uses_own_server
+
+        return uses_own_server()
+
+
+def _install_log_filter() -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _HideUserErrorTracebacks) for f in logger.filters):
+            logger.addFilter(_HideUserErrorTracebacks())
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` (a KeyboardInterrupt) in the main thread while the block
+    runs. Python's default would end the process at once, skipping every ``finally`` and
+    ``atexit`` hook: the temporary Prefect server was left running."""
+
+    def terminate(signum: int, frame: object) -> NoReturn:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (an in-process caller): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -185,20 +275,27 @@ def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
         raw["artifact_root"] = args.root
     if getattr(args, "samples", None) is not None:
         raw["counterfactual"]["samples"] = args.samples
-    return AnalysisConfig.from_dict(raw, source="config and command line")
+    config = AnalysisConfig.from_dict(raw, source="config and command line")
+    from flows.preflight import check_protocol
+
+    check_protocol(config.artifact_root)  # an unknown protocol, s3:// without s3fs
+    return config
 
 
 def _run_flow(args: argparse.Namespace, until: str) -> tuple[AnalysisConfig, dict]:
     config = _config_from_args(args)
+    from flows.preflight import preflight
+
+    preflight(config, until)  # every check that needs no stage's result, before Prefect starts
     _quiet_prefect_defaults()
     from flows.analysis import analysis_flow
-    from tasks.context import models_for
+    from flows.server import temporary_server
 
-    models_for(config)  # load and check the models before any work is done
     print(f"linkstyle: {config.generator.kind} generator, {config.classifier.kind} "
           f"classifier, stages up to {until!r}, artifacts under {config.artifact_root}")
     t0 = time.perf_counter()
-    reports = analysis_flow(config.model_dump(mode="json"), until=until)
+    with temporary_server():
+        reports = analysis_flow(config.model_dump(mode="json"), until=until)
     for report in reports.values():
         print(f"  {report.stage:<8} computed {report.computed:>3}  from cache {report.cached:>3}"
               f"  already stored {report.reused:>3}")
@@ -301,14 +398,19 @@ def cmd_unit(args: argparse.Namespace) -> int:
 
 def cmd_counterfactual(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
+    from flows.preflight import preflight
+
+    preflight(config, "link" if args.no_selectivity else "score", args.origin, args.target,
+              counterfactual=True)
     _quiet_prefect_defaults()
     from flows.analysis import counterfactual_flow
-    from tasks.context import models_for
+    from flows.server import temporary_server
 
-    models_for(config)
     t0 = time.perf_counter()
-    reports = counterfactual_flow(config.model_dump(mode="json"), origin=args.origin,
-                                  target=args.target, with_selectivity=not args.no_selectivity)
+    with temporary_server():
+        reports = counterfactual_flow(config.model_dump(mode="json"), origin=args.origin,
+                                      target=args.target,
+                                      with_selectivity=not args.no_selectivity)
     report = reports["counterfactual"]
     summary = report.extra["summary"]
     print(f"counterfactuals ({'computed' if report.computed else 'from the store'}, "
@@ -327,11 +429,13 @@ def cmd_labels_export(args: argparse.Namespace) -> int:
     from linkstyle_core.labels import export_folder
     from tasks.context import models_for
 
+    if not 1 <= args.count <= 100_000:
+        raise UsageError(f"--count must be between 1 and 100000 images, got {args.count}")
     config = load_config(args.config)
-    models = models_for(config)
     parts = list(config.segment.parts or [])
     if len(parts) < 2:
         raise UsageError("set segment.parts in the config (background first) before exporting")
+    models = models_for(config)
     export_folder(models.generator, Path(args.out), args.count, parts, args.seed,
                   config.data.truncation, models.device)
     print(f"wrote {args.count} images to {args.out}/images; paint index masks into "
@@ -416,7 +520,7 @@ def cmd_toy_sheet(args: argparse.Namespace) -> int:
 
 # -- parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="linkstyle",
         description="Make the learned features of image classifiers visible and measurable "
         "(Linking in Style). Defaults analyse the bundled toy world.",
@@ -539,19 +643,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 1 a check failed (``status --verify``, ``toy
+    evaluate``), 2 a user error (one ``linkstyle: error:`` line, no traceback), 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM); anything else is a bug and keeps its traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except Exception as exc:
-        if not isinstance(exc, _user_errors()):
-            raise
-        print(f"linkstyle: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("linkstyle: interrupted; committed artifacts are kept, rerun to resume",
-              file=sys.stderr)
-        return 130
+    _install_log_filter()
+    with _sigterm_as_interrupt():
+        try:
+            args = parser.parse_args(argv)
+            return int(args.func(args))
+        except Exception as exc:
+            if not _is_user_error(exc):
+                raise
+            print(f"linkstyle: error: {_describe(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            print(f"linkstyle: {what}; committed artifacts are kept, rerun to resume",
+                  file=sys.stderr)
+            return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -3,11 +3,17 @@
 One pydantic model per stage, composed into ``AnalysisConfig``. The defaults describe the
 bundled toy world, so ``AnalysisConfig()`` is a complete, runnable analysis. Any invalid value
 raises ``ConfigError`` whose message names the field, the allowed values and what was given.
+
+Parsing is strict: a YAML key given twice, a file that is not UTF-8, a bool where a number
+belongs (``true`` as a count), a string where a number belongs, ``.inf`` or ``.nan`` are all
+refused, and every count has an upper bound no real analysis reaches (named in its field's
+description), so a typo such as ``samples_per_class: 1e30`` fails at once instead of hours in.
 """
 
 from __future__ import annotations
 
 import difflib
+import io
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +26,18 @@ class ConfigError(ValueError):
     """An analysis configuration that cannot be used; the message says which field and why."""
 
 
+# Upper bounds that no real analysis reaches; they catch typos (an extra zero, 10**30) before
+# anything is computed. Seeds must fit every RNG they feed (numpy, torch).
+MAX_SEED = 2**32 - 1
+MAX_SAMPLES = 100_000  # samples per class (stage 1 pairs, held-out, counterfactual)
+MAX_COUNT = 1_000_000  # optimisation steps and the like
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # strict: no bool or string where a number belongs, no float where an int belongs (an int
+    # is still a valid float); allow_inf_nan: every float is finite
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True,
+                              allow_inf_nan=False)
 
 
 class GeneratorConfig(_Section):
@@ -80,12 +96,16 @@ class DataConfig(_Section):
     classes: Literal["all"] | list[int] = Field(
         "all", description="class indices of the generator/classifier, or 'all'"
     )
-    samples_per_class: int = Field(200, ge=1, description="training pairs kept per class")
-    test_samples_per_class: int = Field(50, ge=1, description="held-out pairs kept per class")
+    samples_per_class: int = Field(200, ge=1, le=MAX_SAMPLES,
+                                   description="training pairs kept per class (at most 100000)")
+    test_samples_per_class: int = Field(
+        50, ge=1, le=MAX_SAMPLES, description="held-out pairs kept per class (at most 100000)")
     truncation: float = Field(0.7, gt=0.0, le=1.0, description="truncation psi towards w_avg[c]")
-    seed: int = Field(0, ge=0, description="run seed; latent seeds come from (seed, class, index)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="run seed, 0 to 2**32-1; latent seeds "
+                      "come from (seed, class, index)")
     max_attempts_factor: float = Field(
-        8.0, ge=1.0, description="give up on a class after this many times the requested draws"
+        8.0, ge=1.0, le=1000.0,
+        description="give up on a class after this many times the requested draws (at most 1000)"
     )
     min_acceptance: float = Field(
         0.05, ge=0.0, le=1.0, description="a class accepted less often than this is an error"
@@ -156,14 +176,16 @@ def resolve_units(spec: Any, feature_dim: int) -> list[int]:
     ranges = parse_units(spec)
     if ranges is None:
         return list(range(feature_dim))
-    units = sorted({u for lo, hi in ranges for u in range(lo, hi + 1)})
-    bad = [u for u in units if u >= feature_dim]
-    if bad:
+    # checked on the ranges before they are expanded: '0-10**12' must not fill the memory
+    bad = min((lo if lo >= feature_dim else feature_dim for lo, hi in ranges if hi >= feature_dim),
+              default=None)
+    if bad is not None:
         raise ConfigError(
-            f"tuning.units: unit {bad[0]} is out of range; the classifier has {feature_dim} "
-            f"units (0-{feature_dim - 1})"
+            f"tuning.units: unit {bad} is out of range; the classifier has {feature_dim} "
+            f"units (0-{feature_dim - 1}); set tuning.units to indices below {feature_dim} "
+            "or 'all'"
         )
-    return units
+    return sorted({u for lo, hi in ranges for u in range(lo, hi + 1)})
 
 
 class TuningConfig(_Section):
@@ -172,10 +194,13 @@ class TuningConfig(_Section):
     units: Literal["all"] | int | str | list[int | str] = Field(
         "all", description="'all', an index, a list, or ranges like '0-127,200'"
     )
-    steps: int = Field(3, ge=2, description="values spanning each unit's range")
-    samples_per_class: int = Field(4, ge=1, description="held-out samples tuned per class")
+    steps: int = Field(3, ge=2, le=1000, description="values spanning each unit's range (2-1000)")
+    samples_per_class: int = Field(4, ge=1, le=MAX_SAMPLES,
+                                   description="held-out samples tuned per class (at most 100000)")
     range: Literal["minmax", "percentile"] = "minmax"
-    percentiles: tuple[float, float] = Field((1.0, 99.0), description="with range: percentile")
+    # not strict: a YAML/JSON list is the natural way to write a pair
+    percentiles: tuple[float, float] = Field((1.0, 99.0), strict=False,
+                                             description="with range: percentile")
     direction: Literal["link", "ridge", "crosscov"] = Field(
         "ridge", description="each unit's direction in W: the link's column A[:, u] (the paper), "
         "a ridge column with direction_alpha, or the cross-covariance of w and r "
@@ -198,13 +223,15 @@ class TuningConfig(_Section):
         "direction's gain is measured by rendering (0: the linear prediction alone)",
     )
     max_latent_step: float = Field(
-        3.0, gt=0.0, description="with step: calibrated, the largest latent move over a whole "
-        "trajectory, in units of the within-class spread of w",
+        3.0, gt=0.0, le=1000.0, description="with step: calibrated, the largest latent move over "
+        "a whole trajectory, in units of the within-class spread of w (at most 1000)",
     )
-    shard_size: int = Field(64, ge=1, description="units per shard (each commits on its own)")
+    shard_size: int = Field(64, ge=1, le=MAX_COUNT,
+                            description="units per shard (each commits on its own; at most 10**6)")
     null_directions: int = Field(
-        256, ge=2, description="random r-space directions of the null control (the specificity "
-        "test's p-values cannot go below 1 / (1 + null_directions))",
+        256, ge=2, le=MAX_SAMPLES, description="random r-space directions of the null control "
+        "(the specificity test's p-values cannot go below 1 / (1 + null_directions); at most "
+        "100000)",
     )
     null_samples_per_class: int = Field(
         2, ge=1, description="held-out samples per class on which the null directions are tuned "
@@ -215,7 +242,8 @@ class TuningConfig(_Section):
         "image is not scored on that sample",
     )
     store_images: bool = Field(True, description="keep the tuned images (uint8) in the store")
-    seed: int = Field(0, ge=0, description="seed of the null-control random directions")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="seed of the null-control random directions (0 to 2**32-1)")
 
     @field_validator("units")
     @classmethod
@@ -256,11 +284,12 @@ class SegmentConfig(_Section):
     labels: str | None = Field(
         None, description="folder prepared by `linkstyle labels export/import` (real generators)"
     )
-    labelled_images: int = Field(32, ge=2, description="labelled images used for training")
-    steps: int = Field(300, ge=1, description="training steps")
-    hidden: int = Field(32, ge=4, description="channels of the segmenter")
+    labelled_images: int = Field(32, ge=2, le=MAX_SAMPLES,
+                                 description="labelled images used for training (at most 100000)")
+    steps: int = Field(300, ge=1, le=MAX_COUNT, description="training steps (at most 10**6)")
+    hidden: int = Field(32, ge=4, le=4096, description="channels of the segmenter (4-4096)")
     kernel: int = Field(1, ge=1, le=7, description="head kernel size (1 = per-pixel MLP)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the segmenter (0 to 2**32-1)")
 
     @field_validator("parts")
     @classmethod
@@ -273,15 +302,21 @@ class SegmentConfig(_Section):
 class CounterfactualConfig(_Section):
     """Stage 5: counterfactuals from an origin to a target class."""
 
-    samples: int = Field(8, ge=1, description="held-out samples of the origin class per pair")
-    max_steps: int = Field(300, ge=1, description="optimisation steps per batch of pairs")
-    check_every: int = Field(10, ge=1, description="render and re-classify every k steps")
-    lr: float = Field(0.05, gt=0.0, description="Adam learning rate on the shift of r")
+    samples: int = Field(8, ge=1, le=MAX_SAMPLES,
+                         description="held-out samples of the origin class per pair (at most "
+                         "100000)")
+    max_steps: int = Field(300, ge=1, le=MAX_COUNT,
+                           description="optimisation steps per batch of pairs (at most 10**6)")
+    check_every: int = Field(10, ge=1, le=MAX_COUNT,
+                             description="render and re-classify every k steps")
+    lr: float = Field(0.05, gt=0.0, le=100.0,
+                      description="Adam learning rate on the shift of r (finite, at most 100)")
     weight_similarity: float = Field(
         10.0, ge=0.0, description="weight of 1 - cos(link(r), link(r - s))"
     )
     weight_l1: float = Field(0.0, ge=0.0, description="weight of the mean |s| (sparsity)")
-    top_units: int = Field(10, ge=1, description="units reported per pair and class pair")
+    top_units: int = Field(10, ge=1, le=MAX_SAMPLES,
+                           description="units reported per pair and class pair")
 
 
 class RuntimeConfig(_Section):
@@ -291,7 +326,8 @@ class RuntimeConfig(_Section):
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         "fp32", description="autocast precision of generator and classifier calls"
     )
-    batch_size: int = Field(256, ge=1, description="images per generator/classifier call")
+    batch_size: int = Field(256, ge=1, le=65536,
+                            description="images per generator/classifier call (at most 65536)")
     channels_last: bool = Field(
         True, description="classifier convolutions in channels_last layout (CUDA only)"
     )
@@ -302,6 +338,54 @@ class RuntimeConfig(_Section):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
             raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return v
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last value, so a pasted second ``data:`` section would win unseen)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the safe loader's own error says so
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {first} and {line}); keep "
+                    "one of them", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call]
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document at ``path``: UTF-8 text, duplicate keys refused (``ConfigError``)."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its "
+                          "permissions") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                          f"on line {line}); save it with UTF-8 encoding") from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # YAML error marks then name the file instead of "<unicode string>"
+    try:
+        return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
 
 
 class AnalysisConfig(_Section):
@@ -316,19 +400,14 @@ class AnalysisConfig(_Section):
     counterfactual: CounterfactualConfig = CounterfactualConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     artifact_root: str = Field(
-        "artifacts", description="local folder or fsspec URI (s3://, gs://, memory://)"
+        "artifacts", min_length=1, description="local folder or fsspec URI (s3://, gs://, memory://)"
     )
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> AnalysisConfig:
         """Load and validate a YAML file; missing sections keep their defaults."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raw = _read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections at the top")
         return cls.from_dict(raw, source=str(path))

@@ -15,8 +15,10 @@ by a person::
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -80,17 +82,24 @@ def import_folder(folder: Path, resolution: int | None = None) -> dict[str, obje
         if not (folder / required).exists():
             raise LabelError(f"{folder}/{required} is missing; create the folder with "
                              "`linkstyle labels export --out DIR`")
-    parts = json.loads((folder / "parts.json").read_text())
-    if not isinstance(parts, list) or len(parts) < 2:
-        raise LabelError(f"{folder}/parts.json must list at least two part names")
-    ws = np.load(folder / "latents.npy")
+        if required == "parts.json":
+            parts = read_parts(folder)
+    try:
+        ws = np.load(folder / "latents.npy")
+    except (OSError, ValueError) as exc:
+        raise LabelError(f"{folder}/latents.npy cannot be read ({exc}); export the folder "
+                         "again") from None
     masks = sorted((folder / "labels").glob("*.png"))
     if len(masks) != len(ws):
         raise LabelError(f"{folder}/labels holds {len(masks)} masks for {len(ws)} exported "
                          "images; label every exported image (or delete both image and latent)")
     labels = []
     for path in masks:
-        mask = np.asarray(Image.open(path))
+        try:
+            mask = np.asarray(Image.open(path))
+        except OSError as exc:
+            raise LabelError(f"{path} is not a readable image ({exc}); save it as a "
+                             "single-channel PNG whose values are part indices") from None
         if mask.ndim != 2:
             raise LabelError(f"{path} is not an index mask (shape {mask.shape}); save it as a "
                              "single-channel PNG whose values are part indices")
@@ -114,13 +123,42 @@ def import_folder(folder: Path, resolution: int | None = None) -> dict[str, obje
             "pixels_per_part": dict(zip(parts, present.tolist(), strict=True))}
 
 
+def read_parts(folder: Path) -> list[str]:
+    """The part names of a label folder's ``parts.json`` (``LabelError`` if it is not a JSON
+    list of at least two distinct names)."""
+    path = folder / "parts.json"
+    try:
+        parts = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LabelError(f"{path} is not valid JSON ({exc}); write the part names as a JSON "
+                         'list, background first, e.g. ["background", "ear", "tail"]') from None
+    if not isinstance(parts, list) or len(parts) < 2 or len(set(map(str, parts))) != len(parts) \
+            or not all(isinstance(p, str) for p in parts):
+        raise LabelError(f"{path} must list at least two distinct part names (strings), "
+                         "background first")
+    return parts
+
+
 def load_folder(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     """(ws, labels, parts, content hash) from an imported label folder."""
+    if not Path(folder).is_dir():
+        raise LabelError(f"segment.labels: {folder} is not a folder; create it with `linkstyle "
+                         f"labels export --out {folder}`, label the images, then run `linkstyle "
+                         f"labels import {folder}`")
     path = Path(folder) / LABELS_FILE
     if not path.is_file():
         raise LabelError(f"{path} does not exist; run `linkstyle labels import {folder}` after "
                          "labelling the exported images")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
-    data = np.load(path)
-    return (torch.from_numpy(data["ws"]), torch.from_numpy(data["labels"]),
-            [str(p) for p in data["parts"]], digest)
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()[:20]
+    try:
+        with np.load(io.BytesIO(raw)) as data:
+            ws, labels, parts = data["ws"], data["labels"], [str(p) for p in data["parts"]]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise LabelError(f"{path} cannot be read ({type(exc).__name__}: {exc}); run "
+                         f"`linkstyle labels import {folder}` again") from None
+    if ws.ndim != 3 or labels.ndim != 3 or len(ws) != len(labels) or len(ws) < 2:
+        raise LabelError(f"{path} holds latents of shape {ws.shape} and labels of shape "
+                         f"{labels.shape}; expected [N, num_ws, w_dim] and [N, H, W] with the same "
+                         f"N >= 2; run `linkstyle labels import {folder}` again")
+    return torch.from_numpy(ws), torch.from_numpy(labels), parts, digest

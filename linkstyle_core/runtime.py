@@ -7,21 +7,30 @@ from collections.abc import Iterator
 
 import torch
 
+from linkstyle_core.config import ConfigError
+
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """'auto' -> cuda if available, else cpu; otherwise the named device, checked to exist."""
+    """'auto' -> cuda if available, else cpu; otherwise the named device, checked to exist
+    (``ConfigError`` naming runtime.device if it does not)."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ConfigError(
             f"runtime.device is {spec!r} but no CUDA device is available; "
             "set runtime.device to 'cpu' or 'auto'"
         )
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"runtime.device is {spec!r} but there are only {torch.cuda.device_count()} CUDA "
+            f"device(s) (cuda:0-cuda:{torch.cuda.device_count() - 1}); pick one of them or 'auto'"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("runtime.device is 'mps' but MPS is not available; use 'cpu' or 'auto'")
+        raise ConfigError("runtime.device is 'mps' but MPS is not available; use 'cpu' or 'auto'")
     return device
 
 

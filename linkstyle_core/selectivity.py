@@ -166,7 +166,8 @@ def share_z(scores: np.ndarray, null_scores: np.ndarray) -> tuple[np.ndarray, np
     mean, sd = null.mean(0), null.std(0, ddof=1)
     loo_mean = (null.sum(0) - null) / (k - 1)
     loo_var = ((null**2).sum(0) - null**2 - (k - 1) * loo_mean**2) / (k - 2)
-    return (unit - mean) / sd, (null - loo_mean) / np.sqrt(loo_var)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a part no null direction varies
+        return (unit - mean) / sd, (null - loo_mean) / np.sqrt(loo_var)
 
 
 def top_part_specificity(scores: np.ndarray, null_scores: np.ndarray,

@@ -14,7 +14,7 @@ from typing import Any
 import fsspec
 import torch
 
-from linkstyle_core.config import AnalysisConfig
+from linkstyle_core.config import AnalysisConfig, ConfigError
 from linkstyle_core.models.protocols import Classifier, Generator
 from linkstyle_core.models.registry import (
     check_compatible,
@@ -96,8 +96,8 @@ def resolve_classes(config: AnalysisConfig, models: Models) -> list[int]:
         return list(range(c_dim))
     bad = [c for c in config.data.classes if c >= c_dim]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"data.classes: class {bad[0]} is out of range; the generator has {c_dim} classes "
-            f"(0-{c_dim - 1})"
+            f"(0-{c_dim - 1}); list indices below {c_dim} or set data.classes: all"
         )
     return list(config.data.classes)

@@ -136,3 +136,18 @@ def test_unchanged_rerun_and_shard_resume(tmp_path, labels, monkeypatch) -> None
     tune_score_flow(config)
     assert calls == {6: 1}  # only the missing shard of 6 units was tuned again
     assert store.exists("tune", key)
+
+
+def test_tuning_publishes_its_progress_to_prefect(tmp_path, labels) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    state = tune_score_flow(_config(tmp_path, labels), return_state=True)
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    progress = [a for a in artifacts if a.key == "tune-progress"]
+    assert len(progress) == 1 and progress[0].type == "progress"
+    assert float(progress[0].data) == 100.0  # every shard and the null finished
+    assert {"top-units-per-part", "linkstyle-run-summary"} <= {a.key for a in artifacts}

@@ -10,7 +10,6 @@ artifact root (stages 1-2 of the tiny models, built once per module) and damage 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -24,24 +23,8 @@ import pytest
 
 from flows.cli import main
 from storage import ROOT_MARKER, ArtifactStore, CorruptArtifact, content_key
+from tests.fixtures.snapshot import snapshot
 from tests.fixtures.tiny_models import TINY_CONFIG
-
-Snapshot = dict[str, tuple[int, str] | None]
-
-
-def snapshot(folder: Path) -> Snapshot:
-    """Relative path -> (size, sha256) of every file, None for every folder."""
-    if folder.is_file():
-        return {".": (folder.stat().st_size, hashlib.sha256(folder.read_bytes()).hexdigest())}
-    out: Snapshot = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), folder)] = None
-        for f in filenames:
-            p = Path(dirpath, f)
-            out[os.path.relpath(p, folder)] = (p.stat().st_size,
-                                               hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
 
 
 def _write(store: ArtifactStore, stage: str, key: str, value: float,

@@ -1,0 +1,438 @@
+"""Every user mistake is one clear error, found before any stage runs, and changes nothing.
+
+Each case runs ``flows.cli.main`` in-process and asserts exit code 2, a ``linkstyle: error:``
+message naming the field, file or argument, no traceback, and an artifact root that did not
+change (relative paths, sizes and sha256 of every file; a root that did not exist still does
+not). The checks run before Prefect starts (``flows.preflight``), so the whole file takes
+seconds. The last tests check that a failing shard's own error is shown (not Prefect's
+``UnfinishedRun``) and that a SIGTERM leaves no temporary Prefect server behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from flows.cli import main
+from storage import ArtifactStore, content_key
+from tests.fixtures.snapshot import snapshot
+from tests.fixtures.tiny_models import TINY_CONFIG, tiny_label_folder
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled folder for the tiny generator (parts background, bright, dark)."""
+    return Path(tiny_label_folder(tmp_path_factory.mktemp("labels") / "labelled"))
+
+
+@pytest.fixture(autouse=True)
+def _keep_environment() -> object:
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def world(tmp_path: Path, labels: Path) -> dict[str, Path]:
+    """An artifact root holding one committed artifact, the label folder, a file, and folders
+    for broken label folders."""
+    root = tmp_path / "artifacts"
+    with ArtifactStore(str(root)).writer("paired", content_key("paired", 1, {"x": 1})) as w:
+        w.write_array("w", np.ones((3, 2), dtype="float32"))
+    (tmp_path / "a-file.txt").write_text("not a folder\n")
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "parts.json").write_text('["background", "ear"')
+    not_imported = tmp_path / "not-imported"
+    not_imported.mkdir()
+    (not_imported / "parts.json").write_text('["background", "bright", "dark"]')
+    corrupt = tmp_path / "corrupt-npz"
+    corrupt.mkdir()
+    (corrupt / "labels.npz").write_bytes(b"PK\x03\x04 this is not a zip file")
+    wrong_shape = tmp_path / "wrong-shape"
+    wrong_shape.mkdir()
+    np.savez(wrong_shape / "labels.npz", ws=np.zeros((4, 3, 5), "float32"),
+             labels=np.zeros((4, 8, 8), "int64"), parts=np.asarray(["background", "x"]))
+    return {"tmp": tmp_path, "root": root, "labels": labels}
+
+
+def _tiny(**sections: object) -> dict:
+    config = copy.deepcopy(TINY_CONFIG)
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values
+    return config
+
+
+LABELLED = {"labels": "{labels}"}
+
+# (id, config: a dict written as YAML, raw text, or None for no --config; argv after the
+# command; words the message must hold). "{tmp}", "{root}", "{labels}" are filled in.
+CASES: list[tuple[str, dict | str | None, list[str], list[str]]] = [
+    # -- the config file itself
+    ("config-not-utf8", "data:\n  seed: 1  # caf\xe9\n", ["run"], ["config.yaml", "not UTF-8"]),
+    ("config-duplicate-key", "data:\n  seed: 1\n  seed: 2\n", ["run"],
+     ["config.yaml", "'seed' appears twice", "lines 2 and 3"]),
+    ("config-duplicate-section", "data: {seed: 1}\nlink: {type: lr}\ndata: {seed: 2}\n", ["run"],
+     ["'data' appears twice"]),
+    ("config-bad-yaml", "link: [unclosed\n", ["run"], ["config.yaml", "not valid YAML"]),
+    ("config-not-a-mapping", "- 1\n- 2\n", ["run"], ["config.yaml", "must hold a mapping"]),
+    ("config-missing", "MISSING", ["run"], ["missing.yaml", "does not exist"]),
+    ("config-is-a-folder", "FOLDER", ["run"], ["is a folder"]),
+    ("config-unknown-section", {"colour": "red"}, ["run"], ["colour", "unknown field"]),
+    ("config-typo", {"data": {"smaples_per_class": 3}}, ["run"],
+     ["data.smaples_per_class", "did you mean 'samples_per_class'"]),
+    ("config-validate-duplicate", "data:\n  seed: 1\n  seed: 2\n", ["config", "validate", "{cfg}"],
+     ["appears twice"]),
+    # -- strict types, finite floats, bounds
+    ("bool-as-count", _tiny(data={"samples_per_class": True}), ["run"],
+     ["data.samples_per_class", "valid integer", "True"]),
+    ("string-as-count", _tiny(data={"samples_per_class": "200"}), ["run"],
+     ["data.samples_per_class", "valid integer"]),
+    ("float-as-count", _tiny(tuning={"steps": 3.5}), ["run"], ["tuning.steps", "valid integer"]),
+    ("bool-as-float", _tiny(data={"truncation": True}), ["run"], ["data.truncation"]),
+    ("inf-lr", "counterfactual:\n  lr: .inf\n", ["run"], ["counterfactual.lr", "finite"]),
+    ("nan-alpha", "link:\n  alpha: .nan\n", ["run"], ["link.alpha", "finite"]),
+    ("huge-samples", _tiny(data={"samples_per_class": 10**30}), ["run"],
+     ["data.samples_per_class", "less than or equal to 100000"]),
+    ("huge-seed", _tiny(data={"seed": 2**40}), ["run"], ["data.seed", "4294967295"]),
+    ("negative-seed", _tiny(tuning={"seed": -1}), ["run"], ["tuning.seed", "greater than"]),
+    ("huge-batch", _tiny(runtime={"batch_size": 10**9}), ["run"], ["runtime.batch_size"]),
+    ("zero-truncation", _tiny(data={"truncation": 0}), ["run"], ["data.truncation"]),
+    ("bool-class", _tiny(data={"classes": [0, True]}), ["run"], ["data.classes"]),
+    ("empty-classes", _tiny(data={"classes": []}), ["run"], ["data.classes", "at least one"]),
+    ("empty-root", _tiny(artifact_root=""), ["run"], ["artifact_root"]),
+    ("bad-precision", _tiny(runtime={"precision": "fp8"}), ["run"], ["runtime.precision"]),
+    ("bad-device-name", _tiny(runtime={"device": "gpu"}), ["run"], ["runtime.device"]),
+    # -- checks against the models, before stage 1
+    ("classes-out-of-range", _tiny(data={"classes": [0, 7]}, segment=LABELLED), ["run"],
+     ["data.classes", "class 7", "out of range", "3 classes"]),
+    ("units-out-of-range", _tiny(tuning={"units": "0-99999"}, segment=LABELLED), ["run"],
+     ["tuning.units", "unit 16", "16 units"]),
+    ("units-astronomic", _tiny(tuning={"units": "0-1000000000000"}, segment=LABELLED), ["run"],
+     ["tuning.units", "out of range"]),
+    ("units-not-a-range", _tiny(tuning={"units": "0-x"}), ["run"], ["tuning.units", "'0-x'"]),
+    ("tuning-more-than-held-out", _tiny(tuning={"samples_per_class": 30}, segment=LABELLED),
+     ["run"], ["tuning.samples_per_class", "data.test_samples_per_class"]),
+    ("validate-needs-toy-world", _tiny(segment=LABELLED), ["validate"], ["toy world"]),
+    # -- the segmenter's labels
+    ("labels-required", _tiny(), ["run"], ["segment.labels is required"]),
+    ("labels-folder-missing", _tiny(segment={"labels": "{tmp}/nowhere"}), ["run"],
+     ["segment.labels", "nowhere", "not a folder"]),
+    ("labels-not-imported", _tiny(segment={"labels": "{tmp}/not-imported"}), ["run"],
+     ["not-imported/labels.npz", "labels import"]),
+    ("labels-parts-json-invalid", _tiny(segment={"labels": "{tmp}/bad-json"}), ["run"],
+     ["bad-json/parts.json", "not valid JSON"]),
+    ("labels-npz-corrupt", _tiny(segment={"labels": "{tmp}/corrupt-npz"}), ["run"],
+     ["corrupt-npz/labels.npz", "cannot be read"]),
+    ("labels-for-another-generator", _tiny(segment={"labels": "{tmp}/wrong-shape"}), ["run"],
+     ["wrong-shape", "latents have shape", "export the folder again"]),
+    ("parts-unknown-to-labels", _tiny(segment={"labels": "{labels}", "parts": ["background",
+                                                                           "ear"]}),
+     ["run"], ["segment.parts", "unknown part(s) ['ear']", "bright"]),
+    ("parts-unknown-to-toy-world", {"segment": {"parts": ["background", "wing"]}}, ["run"],
+     ["segment.parts", "'wing'", "toy world"]),
+    ("labels-import-bad-json", None, ["labels", "import", "{tmp}/bad-json"],
+     ["bad-json/parts.json", "not valid JSON"]),
+    ("labels-import-missing-folder", None, ["labels", "import", "{tmp}/nowhere"],
+     ["nowhere", "labels export"]),
+    ("labels-export-zero", None, ["labels", "export", "--out", "{tmp}/new", "--count", "0"],
+     ["--count", "got 0"]),
+    ("labels-export-without-parts", None, ["labels", "export", "--out", "{tmp}/new"],
+     ["segment.parts"]),
+    # -- the artifact root
+    ("root-is-a-file", _tiny(segment=LABELLED), ["run", "--root", "{tmp}/a-file.txt"],
+     ["a-file.txt", "is a file"]),
+    ("root-under-a-file", _tiny(segment=LABELLED), ["run", "--root", "{tmp}/a-file.txt/sub"],
+     ["cannot be created", "a-file.txt is a file"]),
+    ("root-unknown-protocol", _tiny(segment=LABELLED), ["run", "--root", "nosuch://bucket/x"],
+     ["nosuch://bucket/x", "Protocol not known"]),
+    ("root-unknown-protocol-status", None, ["status", "--root", "nosuch://bucket/x"],
+     ["Protocol not known"]),
+    # -- model files
+    ("generator-target-malformed", _tiny(generator={"target": "no_colon"}), ["run"],
+     ["generator.target", "package.module:factory"]),
+    ("generator-module-missing", _tiny(generator={"target": "nosuch.module:factory"}), ["run"],
+     ["generator.target", "cannot import module 'nosuch.module'"]),
+    ("generator-factory-missing", _tiny(generator={"target": "tests.fixtures.tiny_models:nope"}),
+     ["run"], ["generator.target", "has no 'nope'"]),
+    ("classifier-not-a-classifier",
+     _tiny(classifier={"target": "tests.fixtures.tiny_models:tiny_generator"}), ["run"],
+     ["classifier", "does not satisfy the Classifier protocol"]),
+    ("stylegan-without-network", {"generator": {"kind": "stylegan-xl"}}, ["run"],
+     ["generator.network", "generator.source"]),
+    ("stylegan-source-not-a-checkout",
+     {"generator": {"kind": "stylegan-xl", "network": "{tmp}/no.pkl", "source": "{tmp}"},
+      "runtime": {"device": "cpu"}}, ["run"], ["generator.source", "not a StyleGAN-XL checkout"]),
+    ("torchvision-weights-missing",
+     {"classifier": {"kind": "torchvision", "name": "resnet18", "weights": "{tmp}/no.pth"},
+      "runtime": {"device": "cpu"}}, ["run"], ["no.pth"]),
+    ("torchvision-without-name", {"classifier": {"kind": "torchvision"}}, ["run"],
+     ["classifier.name"]),
+    # -- command-line arguments
+    ("until-unknown", None, ["run", "--until", "everything"], ["--until", "invalid choice"]),
+    ("unknown-command", None, ["rnu"], ["invalid choice: 'rnu'"]),
+    ("unknown-flag", None, ["run", "--fast"], ["unrecognized arguments: --fast"]),
+    ("origin-without-target", _tiny(segment=LABELLED), ["counterfactual", "--origin", "0"],
+     ["--origin without --target", "give both"]),
+    ("target-without-origin", _tiny(segment=LABELLED), ["counterfactual", "--target", "0"],
+     ["--target without --origin"]),
+    ("origin-equals-target", _tiny(segment=LABELLED),
+     ["counterfactual", "--origin", "1", "--target", "1"], ["both 1", "different class"]),
+    ("target-out-of-range", _tiny(segment=LABELLED),
+     ["counterfactual", "--origin", "0", "--target", "9"], ["--target 9", "data.classes"]),
+    ("origin-not-a-number", _tiny(segment=LABELLED), ["counterfactual", "--origin", "cat"],
+     ["--origin", "invalid int value: 'cat'"]),
+    ("counterfactual-zero-samples", _tiny(segment=LABELLED), ["counterfactual", "--samples", "0"],
+     ["counterfactual.samples", "greater than or equal to 1"]),
+    ("counterfactual-huge-samples", _tiny(segment=LABELLED),
+     ["counterfactual", "--samples", str(10**30)], ["counterfactual.samples", "100000"]),
+    ("counterfactual-more-than-held-out", _tiny(segment=LABELLED),
+     ["counterfactual", "--samples", "50"],
+     ["counterfactual.samples (50)", "data.test_samples_per_class (20)"]),
+]
+
+
+def _fill(value: object, fill: dict[str, str]) -> object:
+    if isinstance(value, str):
+        return value.format(**fill)
+    if isinstance(value, dict):
+        return {k: _fill(v, fill) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, fill) for v in value]
+    return value
+
+
+def _argv(world: dict[str, Path], config: dict | str | None, argv: list[str]) -> list[str]:
+    """The command line of a case, with its config written to {tmp}/config.yaml."""
+    tmp = world["tmp"]
+    fill = {"tmp": str(tmp), "root": str(world["root"]), "labels": str(world["labels"]),
+            "cfg": str(tmp / "config.yaml")}
+    path = tmp / "config.yaml"
+    if config == "MISSING":
+        path = tmp / "missing.yaml"
+    elif config == "FOLDER":
+        path = tmp
+    elif isinstance(config, str):
+        path.write_bytes(config.encode("latin-1"))  # lets a case write a non-UTF-8 byte
+    elif isinstance(config, dict):
+        raw = _fill(config, fill)
+        assert isinstance(raw, dict)
+        raw.setdefault("artifact_root", str(world["root"]))
+        path.write_text(yaml.safe_dump(raw))
+    args = [str(_fill(a, fill)) for a in argv]
+    if config is not None and args[0] not in ("config", "labels") \
+            and "--config" not in args:
+        args[1:1] = ["--config", str(path)]
+    if args[0] in ("run", "validate", "counterfactual", "status") and "--root" not in args \
+            and not (isinstance(config, dict) and "artifact_root" in config):
+        args[1:1] = ["--root", str(world["root"])]
+    return args
+
+
+@pytest.mark.parametrize("case,config,argv,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_error_and_changes_nothing(world, capsys, case, config, argv,
+                                                          words) -> None:
+    args = _argv(world, config, argv)
+    watched = [world["root"], world["tmp"] / "a-file.txt", world["labels"],
+               world["tmp"] / "new", world["tmp"] / "nowhere"]
+    before = [snapshot(p) for p in watched]
+    t0 = time.perf_counter()
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("linkstyle: error: "), err
+    assert "Traceback" not in out + err
+    for word in words:
+        assert word in err, f"{word!r} not in {err!r}"
+    assert [snapshot(p) for p in watched] == before
+    assert time.perf_counter() - t0 < 30  # found before any stage ran
+
+
+def test_cuda_without_a_gpu_is_a_config_error(world, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    args = _argv(world, _tiny(runtime={"device": "cuda"}, segment=LABELLED), ["run"])
+    before = snapshot(world["root"])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "runtime.device is 'cuda' but no CUDA device is available" in err
+    assert "Traceback" not in err and snapshot(world["root"]) == before
+
+
+def test_s3_without_s3fs_says_what_to_install(world, capsys) -> None:
+    try:
+        import s3fs  # noqa: F401
+        pytest.skip("s3fs is installed")
+    except ImportError:
+        pass
+    args = _argv(world, _tiny(segment=LABELLED), ["run", "--root", "s3://bucket/prefix"])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "s3://bucket/prefix" in err and "s3fs" in err and "Traceback" not in err
+
+
+def test_a_root_that_is_not_writable_is_refused(world, capsys, monkeypatch) -> None:
+    """Root may write anywhere, so the permission check itself is made to say no."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == world["root"]
+                        else real(p, mode))
+    args = _argv(world, _tiny(segment=LABELLED), ["run"])
+    before = snapshot(world["root"])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"artifact_root {world['root']} is not writable" in err
+    assert snapshot(world["root"]) == before
+
+
+def test_a_root_that_does_not_exist_is_not_created(world, capsys) -> None:
+    missing = world["tmp"] / "fresh" / "root"
+    args = _argv(world, _tiny(tuning={"units": "0-99"}, segment=LABELLED),
+                 ["run", "--root", str(missing)])
+    assert main(args) == 2
+    assert "tuning.units" in capsys.readouterr().err
+    assert not (world["tmp"] / "fresh").exists()
+
+
+def test_os_errors_the_user_must_fix_are_messages_and_bugs_keep_tracebacks(monkeypatch,
+                                                                           capsys) -> None:
+    import errno
+
+    import flows.cli as cli
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/artifacts/paired/x")
+
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_config_show", full_disk)
+    assert main(["config", "show"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("linkstyle: error: No space left on device: /data/artifacts/paired/x")
+    assert "free space" in err
+    monkeypatch.setattr(cli, "cmd_config_show", bug)
+    with pytest.raises(ZeroDivisionError):
+        main(["config", "show"])
+
+
+def test_user_errors_in_prefect_logs_lose_their_traceback(monkeypatch) -> None:
+    import logging
+
+    import flows.server
+    from flows.cli import _HideUserErrorTracebacks
+    from linkstyle_core.config import ConfigError
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1,
+                                     "Task run failed with exception", None, sys.exc_info())
+
+    quiet = _HideUserErrorTracebacks()
+    monkeypatch.setattr(flows.server, "uses_own_server", lambda: False)
+    user = record(ConfigError("data.classes: class 7 is out of range"))
+    assert quiet.filter(user) is False and user.exc_info is None  # no own server: dropped
+    bug = record(ZeroDivisionError("a bug"))
+    assert quiet.filter(bug) is True and bug.exc_info is not None  # a bug keeps its traceback
+    # with a server of one's own (PREFECT_API_URL) the line stays for the UI, without traceback
+    monkeypatch.setattr(flows.server, "uses_own_server", lambda: True)
+    user = record(ConfigError("data.classes: class 7 is out of range"))
+    assert quiet.filter(user) is True and user.exc_info is None
+
+
+# -- the running command: the shard's own error, no orphan server ------------------------------
+def _run_tiny(tmp_path: Path, **data) -> list[str]:
+    config = _tiny(data={"samples_per_class": 12, "test_samples_per_class": 6, **data})
+    config["artifact_root"] = str(tmp_path / "root")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [sys.executable, "-m", "flows.cli", "run", "--config", str(path), "--until", "paired"]
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
+                         ids=["SIGTERM", "SIGINT", "SIGKILL"])
+def test_a_killed_run_leaves_no_server_and_closes_the_pipe(tmp_path, sig) -> None:
+    proc = subprocess.Popen(_run_tiny(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_env(), cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.time() + 120
+        children: list[int] = []
+        while not children and time.time() < deadline and proc.poll() is None:
+            children = _children(proc.pid)  # the temporary Prefect server
+            time.sleep(0.1)
+        assert children, "the run did not start its temporary Prefect server"
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)  # returns only when every writer closed the pipe
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    expected = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGKILL: -9}[sig]
+    assert proc.returncode == expected, err.decode()[-2000:]
+    if sig != signal.SIGKILL:
+        assert b"committed artifacts are kept" in err and b"Traceback" not in err
+    deadline = time.time() + 10
+    while any(_alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _alive(c)], "the temporary Prefect server outlived the run"
+    if sig == signal.SIGKILL:  # and the next run works
+        again = subprocess.run(_run_tiny(tmp_path), capture_output=True, env=_env(), timeout=300,
+                               cwd=Path(__file__).resolve().parents[2])
+        assert again.returncode == 0, again.stderr.decode()[-2000:]
+
+
+@pytest.mark.slow
+def test_a_failing_shard_shows_its_own_error(tmp_path) -> None:
+    """A class the classifier rarely accepts fails its paired shard: the command shows that
+    AcceptanceError as one message, not Prefect's UnfinishedRun, and no traceback."""
+    run = subprocess.run(_run_tiny(tmp_path, min_acceptance=1.0, max_attempts_factor=1.0),
+                         capture_output=True, env=_env(), timeout=300,
+                         cwd=Path(__file__).resolve().parents[2])
+    err = run.stderr.decode()
+    assert run.returncode == 2, err[-2000:]
+    assert "linkstyle: error: class " in err and "data.min_acceptance" in err
+    assert "UnfinishedRun" not in err and "Traceback" not in err
