@@ -415,7 +415,8 @@ def cmd_counterfactual(args: argparse.Namespace) -> int:
     summary = report.extra["summary"]
     print(f"counterfactuals ({'computed' if report.computed else 'from the store'}, "
           f"{time.perf_counter() - t0:.1f} s):")
-    shown = summary[["origin", "target", "n", "flip_rate", "median_steps", "decision_units"]]
+    shown = summary[["origin", "origin_name", "target", "target_name", "n", "flip_rate",
+                     "median_steps", "decision_units"]]
     print(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     art = ArtifactStore(config.artifact_root).open("counterfactual", report.keys["counterfactual"])
     print(f"tables and figures: {art.path} (figures: "
