@@ -16,17 +16,17 @@ class RunNotFound(LookupError):
     """The run asked for is not in the catalog (or never finished)."""
 
 
-def run_keys(config: AnalysisConfig, run: str) -> tuple[str, dict[str, str]]:
+def run_keys(config: AnalysisConfig, run: str, needs: str | None = None
+             ) -> tuple[str, dict[str, str]]:
     """(run id, stage keys) of ``run`` (an id or ``latest``, the newest completed analysis of
-    ``config``) under the config's artifact root."""
+    ``config`` that made or reused stage ``needs``) under the config's artifact root."""
     from tasks.catalog import resolve_run
 
     store = ArtifactStore(config.artifact_root)
+    latest = run == "latest"
     try:
-        row = resolve_run(store, run, config.model_dump(mode="json") if run == "latest" else None,
-                          flows=("linkstyle-analysis", "linkstyle-validate",
-                                 "linkstyle-tune-score", "linkstyle-counterfactual")
-                          if run == "latest" else None)
+        row = resolve_run(store, run, config.model_dump(mode="json") if latest else None,
+                          needs=needs if latest else None)
     except LookupError as exc:
         raise RunNotFound(str(exc)) from None
     return str(row["run_id"]), json.loads(row["keys"])
@@ -63,7 +63,7 @@ def cmd_report(args: argparse.Namespace, config: AnalysisConfig) -> dict[str, An
     from tasks.context import models_for
     from tasks.report import build_report
 
-    run_id, keys = run_keys(config, args.run)
+    run_id, keys = run_keys(config, args.run, needs="selectivity")
     missing = [k for k in ("tune", "null", "selectivity") if k not in keys]
     if missing:
         raise RunNotFound(f"run {run_id} did not tune and score its units (no {missing[0]} "

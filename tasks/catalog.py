@@ -88,9 +88,10 @@ def read_catalog(store: ArtifactStore) -> pd.DataFrame:
 
 
 def resolve_run(store: ArtifactStore, run: str, config: dict[str, Any] | None = None,
-                flows: tuple[str, ...] | None = None) -> pd.Series:
+                needs: str | None = None) -> pd.Series:
     """The catalog row of ``run``: a run id, or ``latest`` (the newest completed run of
-    ``config`` when given, else of any config; only ``flows`` when given)."""
+    ``config`` when given, else of any config; only runs that made or reused stage ``needs``
+    when given)."""
     catalog = read_catalog(store)
     if run != "latest":
         found = catalog[catalog["run_id"] == run]
@@ -100,10 +101,10 @@ def resolve_run(store: ArtifactStore, run: str, config: dict[str, Any] | None = 
                               f"newest: {known}); `linkstyle runs` lists them")
         return found.iloc[-1]
     done = catalog[catalog["status"] == "completed"]
-    if flows is not None:
-        done = done[done["flow"].isin(flows)]
     if config is not None:
         done = done[done["config_hash"] == config_hash(config)]
+    if needs is not None:
+        done = done[[needs in json.loads(k) for k in done["keys"]]]
     if done.empty:
         which = "of this config " if config is not None else ""
         raise LookupError(f"no completed run {which}in the catalog under {store.root_uri}; "

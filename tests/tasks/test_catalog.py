@@ -25,6 +25,9 @@ def test_runs_are_recorded_and_latest_is_the_newest_completed_of_a_config(tmp_pa
     assert catalog.loc[1, "error"] == "AcceptanceError: class 3"
     assert json.loads(resolve_run(store, "latest", a)["keys"]) == {"link": "k1"}
     assert resolve_run(store, "latest")["run_id"] == other["run_id"]
+    assert resolve_run(store, "latest", needs="link")["run_id"] == other["run_id"]
+    with pytest.raises(LookupError):
+        resolve_run(store, "latest", needs="selectivity")  # no run scored units
     assert resolve_run(store, first["run_id"])["config_hash"] == config_hash(a)
     with pytest.raises(LookupError, match="no run 'nope'"):
         resolve_run(store, "nope")
