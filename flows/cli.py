@@ -441,7 +441,8 @@ def cmd_labels_export(args: argparse.Namespace) -> int:
                   config.data.truncation, models.device)
     print(f"wrote {args.count} images to {args.out}/images; paint index masks into "
           f"{args.out}/labels (value i = parts[i] of {parts}), then "
-          f"`linkstyle labels import {args.out}`")
+          f"`linkstyle labels import {args.out}"
+          + (f" --config {args.config}`" if args.config else "`"))
     return 0
 
 
