@@ -115,10 +115,11 @@ class StyleGANXLGenerator(nn.Module):
             images = self.G.synthesis(ws.float(), noise_mode="const", force_fp32=force_fp32)
         return images.float()
 
-    def features(self, ws: torch.Tensor) -> list[torch.Tensor]:
-        """ws: [N, num_ws, w_dim] -> the output of every synthesis layer/block, in the order
-        they run, [N, C_i, H_i, W_i] float32 each (forward hooks on ``G.synthesis``'s children).
-        """
+    def synthesis_with_features(self, ws: torch.Tensor
+                                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Images and feature maps of ``ws`` from one synthesis pass (``synthesis`` and
+        ``features`` together): forward hooks on ``G.synthesis``'s children keep every layer's
+        output, [N, C_i, H_i, W_i] float32 each, in the order they run."""
         maps: list[torch.Tensor] = []
 
         def keep(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -128,11 +129,16 @@ class StyleGANXLGenerator(nn.Module):
 
         handles = [layer.register_forward_hook(keep) for layer in self.G.synthesis.children()]
         try:
-            self.synthesis(ws)
+            images = self.synthesis(ws)
         finally:
             for handle in handles:
                 handle.remove()
-        return maps
+        return images, maps
+
+    def features(self, ws: torch.Tensor) -> list[torch.Tensor]:
+        """ws: [N, num_ws, w_dim] -> the output of every synthesis layer/block, in the order
+        they run, [N, C_i, H_i, W_i] float32 each (``synthesis_with_features``)."""
+        return self.synthesis_with_features(ws)[1]
 
 
 OpenURI = Callable[[str], contextlib.AbstractContextManager[IO[bytes]]]

@@ -172,6 +172,24 @@ def test_features_are_every_synthesis_layer_in_order(generator) -> None:
     assert all(not layer._forward_hooks for layer in layers)  # hooks removed afterwards
 
 
+def test_stage_3_renders_images_and_features_in_one_synthesis_pass(generator, monkeypatch) -> None:
+    from linkstyle_core.tuning import render_with_features
+
+    ws = generator.mapping(torch.randn(3, Z_DIM), _one_hot([0, 1, 2]), 0.7)
+    expected_images, expected_maps = generator.synthesis(ws), generator.features(ws)
+    calls = []
+    forward = generator.G.synthesis.forward
+    monkeypatch.setattr(generator.G.synthesis, "forward",
+                        lambda *a, **k: calls.append(1) or forward(*a, **k))
+    images, maps = render_with_features(generator, ws)  # what stage 3 runs per batch
+    assert len(calls) == 1
+    torch.testing.assert_close(images, expected_images.clamp(-1, 1))
+    assert len(maps) == len(expected_maps)
+    for got, want in zip(maps, expected_maps, strict=True):
+        torch.testing.assert_close(got, want)
+    assert all(not layer._forward_hooks for layer in generator.G.synthesis.children())
+
+
 # ------------------------------------------------------------------ failures
 
 
