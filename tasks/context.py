@@ -78,9 +78,22 @@ def _load(generator_json: str, classifier_json: str, device_spec: str,
         generator=generator,
         classifier=classifier,
         device=device,
-        generator_key=fingerprint(generator, generator_json),
+        generator_key=fingerprint(generator, key_spec(generator_json, generator)),
         classifier_key=fingerprint(classifier, classifier_json),
     )
+
+
+def key_spec(generator_json: str, generator: Any) -> str:
+    """The generator config as it enters the cache keys: ``ops`` replaced by the
+    implementation synthesis actually runs on (``ops_in_use`` of the StyleGAN-XL adapter), so
+    ``auto`` and ``ref`` on a CPU (both the reference ops) share their results, while the CUDA
+    plugins and the reference ops on a GPU do not. Other generators: the config unchanged."""
+    used = getattr(generator, "ops_in_use", None)
+    spec = json.loads(generator_json)
+    if used is None or "ops" not in spec:
+        return generator_json
+    spec["ops"] = used
+    return json.dumps(spec, separators=(",", ":"))
 
 
 def models_for(config: AnalysisConfig) -> Models:

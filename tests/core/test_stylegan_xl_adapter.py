@@ -403,3 +403,26 @@ def test_ops_cuda_runs_synthesis_on_the_plugins(
     before = _op("bias_act").CALLS["cuda"]
     torch.testing.assert_close(g.synthesis(g.mapping(z, c, 0.7)), expected)
     assert _op("bias_act").CALLS["cuda"] > before
+
+
+def test_cache_keys_follow_the_ops_that_run_not_the_ops_asked_for(generator) -> None:
+    import json
+
+    from linkstyle_core.config import GeneratorConfig
+    from linkstyle_core.models.registry import fingerprint
+    from tasks.context import key_spec
+
+    def key(ops: str, used: str) -> str:
+        spec = GeneratorConfig(kind="stylegan-xl", network="net.pkl", source="checkout",
+                               ops=ops).model_dump_json()
+        generator.ops_in_use = used
+        return fingerprint(generator, key_spec(spec, generator))
+
+    try:
+        assert key("auto", "ref") == key("ref", "ref")  # a CPU: the reference ops either way
+        assert key("auto", "cuda") != key("ref", "ref")  # a GPU: the plugins differ
+    finally:
+        generator.ops_in_use = "ref"
+    toy = GeneratorConfig().model_dump_json()
+    assert key_spec(toy, object()) == toy  # other generators: the config as it is
+    assert json.loads(key_spec(toy, generator)).get("ops", "ref") == "ref"
