@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.preflight import class_pairs, preflight
 from linkstyle_core.config import AnalysisConfig
 from tasks.caching import submit, was_cached
-from tasks.catalog import new_run, record_run
+from tasks.catalog import new_run, record_run, stage_of
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.counterfactual import counterfactual_key, counterfactuals
 from tasks.link import fit_link, link_key
@@ -262,10 +262,6 @@ def _cataloged(name: str, config: AnalysisConfig,
     return reports
 
 
-def _stage_of(name: str) -> str:
-    return "paired" if name in ("train", "test") else name
-
-
 def publish(config: AnalysisConfig, reports: dict[str, StageReport], run_id: str,
             catalog_path: str) -> None:
     """What a run did, in the flow run's logs and as Prefect artifacts (visible in the UI):
@@ -282,7 +278,7 @@ def publish(config: AnalysisConfig, reports: dict[str, StageReport], run_id: str
         logger.info("stage %s: computed %d, from cache %d, already stored %d", report.stage,
                     report.computed, report.cached, report.reused)
         for name, key in report.keys.items():
-            folder = store.artifact_path(_stage_of(name), key)
+            folder = store.artifact_path(stage_of(name), key)
             logger.info("  %s: %s", name, folder)
             lines.append(f"| {report.stage} | {name} | {report.computed} | {report.cached} | "
                          f"{report.reused} | `{folder}` |")

@@ -32,6 +32,7 @@ from storage import (
     IncompleteArtifact,
     NotAnArtifactRoot,
 )
+from storage.errors import USER_ERRNOS
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -87,10 +88,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
-# errno values of an OSError that the user has to fix (permissions, a read-only or full disk, a
-# path that is not a folder): shown as a message, not a traceback
-_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-                errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
 _ERRNO_FIX = {
     errno.ENOSPC: "free space on that disk (or choose another artifact root) and rerun; "
                   "committed artifacts are kept and the run resumes",
@@ -103,13 +100,13 @@ def _is_user_error(exc: BaseException) -> bool:
     """True for an error that explains a mistake in the input or the environment."""
     if isinstance(exc, _user_errors()):
         return True
-    return isinstance(exc, OSError) and exc.errno in _USER_ERRNOS
+    return isinstance(exc, OSError) and exc.errno in USER_ERRNOS
 
 
 def _describe(exc: BaseException) -> str:
     """The message of a user error; an OSError gets its file and the fix."""
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror \
-            and exc.errno in _USER_ERRNOS:
+            and exc.errno in USER_ERRNOS:
         where = f": {exc.filename}" if exc.filename else ""
         fix = _ERRNO_FIX.get(exc.errno or 0, "check the permissions of the artifact root "
                              "(--root) or choose another one")
@@ -255,11 +252,13 @@ def _print_warnings(warnings: list[str]) -> None:
 
 
 def _print_tables(config: AnalysisConfig, reports: dict) -> None:
+    from tasks.catalog import stage_of
+
     store = ArtifactStore(config.artifact_root)
     print("artifacts (Parquet tables and Zarr arrays; columns in docs/tables.md):")
     for report in reports.values():
         for name, key in report.keys.items():
-            stage = "paired" if name in ("train", "test") else name
+            stage = stage_of(name)
             label = f"{stage} ({name})" if stage != name else stage
             print(f"  {label:<16} {store.artifact_path(stage, key)}")
     run_id = next((r.extra["run_id"] for r in reports.values() if "run_id" in r.extra), None)

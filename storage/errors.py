@@ -3,6 +3,13 @@ as one message (``linkstyle: error: ...``, exit code 2) without a traceback."""
 
 from __future__ import annotations
 
+import errno
+
+# errno values of an OSError that the user has to fix (permissions, a read-only or full disk, a
+# path that is not a folder): the command line shows them as a message, and no retry helps
+USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                         errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
+
 
 class CorruptArtifact(RuntimeError):
     """A manifest or the data it names cannot be read as written."""

@@ -16,6 +16,8 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.states import State
 
+from storage.errors import USER_ERRNOS
+
 
 def by_content_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """cache_key_fn: '<task name>-<content key>[-<shard>]'."""
@@ -34,10 +36,8 @@ def was_cached(future: Any) -> bool:
     return future.state.name == "Cached"
 
 
-# errno values a user has to fix (permissions, a read-only or full disk, a wrong path): retrying
-# them only delays the message
-_NOT_TRANSIENT = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
-                  errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+# errno values a user has to fix, and a missing file: retrying them only delays the message
+_NOT_TRANSIENT = USER_ERRNOS | {errno.ENOENT}
 
 
 def transient_io_error(task: Task, task_run: TaskRun, state: State) -> bool:

@@ -112,7 +112,9 @@ def resolve_run(store: ArtifactStore, run: str, config: dict[str, Any] | None = 
     return done.iloc[-1]
 
 
-def _stage(name: str) -> str:
+def stage_of(name: str) -> str:
+    """The stage of a run's key name: ``train`` and ``test`` are the two ``paired`` artifacts,
+    every other name is its stage."""
     return "paired" if name in ("train", "test") else name
 
 
@@ -122,7 +124,7 @@ def run_tables(store: ArtifactStore, keys: dict[str, str]) -> pd.DataFrame:
     artifact and the link type are in ``view``, the name a DuckDB view gets."""
     rows = []
     for name, key in keys.items():
-        stage = _stage(name)
+        stage = stage_of(name)
         if not store.exists(stage, key):
             continue
         art = store.open(stage, key)

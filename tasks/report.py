@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from storage import ArtifactStore
+from tasks.catalog import stage_of
 from tasks.unit_view import unit_view
 
 _STYLE = """
@@ -224,14 +225,10 @@ def _summary_section(store: ArtifactStore, keys: dict[str, str], selectivity: An
                   f"{info['median_label_change']:.1%}", str(info["null_directions"]),
                   ", ".join(class_names)]})
     paths = pd.DataFrame({"stage": list(keys), "key": list(keys.values()),
-                          "folder": [f"{store.root_uri}/{_stage_of(k)}/{v}"
+                          "folder": [f"{store.root_uri}/{stage_of(k)}/{v}"
                                      for k, v in keys.items()]})
     warnings = "".join(f"<p><b>Warning:</b> {html.escape(w)}</p>" for w in info["warnings"])
     return "<h2>Run</h2>" + warnings + _table(rows) + "<h3>Artifacts</h3>" + _table(paths)
-
-
-def _stage_of(name: str) -> str:
-    return "paired" if name in ("train", "test") else name
 
 
 def _validation_section(validation: Any) -> str:
