@@ -84,15 +84,18 @@ def _load(generator_json: str, classifier_json: str, device_spec: str,
 
 
 def key_spec(generator_json: str, generator: Any) -> str:
-    """The generator config as it enters the cache keys: ``ops`` replaced by the
-    implementation synthesis actually runs on (``ops_in_use`` of the StyleGAN-XL adapter), so
-    ``auto`` and ``ref`` on a CPU (both the reference ops) share their results, while the CUDA
-    plugins and the reference ops on a GPU do not. Other generators: the config unchanged."""
+    """The generator config as it enters the cache keys. For the StyleGAN-XL adapter, ``ops``
+    is replaced by the implementation synthesis actually runs on (``ops_in_use``), so ``auto``
+    and ``ref`` on a CPU (both the reference ops) share their results while the CUDA plugins
+    and the reference ops on a GPU do not, and its ``feature_layout`` is added, so feature maps
+    cropped differently never meet a segmenter trained on others. Other generators: the config
+    unchanged."""
     used = getattr(generator, "ops_in_use", None)
     spec = json.loads(generator_json)
     if used is None or "ops" not in spec:
         return generator_json
     spec["ops"] = used
+    spec["features"] = getattr(generator, "feature_layout", "whole")
     return json.dumps(spec, separators=(",", ":"))
 
 

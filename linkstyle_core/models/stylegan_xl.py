@@ -2,8 +2,23 @@
 user's own checkout of the official StyleGAN-XL code.
 
 StyleGAN-XL pickles hold classes of the official code base (``dnnlib``, ``torch_utils``,
-``training``), so they only unpickle with that code on ``sys.path``. The network is loaded with
-the checkout's own ``legacy.load_network_pkl(f)['G_ema']``; nothing of it is copied here.
+``training``), so they only unpickle with that code on ``sys.path``; nothing of it is copied
+here. Their generator classes are "persistent": the pickle carries their module's source, which
+runs on load and imports ``torch_utils``, ``dnnlib`` and ``legacy`` from the checkout.
+
+Only ``G_ema`` is needed. Released pickles and training snapshots also hold the discriminator
+``D`` (whose code needs timm 0.4.12, ftfy, regex and pretrained feature networks), the
+augmentation pipe and the training state. The pickle is read with an unpickler derived from the
+checkout's own (``legacy._LegacyUnpickler``) in which every class or rebuild function that
+cannot be imported or run becomes an inert placeholder (``Unloadable``). Afterwards ``G_ema`` is
+searched for placeholders: if it holds one, the load fails with the missing package and the
+command that installs it; placeholders elsewhere (D, ...) are dropped with the rest.
+
+Feature maps. StyleGAN3-type layers (StyleGAN-XL's) compute on a canvas larger than the image:
+a layer of sampling rate ``s`` outputs ``s + 2 * margin`` pixels per side, of which the centre
+``s`` cover the image; only the last two layers are image-sized. ``features`` crops every map to
+its image window, from the layer's own ``out_sampling_rate`` (``sampling_rate`` for the input
+layer), so that the segmenter reads each map where the image is.
 
 Custom CUDA ops (``generator.ops``). The official code builds its CUDA plugins (``bias_act``,
 ``upfirdn2d``, ``filtered_lrelu`` in ``torch_utils/ops/``) at first use through
@@ -24,6 +39,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import io
+import logging
+import pickle
 import sys
 import threading
 import warnings
@@ -49,6 +67,20 @@ _CHECKOUT_LAYOUT = "expected legacy.py, dnnlib/ and torch_utils/ at its top"
 _GET_CODE = "clone https://github.com/autonomousvision/stylegan-xl there"
 _REQUIRED_ATTRS = ("z_dim", "c_dim", "w_dim", "num_ws", "img_resolution", "mapping", "synthesis")
 
+FEATURE_LAYOUT = "image-window"
+"""How ``features`` lays out its maps (each cropped to the image); part of the cache keys."""
+
+EXTRA = "pip install 'linkstyle[stylegan-xl]'"
+"""Installs what G_ema's code imports besides torch: the ``stylegan-xl`` extra of pyproject."""
+EXTRA_MODULES = {"dill", "click", "requests", "ninja"}
+CHECKOUT_MODULES = {"legacy", "dnnlib", "torch_utils", "training", "pg_modules",
+                    "feature_networks", "metrics", "gui_utils", "viz"}
+"""Top-level modules of the StyleGAN-XL code base: missing ones mean an incomplete checkout."""
+PIP_NAMES = {"PIL": "pillow", "cv2": "opencv-python", "sklearn": "scikit-learn",
+             "skimage": "scikit-image", "yaml": "pyyaml", "psutil": "psutil"}
+
+log = logging.getLogger(__name__)
+
 _ACTIVE_CHECKOUTS: set[Path] = set()
 _IMPORT_LOCK = threading.RLock()
 _BUILD_LOCK = threading.RLock()
@@ -64,7 +96,8 @@ class StyleGANXLGenerator(nn.Module):
     ``G``: the unpickled network. ``force_fp32``: None (default) follows the caller's
     precision: under autocast (``runtime.precision`` fp16/bf16) the network's own fp16 layers
     are used, otherwise it runs in full fp32 (``force_fp32=True``); True/False force either.
-    ``ops_in_use``: 'cuda' or 'ref', the custom-ops implementation synthesis runs on.
+    ``ops_in_use``: 'cuda' or 'ref', the custom-ops implementation synthesis runs on;
+    ``feature_layout``: how ``features`` crops its maps. Both enter the cache keys.
     """
 
     G: Any  # the official network: duck-typed, its classes live in the user's checkout
@@ -80,6 +113,7 @@ class StyleGANXLGenerator(nn.Module):
         self.resolution = int(G.img_resolution)
         self.ops_in_use = ops_in_use
         self.ops_note = ops_note
+        self.feature_layout = FEATURE_LAYOUT
         self.force_fp32 = force_fp32
 
     def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
@@ -115,19 +149,30 @@ class StyleGANXLGenerator(nn.Module):
             images = self.G.synthesis(ws.float(), noise_mode="const", force_fp32=force_fp32)
         return images.float()
 
+    def synthesis_layers(self) -> list[nn.Module]:
+        """The synthesis layers in the order they run: ``input`` and ``layer_names`` as in
+        StyleGAN3/StyleGAN-XL's ``SynthesisNetwork``, else its children."""
+        synthesis = self.G.synthesis
+        names = getattr(synthesis, "layer_names", None)
+        if names and isinstance(getattr(synthesis, "input", None), nn.Module):
+            return [synthesis.input, *(getattr(synthesis, name) for name in names)]
+        return list(synthesis.children())
+
     def synthesis_with_features(self, ws: torch.Tensor
                                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Images and feature maps of ``ws`` from one synthesis pass (``synthesis`` and
-        ``features`` together): forward hooks on ``G.synthesis``'s children keep every layer's
-        output, [N, C_i, H_i, W_i] float32 each, in the order they run."""
+        ``features`` together): forward hooks on the synthesis layers keep every layer's
+        output, cropped to the image (``image_window``), [N, C_i, H_i, W_i] float32 each, in
+        the order they run."""
         maps: list[torch.Tensor] = []
 
         def keep(module: nn.Module, inputs: Any, output: Any) -> None:
             x = output[0] if isinstance(output, tuple | list) else output
             if isinstance(x, torch.Tensor) and x.ndim == 4:
-                maps.append(x.float())
+                rows, cols = image_window(module, x.shape[-2], x.shape[-1])
+                maps.append(x[..., rows, cols].float())
 
-        handles = [layer.register_forward_hook(keep) for layer in self.G.synthesis.children()]
+        handles = [layer.register_forward_hook(keep) for layer in self.synthesis_layers()]
         try:
             images = self.synthesis(ws)
         finally:
@@ -136,9 +181,31 @@ class StyleGANXLGenerator(nn.Module):
         return images, maps
 
     def features(self, ws: torch.Tensor) -> list[torch.Tensor]:
-        """ws: [N, num_ws, w_dim] -> the output of every synthesis layer/block, in the order
-        they run, [N, C_i, H_i, W_i] float32 each (``synthesis_with_features``)."""
+        """ws: [N, num_ws, w_dim] -> the output of every synthesis layer, in the order they
+        run, each cropped to the part that covers the image, [N, C_i, H_i, W_i] float32
+        (``synthesis_with_features``)."""
         return self.synthesis_with_features(ws)[1]
+
+
+def image_window(layer: nn.Module, height: int, width: int) -> tuple[slice, slice]:
+    """The rows and columns of a layer's [.., height, width] output that cover the image.
+
+    A StyleGAN3 layer samples the image at ``out_sampling_rate`` (the input layer:
+    ``sampling_rate``) pixels per image side and adds a margin of equal width on every side,
+    so the image is the centred ``rate x rate`` window. Maps without a margin, and layers
+    without a sampling rate (other architectures), are kept whole.
+    """
+    rate = getattr(layer, "out_sampling_rate", getattr(layer, "sampling_rate", None))
+    try:
+        side = int(round(float(rate)))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return slice(None), slice(None)
+
+    def window(n: int) -> slice:
+        margin = (n - side) // 2
+        return slice(margin, margin + side) if 0 < side < n else slice(None)
+
+    return window(height), window(width)
 
 
 OpenURI = Callable[[str], contextlib.AbstractContextManager[IO[bytes]]]
@@ -151,9 +218,11 @@ def load_stylegan_xl(network: str | Path, source: str | Path, device: torch.devi
                      open_uri: OpenURI | None = None) -> StyleGANXLGenerator:
     """Load ``G_ema`` of the pickle ``network`` with the StyleGAN-XL checkout ``source``.
 
-    ``network``: a local path, or a URI (``s3://...``) opened with ``open_uri``. Raises
-    ``ModelError`` naming the fix when the checkout, its loader or the pickle is missing, the
-    pickle holds no ``G_ema``, or ``ops='cuda'`` cannot be honoured. Warns
+    ``network``: a local path, or a URI (``s3://...``) opened with ``open_uri``. The rest of
+    the pickle (D, ...) may need packages that are not installed: it is left unloaded. Raises
+    ``ModelError`` naming the fix when the checkout or the pickle is missing, the pickle holds
+    no ``G_ema``, G_ema's code needs a package that is not installed, or ``ops='cuda'`` cannot
+    be honoured. Warns
     (``ReferenceOpsWarning``) when ``ops='auto'`` falls back to the reference ops.
     """
     _check_ops(ops)
@@ -226,10 +295,12 @@ def _import_checkout(root: Path) -> ModuleType:
             importlib.import_module("dnnlib")
             return importlib.import_module("legacy")
         except Exception as exc:
+            hint = missing_package_hint(exc, root) or (
+                "the checkout is incomplete or needs packages that are not installed (see its "
+                "environment.yml)")
             raise ModelError(
                 f"generator.source {str(root)!r}: importing its legacy.py failed "
-                f"({type(exc).__name__}: {exc}); the checkout is incomplete or needs packages "
-                f"that are not installed (see its environment.yml)"
+                f"({type(exc).__name__}: {exc}); {hint}"
             ) from exc
 
 
@@ -260,27 +331,153 @@ def _opener(network: str, open_uri: OpenURI | None) -> Callable[[], Any]:
     return open_remote
 
 
+class Unloadable:
+    """An inert stand-in for an object of the pickle that cannot be rebuilt here: its class or
+    rebuild function does not import (``D``'s timm classes, a missing module) or fails.
+
+    Unpickling treats it as a class and as a function alike (it accepts any arguments and any
+    state) and keeps what failed: ``missing`` (``module.name``) and ``error`` (the exception).
+    """
+
+    missing = "?"
+    error: BaseException | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Unloadable:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["_state"] = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<unloadable {self.missing}: {self.error!r}>"
+
+    @classmethod
+    def of(cls, missing: str, error: BaseException) -> type[Unloadable]:
+        return type(f"Unloadable_{missing.rpartition('.')[2]}", (cls,),
+                    {"missing": missing, "error": error})
+
+
+def _load_from_bytes(data: bytes) -> Any:
+    """``torch.storage._load_from_bytes`` onto the CPU: pickles saved on a GPU hold storages
+    tagged ``cuda:N``; the network is moved to the configured device afterwards."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def _tolerant(rebuild: Callable[..., Any], missing: str) -> Callable[..., Any]:
+    """``rebuild`` (a function the pickle calls to make an object), with failures turned into
+    ``Unloadable`` objects; a persistent class whose source does not import is one."""
+
+    @functools.wraps(rebuild)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return rebuild(*args, **kwargs)
+        except Exception as exc:
+            meta = args[0] if args and isinstance(args[0], dict) else {}
+            return Unloadable.of(str(meta.get("class_name", missing)), exc)()
+
+    return call
+
+
+def _unpickler(legacy: ModuleType) -> type[pickle.Unpickler]:
+    """An unpickler derived from the checkout's own (``legacy._LegacyUnpickler``, whose
+    mappings it keeps) that makes ``Unloadable`` placeholders of what cannot be loaded."""
+    base = getattr(legacy, "_LegacyUnpickler", pickle.Unpickler)
+    if not (isinstance(base, type) and issubclass(base, pickle.Unpickler)):
+        base = pickle.Unpickler
+
+    class NetworkUnpickler(base):  # type: ignore[misc, valid-type]
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) == ("torch.storage", "_load_from_bytes"):
+                return _load_from_bytes
+            try:
+                found = super().find_class(module, name)
+            except Exception as exc:
+                return Unloadable.of(f"{module}.{name}", exc)
+            if isinstance(found, type):
+                return found
+            return _tolerant(found, f"{module}.{name}") if callable(found) else found
+
+    return NetworkUnpickler
+
+
+def unloadable_parts(obj: Any, path: str = "G_ema") -> list[tuple[str, Unloadable]]:
+    """(attribute path, placeholder) for every ``Unloadable`` inside ``obj``: its submodules,
+    parameters, buffers and attributes, and the items of its lists and dicts."""
+    found: list[tuple[str, Unloadable]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [(path, obj)]
+    while stack:
+        where, x = stack.pop()
+        if id(x) in seen or isinstance(x, str | bytes | int | float | bool | torch.Tensor):
+            continue
+        seen.add(id(x))
+        if isinstance(x, Unloadable):
+            found.append((where, x))
+            continue
+        if isinstance(x, dict):
+            items = [(f"{where}[{k!r}]", v) for k, v in x.items()]
+        elif isinstance(x, list | tuple | set | frozenset):
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(x)]
+        elif isinstance(getattr(x, "__dict__", None), dict) and not isinstance(x, type):
+            items = []
+            for k, v in vars(x).items():
+                if k in ("_modules", "_parameters", "_buffers"):
+                    items += [(f"{where}.{name}", child) for name, child in v.items()]
+                else:
+                    items.append((f"{where}.{k}", v))
+        else:
+            continue
+        stack.extend(reversed(items))
+    return found
+
+
+def missing_package_hint(exc: BaseException | None, root: Path) -> str:
+    """What to do about ``exc``: the pip command for a missing package, or the checkout to use
+    for a module the checkout lacks; '' when ``exc`` is no missing module."""
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if not name:
+        return ""
+    top = name.partition(".")[0]
+    if top in CHECKOUT_MODULES | _top_level_names(root) or top.startswith("_imported_module"):
+        return (f"the checkout {str(root)!r} has no module {name!r}: it is incomplete, or not "
+                f"the code the network was made with; set generator.source to a complete "
+                f"StyleGAN-XL checkout")
+    if top in EXTRA_MODULES:
+        return f"the package {top!r} is not installed: {EXTRA}"
+    package = PIP_NAMES.get(top, top)
+    return f"the package {package!r} is not installed: pip install {package}"
+
+
 def _load_g_ema(legacy: ModuleType, network: str, root: Path,
                 open_uri: OpenURI | None) -> Any:
     opener = _opener(network, open_uri)
-    if not hasattr(legacy, "load_network_pkl"):
-        raise ModelError(
-            f"generator.source {str(root)!r}: its legacy.py has no load_network_pkl; use the "
-            f"official StyleGAN-XL code ({_GET_CODE})"
-        )
     try:
         with opener() as f:
-            data = legacy.load_network_pkl(f)
+            data = _unpickler(legacy)(f).load()
     except ModelError:
         raise
     except FileNotFoundError as exc:
         raise ModelError(f"generator.network {network!r} does not exist ({exc}); point it at "
                          f"your StyleGAN-XL network pickle") from exc
     except Exception as exc:
+        hint = missing_package_hint(exc, root)
         raise ModelError(
-            f"generator.network {network!r} could not be loaded with "
-            f"{root / 'legacy.py'}:load_network_pkl ({type(exc).__name__}: {exc}); is it a "
-            f"StyleGAN-XL network pickle, and is generator.source the code it was made with?"
+            f"generator.network {network!r} could not be unpickled with the code in "
+            f"{str(root)!r} ({type(exc).__name__}: {exc}); "
+            + (hint or "is it a StyleGAN-XL network pickle, and is generator.source the code "
+                       "it was made with?")
         ) from exc
     if not isinstance(data, dict) or "G_ema" not in data:
         found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
@@ -289,6 +486,21 @@ def _load_g_ema(legacy: ModuleType, network: str, root: Path,
             f"StyleGAN-XL training snapshot or released network pickle, which store G_ema"
         )
     G = data["G_ema"]
+    broken = unloadable_parts(G)
+    if broken:
+        where, part = broken[0]
+        error = part.error
+        hint = missing_package_hint(error, root) or (
+            "is generator.source the StyleGAN-XL code the network was made with?")
+        raise ModelError(
+            f"generator.network {network!r}: {where} ({part.missing}) cannot be rebuilt "
+            f"({type(error).__name__}: {error}); {hint}"
+            + (f" ({len(broken) - 1} more parts of G_ema fail the same way)"
+               if len(broken) > 1 else "")
+        )
+    skipped = sorted(k for k, v in data.items() if k != "G_ema" and unloadable_parts(v, k))
+    if skipped:
+        log.info("%s: left %s unloaded (only G_ema is used)", network, ", ".join(skipped))
     missing = [a for a in _REQUIRED_ATTRS if not hasattr(G, a)]
     if not isinstance(G, nn.Module) or missing:
         raise ModelError(

@@ -60,9 +60,9 @@ def test_every_kind_of_the_config_is_registered() -> None:
 
 
 def test_stylegan_xl_through_the_config(tmp_path: Path) -> None:
-    cfg = GeneratorConfig(kind="stylegan-xl", ops="ref",
-                          network=str(write_network(tmp_path / "net.pkl")),
-                          source=str(write_checkout(tmp_path / "stylegan-xl")))
+    source = write_checkout(tmp_path / "stylegan-xl")
+    cfg = GeneratorConfig(kind="stylegan-xl", ops="ref", source=str(source),
+                          network=str(write_network(tmp_path / "net.pkl", source)))
     generator = load_generator(cfg, CPU)
     assert isinstance(generator, StyleGANXLGenerator) and generator.ops_in_use == "ref"
     again = load_generator(cfg, CPU)
@@ -70,7 +70,7 @@ def test_stylegan_xl_through_the_config(tmp_path: Path) -> None:
     spec = cfg.model_dump_json()
     assert fingerprint(generator, spec) == fingerprint(again, spec)
     other = load_generator(cfg.model_copy(update={
-        "network": str(write_network(tmp_path / "seed1.pkl", seed=1))}), CPU)
+        "network": str(write_network(tmp_path / "seed1.pkl", source, seed=1))}), CPU)
     assert fingerprint(other, spec) != fingerprint(generator, spec)
 
 

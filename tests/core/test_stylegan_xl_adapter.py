@@ -1,10 +1,12 @@
 """The StyleGAN-XL adapter against a stand-in checkout (tests/fixtures/stylegan_standin.py):
-loading through the checkout's own loader, truncation, synthesis switches, feature hooks, every
-failure path, and the custom-ops modes with a simulated plugin build."""
+loading G_ema from a training snapshot whose D cannot load, truncation, synthesis switches,
+feature hooks and their image windows, every failure path, and the custom-ops modes with a
+simulated plugin build."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import shutil
 import sys
 import types
@@ -22,10 +24,14 @@ from linkstyle_core.models.stylegan_xl import (
     ReferenceOpsWarning,
     configure_ops,
     load_stylegan_xl,
+    missing_package_hint,
     patch_get_plugin,
 )
 from tests.fixtures.stylegan_standin import (
     C_DIM,
+    D_PACKAGE,
+    LAYER_NAMES,
+    MARGIN,
     NUM_WS,
     RES,
     W_DIM,
@@ -52,8 +58,8 @@ def checkout(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def network(tmp_path: Path) -> Path:
-    return write_network(tmp_path / "imagenet16.pkl")
+def network(tmp_path: Path, checkout: Path) -> Path:
+    return write_network(tmp_path / "imagenet16.pkl", checkout)
 
 
 @pytest.fixture
@@ -72,17 +78,73 @@ def _op(name: str) -> types.ModuleType:
 # ------------------------------------------------------------------ loading
 
 
-def test_loads_g_ema_through_the_checkouts_loader(generator, checkout: Path) -> None:
+def test_loads_g_ema_from_a_snapshot_whose_discriminator_cannot_load(
+    generator, checkout: Path, network: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     check_protocol(generator, "generator")
     dims = (generator.z_dim, generator.c_dim, generator.w_dim, generator.num_ws,
             generator.resolution)
     assert dims == (Z_DIM, C_DIM, W_DIM, NUM_WS, RES)
-    # the network's classes come from the checkout on disk, not from a copy in this project
-    network_module = sys.modules[type(generator.G).__module__]
-    assert Path(network_module.__file__).is_relative_to(checkout.resolve())
+    # D's code needs a package that is not installed here: D is left out, G_ema loads anyway
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(D_PACKAGE)
+    with pytest.raises(ModuleNotFoundError, match=D_PACKAGE):
+        importlib.import_module("pg_modules.discriminator")
+    with caplog.at_level(logging.INFO, logger="linkstyle_core.models.stylegan_xl"):
+        again = load_stylegan_xl(str(network), checkout, ops="ref")
+    assert "left D unloaded (only G_ema is used)" in caplog.text
+    # the network's classes were rebuilt from the source in the pickle, and that source
+    # imports the checkout on disk (not a copy in this project)
+    source = (checkout / "training" / "networks_standin.py").read_text()
+    assert type(generator.G)._orig_module_src == source
     assert Path(sys.modules["legacy"].__file__).is_relative_to(checkout.resolve())
+    assert Path(_op("bias_act").__file__).is_relative_to(checkout.resolve())
     assert generator.ops_in_use == "ref"
     assert not any(p.requires_grad for p in generator.parameters())
+    ws = generator.mapping(torch.randn(2, Z_DIM), _one_hot([0, 1]))
+    torch.testing.assert_close(again.synthesis(ws), generator.synthesis(ws))
+
+
+def test_g_ema_needing_a_missing_package_names_it_and_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_checkout(tmp_path / "needs", network_imports=["tinyfilters"])
+    net = write_network(tmp_path / "needs.pkl", source, installed=["tinyfilters"])
+    with pytest.raises(ModelError, match=r"G_ema \(Generator\) cannot be rebuilt "
+                                         r"\(ModuleNotFoundError: No module named 'tinyfilters'\); "
+                                         r"the package 'tinyfilters' is not installed: "
+                                         r"pip install tinyfilters"):
+        load_stylegan_xl(str(net), source, ops="ref")
+    # dill wrote the snapshot and stores G_ema's numpy arrays through its own functions
+    net = write_network(tmp_path / "dill.pkl", write_checkout(tmp_path / "sg"))
+    monkeypatch.setitem(sys.modules, "dill", None)
+    monkeypatch.setitem(sys.modules, "dill._dill", None)
+    with pytest.raises(ModelError, match=r"G_ema\.synthesis\.input\.size "
+                                         r"\(dill\._dill\._create_array\) cannot be rebuilt .*"
+                                         r"the package 'dill' is not installed: "
+                                         r"pip install 'linkstyle\[stylegan-xl\]'"):
+        load_stylegan_xl(str(net), tmp_path / "sg", ops="ref")
+
+
+def test_legacy_needing_a_missing_package_names_it(tmp_path: Path, network: Path) -> None:
+    source = write_checkout(tmp_path / "needs", legacy_imports=["tinyfilters"])
+    with pytest.raises(ModelError, match=r"importing its legacy.py failed \(ModuleNotFoundError: "
+                                         r"No module named 'tinyfilters'\); the package "
+                                         r"'tinyfilters' is not installed: pip install "
+                                         r"tinyfilters"):
+        load_stylegan_xl(str(network), source, ops="ref")
+
+
+def test_missing_package_hints(tmp_path: Path) -> None:
+    def hint(name: str) -> str:
+        return missing_package_hint(ModuleNotFoundError(f"No module named {name!r}", name=name),
+                                    tmp_path)
+
+    assert hint("click") == "the package 'click' is not installed: " \
+                            "pip install 'linkstyle[stylegan-xl]'"
+    assert hint("PIL.Image").endswith("pip install pillow")
+    assert "the checkout" in hint("torch_utils.ops") and "incomplete" in hint("training.x")
+    assert missing_package_hint(ValueError("bad"), tmp_path) == ""
 
 
 def test_network_can_come_from_a_uri_through_an_opener(checkout: Path, network: Path) -> None:
@@ -98,7 +160,8 @@ def test_network_can_come_from_a_uri_through_an_opener(checkout: Path, network: 
 
 def test_a_second_checkout_replaces_the_first(tmp_path: Path, generator) -> None:
     other = write_checkout(tmp_path / "other-checkout")
-    g2 = load_stylegan_xl(str(write_network(tmp_path / "seed1.pkl", seed=1)), other, ops="ref")
+    g2 = load_stylegan_xl(str(write_network(tmp_path / "seed1.pkl", other, seed=1)), other,
+                          ops="ref")
     assert Path(sys.modules["legacy"].__file__).is_relative_to(other.resolve())
     assert str((tmp_path / "stylegan-xl").resolve()) not in sys.path
     z, c = torch.randn(2, Z_DIM), _one_hot([0, 1])
@@ -123,7 +186,7 @@ def test_mapping_truncates_towards_the_class_average(generator) -> None:
 
 
 def test_mapping_handles_a_single_w_avg(tmp_path: Path, checkout: Path) -> None:
-    net = write_network(tmp_path / "single.pkl", per_class_w_avg=False)
+    net = write_network(tmp_path / "single.pkl", checkout, per_class_w_avg=False)
     g = load_stylegan_xl(str(net), checkout, ops="ref")
     assert g.G.mapping.w_avg.shape == (W_DIM,)
     z, c = torch.randn(3, Z_DIM), _one_hot([0, 1, 2])
@@ -161,15 +224,65 @@ def test_synthesis_uses_constant_noise_and_the_fp32_switch(generator) -> None:
     torch.testing.assert_close(mixed, images)
 
 
-def test_features_are_every_synthesis_layer_in_order(generator) -> None:
+def test_features_are_every_synthesis_layer_in_order_cropped_to_the_image(generator) -> None:
     ws = generator.mapping(torch.randn(2, Z_DIM), _one_hot([1, 2]), 0.7)
     maps = generator.features(ws)
+    synthesis = generator.G.synthesis
+    assert synthesis.layer_names == LAYER_NAMES
+    # the layers compute on canvases 2 * MARGIN wider than the image, up to the last two
+    assert [int(layer.out_size[0]) for layer in generator.synthesis_layers()[1:]] == \
+        [16 + 2 * MARGIN, 16 + 2 * MARGIN, 16, 16]
     assert [tuple(m.shape) for m in maps] == [
-        (2, 16, 4, 4), (2, 16, 8, 8), (2, 16, 16, 16), (2, 3, 16, 16)
+        (2, 16, 8, 8), (2, 16, 16, 16), (2, 16, 16, 16), (2, 16, 16, 16), (2, 3, 16, 16)
     ]
-    torch.testing.assert_close(maps[-1], generator.synthesis(ws))
-    layers = list(generator.G.synthesis.children())
+    torch.testing.assert_close(maps[-1] * synthesis.output_scale, generator.synthesis(ws))
+    layers = list(synthesis.children())
     assert all(not layer._forward_hooks for layer in layers)  # hooks removed afterwards
+
+
+def _whole_maps(generator, ws: torch.Tensor) -> list[torch.Tensor]:
+    maps: list[torch.Tensor] = []
+    handles = [layer.register_forward_hook(lambda m, i, out: maps.append(out.float()))
+               for layer in generator.synthesis_layers()]
+    try:
+        generator.synthesis(ws)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return maps
+
+
+def _read_out_r2(maps: torch.Tensor, images: torch.Tensor) -> float:
+    """R² on held-out images of a per-pixel linear read-out of the image from ``maps``,
+    resized to the image as the segmenter does."""
+    x = torch.nn.functional.interpolate(maps, size=images.shape[-2:], mode="bilinear",
+                                        align_corners=False)
+    x = torch.cat([x, torch.ones_like(x[:, :1])], 1).permute(0, 2, 3, 1).flatten(1, 2)
+    y = images.permute(0, 2, 3, 1).flatten(1, 2)
+    half = len(images) // 2
+    a, b = x[:half].flatten(0, 1).double(), y[:half].flatten(0, 1).double()
+    coef = torch.linalg.solve(a.T @ a + 1e-3 * torch.eye(a.shape[1], dtype=a.dtype), a.T @ b)
+    test_x, test_y = x[half:].flatten(0, 1).double(), y[half:].flatten(0, 1).double()
+    residual = (test_y - test_x @ coef).square().sum()
+    return float(1 - residual / (test_y - test_y.mean(0)).square().sum())
+
+
+def test_aligned_feature_maps_read_out_the_image_better_than_whole_ones(generator) -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(96) % C_DIM
+    ws = generator.mapping(torch.randn(96, Z_DIM, generator=g), _one_hot(labels.tolist()), 0.7)
+    images, aligned = generator.synthesis_with_features(ws)
+    whole = _whole_maps(generator, ws)
+    compared = 0
+    for crop, full in zip(aligned, whole, strict=True):
+        if crop.shape == full.shape:  # image-sized layers: nothing to align
+            torch.testing.assert_close(crop, full)
+            continue
+        assert full.shape[-1] - crop.shape[-1] == 2 * MARGIN
+        r2_aligned, r2_whole = _read_out_r2(crop, images), _read_out_r2(full, images)
+        assert r2_aligned > r2_whole + 0.1, (tuple(full.shape), r2_aligned, r2_whole)
+        compared += 1
+    assert compared == 3  # the input layer and the two layers with margins
 
 
 def test_stage_3_renders_images_and_features_in_one_synthesis_pass(generator, monkeypatch) -> None:
@@ -222,8 +335,9 @@ def test_missing_pickle(tmp_path: Path, checkout: Path) -> None:
 
 
 def test_pickle_without_g_ema(tmp_path: Path, checkout: Path) -> None:
-    net = write_network(tmp_path / "no-ema.pkl", g_ema=False)
+    net = write_network(tmp_path / "no-ema.pkl", checkout, g_ema=False)
     with pytest.raises(ModelError, match=r"holds no 'G_ema' network \(found: \['D', 'G', "
+                                         r"'augment_pipe', 'progress', "
                                          r"'training_set_kwargs'\]\)"):
         load_stylegan_xl(str(net), checkout, ops="ref")
 
@@ -231,8 +345,8 @@ def test_pickle_without_g_ema(tmp_path: Path, checkout: Path) -> None:
 def test_unreadable_pickle(tmp_path: Path, checkout: Path) -> None:
     net = tmp_path / "corrupt.pkl"
     net.write_bytes(b"\x80\x04 not a network")
-    with pytest.raises(ModelError, match=r"could not be loaded with .*legacy.py:load_network_pkl "
-                                         r"\(.*\); is it a StyleGAN-XL network pickle"):
+    with pytest.raises(ModelError, match=r"could not be unpickled with the code in .*stylegan-xl"
+                                         r"' \(.*\); is it a StyleGAN-XL network pickle"):
         load_stylegan_xl(str(net), checkout, ops="ref")
 
 
@@ -335,8 +449,8 @@ def test_ops_cuda_is_an_error_when_building_fails(
 def test_incomplete_checkout(tmp_path: Path, network: Path) -> None:
     bare = write_checkout(tmp_path / "no-torch-utils", ops=False)
     with pytest.raises(ModelError, match=r"importing its legacy.py failed \(ModuleNotFoundError: "
-                                         r"No module named 'torch_utils'\); the checkout is "
-                                         r"incomplete"):
+                                         r"No module named 'torch_utils'\); the checkout .* has "
+                                         r"no module 'torch_utils': it is incomplete"):
         load_stylegan_xl(str(network), bare, ops="ref")
 
 

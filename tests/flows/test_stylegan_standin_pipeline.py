@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 def test_link_flow_runs_on_the_stylegan_xl_adapter(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     source = write_checkout(tmp_path / "stylegan-xl")
-    network = write_network(tmp_path / "networks" / "standin16.pkl")
+    network = write_network(tmp_path / "networks" / "standin16.pkl", source)
     monkeypatch.setenv(SOURCE_ENV, str(source))
     monkeypatch.setenv(NETWORK_ENV, str(network))
     config = {
