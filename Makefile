@@ -24,7 +24,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
 
 lint: $(STAMP)
-	$(BIN)/ruff check linkstyle_core storage tasks flows tests
+	$(BIN)/ruff check linkstyle_core storage tasks flows tests benchmarks
 	$(BIN)/mypy linkstyle_core storage tasks flows
 
 clean:

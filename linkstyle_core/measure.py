@@ -68,15 +68,21 @@ def part_measures(
     prob = hist.view(n, num_parts, bins) / safe.unsqueeze(-1)
     entropy = -(prob * torch.log2(prob.clamp_min(1e-12))).sum(-1)
 
-    ys = torch.arange(h, device=device, dtype=torch.float32).view(1, 1, h, 1)
-    xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, 1, w)
-    cx = (onehot * xs).sum((2, 3)) / safe
-    cy = (onehot * ys).sum((2, 3)) / safe
-    dx = xs - cx[..., None, None]
-    dy = ys - cy[..., None, None]
-    mu20 = (onehot * dx * dx).sum((2, 3)) / safe
-    mu02 = (onehot * dy * dy).sum((2, 3)) / safe
-    mu11 = (onehot * dx * dy).sum((2, 3)) / safe
+    # centroids and second moments from the parts' row and column profiles: one pass over
+    # the masks instead of five; the moments in float64 keep the centring exact enough
+    ys = torch.arange(h, device=device, dtype=torch.float64)
+    xs = torch.arange(w, device=device, dtype=torch.float64)
+    cols = onehot.sum(2).double()  # [N, P, W]
+    rows = onehot.sum(3).double()  # [N, P, H]
+    safe64 = safe.double()
+    cx64, cy64 = cols @ xs / safe64, rows @ ys / safe64
+    mu20 = (cols @ xs.square() / safe64 - cx64.square()).clamp_min(0).float()
+    mu02 = (rows @ ys.square() / safe64 - cy64.square()).clamp_min(0).float()
+    mu11 = (onehot @ xs.float()).double() @ ys / safe64 - cx64 * cy64
+    # what is left of an exactly symmetric part's mu11 after the centring is rounding noise,
+    # whose sign would flip its angle between -90 and 90 degrees
+    mu11 = mu11.where(mu11.abs() > 1e-9 * (mu20 + mu02 + 1), 0.0).float()
+    cx, cy = cx64.float(), cy64.float()
     # eigenvalues of the covariance [[mu20, mu11], [mu11, mu02]]
     half_trace = (mu20 + mu02) / 2
     root = torch.sqrt(((mu20 - mu02) / 2) ** 2 + mu11**2)
@@ -147,8 +153,9 @@ def optical_flow(
             break
         pa, pb = pyramid[-1]
         pyramid.append((F.avg_pool2d(pa, 2), F.avg_pool2d(pb, 2)))
+    # u and v are smoothed together: one padding and one grouped convolution per iteration
     avg_kernel = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]], dtype=torch.float32,
-                              device=a.device).view(1, 1, 3, 3) / 12
+                              device=a.device).view(1, 1, 3, 3).expand(2, 1, 3, 3) / 12
     flow = torch.zeros(a.shape[0], 2, *pyramid[-1][0].shape[-2:], device=a.device)
     for level_a, level_b in reversed(pyramid):
         if flow.shape[-2:] != level_a.shape[-2:]:
@@ -157,17 +164,17 @@ def optical_flow(
         warped = _warp(level_b, flow)
         ix, iy = _gradients((level_a + warped) / 2)
         it = warped - level_a
-        u0, v0 = flow[:, :1], flow[:, 1:]
-        u, v = u0, v0
+        grad = torch.cat([ix, iy], dim=1)  # [N, 2, h, w]
         shrink = smoothness / (smoothness + prior)
-        denom = smoothness + prior + ix**2 + iy**2
+        step = grad / (smoothness + prior + ix**2 + iy**2)
+        offset = it - (grad * flow).sum(1, keepdim=True)  # It - grad . flow0
+        uv = flow
         for _ in range(iterations):
-            a = shrink * F.conv2d(F.pad(u, (1, 1, 1, 1), mode="replicate"), avg_kernel)
-            b = shrink * F.conv2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), avg_kernel)
-            common = (ix * (a - u0) + iy * (b - v0) + it) / denom
-            u = a - ix * common
-            v = b - iy * common
-        flow = torch.cat([u, v], dim=1)
+            avg = F.conv2d(F.pad(uv, (1, 1, 1, 1), mode="replicate"), avg_kernel, groups=2)
+            avg = avg.mul_(shrink)
+            # uv = avg - grad (grad . (avg - flow0) + It) / denom
+            uv = avg.sub_(step * ((grad * avg).sum(1, keepdim=True) + offset))
+        flow = uv
     return flow
 
 
@@ -179,7 +186,8 @@ def part_motion(flow: torch.Tensor, labels: torch.Tensor, num_parts: int,
     first image's parts). Returns [N, num_parts], NaN for absent parts."""
     fg = (labels != 0).float().unsqueeze(1)  # [N, 1, H, W]
     drift = (flow * fg).sum((2, 3), keepdim=True) / fg.sum((2, 3), keepdim=True).clamp_min(1)
-    magnitude = (flow - drift).norm(dim=1)  # [N, H, W]
+    rel = flow - drift
+    magnitude = (rel[:, 0].square() + rel[:, 1].square()).sqrt()  # [N, H, W]; 10x norm(dim=1)
     onehot = F.one_hot(labels.long(), num_parts).permute(0, 3, 1, 2).float()
     count = onehot.sum((2, 3))
     mean = (onehot * magnitude.unsqueeze(1)).sum((2, 3)) / count.clamp_min(1)

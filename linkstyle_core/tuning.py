@@ -273,6 +273,12 @@ def tune(
                         "label", "reencoded", "images", "parts")}
     latent_dirs, readout = latent_dirs.to(device), readout.to(device)
     offsets_dev = offsets.to(device)
+
+    def keep(name: str, x: torch.Tensor) -> None:
+        # on a GPU the copy is asynchronous (into pinned memory): the loop never waits for the
+        # device, so the next batch is queued while this one is still being measured
+        outputs[name].append(x.to("cpu", non_blocking=True) if x.is_cuda else x)
+
     for start in range(0, len(pairs), per_batch):
         k, s = pairs[start:start + per_batch].to(device).unbind(1)
         off = offsets_dev[k, s]  # [B, S]
@@ -284,26 +290,27 @@ def tune(
         r2, logits = encode(classifier, images, precision)
         b = len(k)
         r2 = r2.view(b, steps, -1)
-        outputs["response"].append((r2 * readout[k, None, :]).sum(-1).cpu())
-        outputs["reencoded"].append((r2[:, -1] - r2[:, 0]).cpu())
+        keep("response", (r2 * readout[k, None, :]).sum(-1))
+        keep("reencoded", r2[:, -1] - r2[:, 0])
         cls = labels[s].to(device)
         class_logit = logits.view(b, steps, -1).gather(2, cls.view(b, 1, 1).expand(b, steps, 1))
-        outputs["logit"].append((class_logit.squeeze(2) - base[s, cls][:, None]).cpu())
-        outputs["top1"].append(logits.argmax(1).view(b, steps).cpu())
-        outputs["measures"].append(part_measures(images, parts, num_parts)
-                                   .view(b, steps, num_parts, -1).cpu())
+        keep("logit", class_logit.squeeze(2) - base[s, cls][:, None])
+        keep("top1", logits.argmax(1).view(b, steps))
+        keep("measures", part_measures(images, parts, num_parts).view(b, steps, num_parts, -1))
         imgs = images.view(b, steps, *images.shape[1:])
         traj_parts = parts.view(b, steps, *parts.shape[1:])
         flow = optical_flow(imgs[:, 0], imgs[:, -1])
-        outputs["motion"].append(part_motion(flow, traj_parts[:, 0], num_parts).cpu())
-        outputs["pixel"].append(((imgs[:, -1] - imgs[:, 0]).abs().mean((1, 2, 3)) / 2).cpu())
-        outputs["label"].append((traj_parts[:, -1] != traj_parts[:, 0]).float().mean((1, 2))
-                                .cpu())
+        keep("motion", part_motion(flow, traj_parts[:, 0], num_parts))
+        keep("pixel", (imgs[:, -1] - imgs[:, 0]).abs().mean((1, 2, 3)) / 2)
+        keep("label", (traj_parts[:, -1] != traj_parts[:, 0]).float().mean((1, 2)))
         if keep_images:
-            outputs["images"].append(to_uint8(imgs).cpu())
-            outputs["parts"].append(traj_parts.to(torch.uint8).cpu())
+            keep("images", to_uint8(imgs))
+            keep("parts", traj_parts.to(torch.uint8))
         if progress is not None:
             progress(b * steps)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # every asynchronous copy has landed
 
     def gather(name: str) -> torch.Tensor:
         x = torch.cat(outputs[name])
