@@ -253,6 +253,8 @@ def tune(
     precision: str = "fp32",
     keep_images: bool = True,
     progress: Callable[[int], None] | None = None,
+    on_images: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+    | None = None,
 ) -> TuneResult:
     """Render, re-encode, segment and measure trajectories along K directions.
 
@@ -261,7 +263,10 @@ def tune(
     (``A[:, u]`` for unit u in the paper's procedure, ``d_u / g_u`` when calibrated);
     readout: [K, D] how to read the direction from re-encoded r' (one-hot for a unit);
     offsets: [K, Ns, S]. Batches hold whole trajectories, so changes between the first and
-    last step are measured without keeping images around.
+    last step are measured without keeping images around. ``on_images(k, s, images, parts)``,
+    if given, receives every batch's directions [B], samples [B], images [B, S, 3, H, W] uint8
+    and part maps [B, S, H, W] uint8 on the CPU (to stream them to storage) instead of
+    keeping them.
     """
     device = w0.device
     k_dirs, n_samples, steps = offsets.shape
@@ -275,8 +280,8 @@ def tune(
     offsets_dev = offsets.to(device)
 
     def keep(name: str, x: torch.Tensor) -> None:
-        # on a GPU the copy is asynchronous (into pinned memory): the loop never waits for the
-        # device, so the next batch is queued while this one is still being measured
+        # on a GPU the copy to the host is asynchronous: the loop never waits for the device,
+        # so the next batch is queued while this one is still being measured
         outputs[name].append(x.to("cpu", non_blocking=True) if x.is_cuda else x)
 
     for start in range(0, len(pairs), per_batch):
@@ -303,7 +308,9 @@ def tune(
         keep("motion", part_motion(flow, traj_parts[:, 0], num_parts))
         keep("pixel", (imgs[:, -1] - imgs[:, 0]).abs().mean((1, 2, 3)) / 2)
         keep("label", (traj_parts[:, -1] != traj_parts[:, 0]).float().mean((1, 2)))
-        if keep_images:
+        if on_images is not None:
+            on_images(k.cpu(), s.cpu(), to_uint8(imgs).cpu(), traj_parts.to(torch.uint8).cpu())
+        elif keep_images:
             keep("images", to_uint8(imgs))
             keep("parts", traj_parts.to(torch.uint8))
         if progress is not None:
@@ -326,8 +333,8 @@ def tune(
         pixel_change=gather("pixel"),
         label_change=gather("label"),
         reencoded_change=gather("reencoded").mean(1),
-        images=gather("images") if keep_images else None,
-        parts=gather("parts") if keep_images else None,
+        images=gather("images") if outputs["images"] else None,
+        parts=gather("parts") if outputs["parts"] else None,
     )
 
 

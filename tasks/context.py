@@ -65,7 +65,7 @@ def _channels_last(model: object) -> None:
 
 @lru_cache(maxsize=4)
 def _load(generator_json: str, classifier_json: str, device_spec: str,
-          channels_last: bool = False) -> Models:
+          channels_last: bool = False, compile_classifier: bool = False) -> Models:
     cfg = AnalysisConfig.from_dict({"generator": json.loads(generator_json),
                                     "classifier": json.loads(classifier_json)})
     device = resolve_device(device_spec)
@@ -74,12 +74,15 @@ def _load(generator_json: str, classifier_json: str, device_spec: str,
     check_compatible(generator, classifier)
     if channels_last and device.type == "cuda":
         _channels_last(classifier)
+    if compile_classifier:  # compiled on its first call; its results differ in the last bits
+        classifier.features = torch.compile(classifier.features)  # type: ignore[method-assign]
     return Models(
         generator=generator,
         classifier=classifier,
         device=device,
         generator_key=fingerprint(generator, key_spec(generator_json, generator)),
-        classifier_key=fingerprint(classifier, classifier_json),
+        classifier_key=fingerprint(classifier, classifier_json
+                                   + (" compiled" if compile_classifier else "")),
     )
 
 
@@ -102,7 +105,7 @@ def key_spec(generator_json: str, generator: Any) -> str:
 def models_for(config: AnalysisConfig) -> Models:
     """The generator and classifier of ``config``, loaded once per process."""
     return _load(config.generator.model_dump_json(), config.classifier.model_dump_json(),
-                 config.runtime.device, config.runtime.channels_last)
+                 config.runtime.device, config.runtime.channels_last, config.runtime.compile)
 
 
 def resolve_classes(config: AnalysisConfig, models: Models) -> list[int]:

@@ -7,7 +7,10 @@ them in one pass and commits on its own, so a killed run resumes at the next unf
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -330,13 +333,90 @@ def _calibrate(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_
 
 
 def _run(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_dirs: torch.Tensor,
-         readout: torch.Tensor, offsets: torch.Tensor, desc: str, keep_images: bool) -> TuneResult:
+         readout: torch.Tensor, offsets: torch.Tensor, desc: str, keep_images: bool,
+         on_images: Callable[..., None] | None = None) -> TuneResult:
     total = offsets.numel()
     with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
         return tune(models.generator, models.classifier, inp["segmenter"], inp["w0"],
                     inp["labels"], inp["base"], latent_dirs, readout, offsets,
                     batch_size=cfg.runtime.batch_size, precision=cfg.runtime.precision,
-                    keep_images=keep_images, progress=bar.update)
+                    keep_images=keep_images, progress=bar.update, on_images=on_images)
+
+
+class ImageWriter:
+    """Streams a shard's tuned images and part maps into its arrays ``images`` [K, Ns, S, 3, H,
+    W] and ``parts`` [K, Ns, S, H, W] (uint8, one chunk per direction) from a background
+    thread, so that compressing and writing them overlaps with rendering the next batches.
+
+    Call it as ``tune``'s ``on_images``; a direction's chunk is written once all its samples
+    have arrived. ``close()`` waits for the last writes and raises what the thread raised.
+    """
+
+    def __init__(self, out: ArtifactWriter, directions: int, samples: int) -> None:
+        self.out, self.directions, self.samples = out, directions, samples
+        self.arrays: tuple[Any, Any] | None = None
+        self.pending: dict[int, list[Any]] = {}  # direction -> [images, parts, samples in]
+        self.queue: queue.Queue[tuple[int, np.ndarray, np.ndarray] | None] = queue.Queue(8)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._drain, name="tune-image-writer",
+                                       daemon=True)
+        self.thread.start()
+
+    def __call__(self, k: torch.Tensor, s: torch.Tensor, images: torch.Tensor,
+                 parts: torch.Tensor) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"writing tuned images failed: {self.error}") from self.error
+        if self.arrays is None:
+            shape = (self.directions, self.samples, *images.shape[1:])
+            chunks = (1, *shape[1:])
+            part_shape = (self.directions, self.samples, *parts.shape[1:])
+            self.arrays = (
+                self.out.create_array("images", shape, np.uint8, chunks=chunks),
+                self.out.create_array("parts", part_shape, np.uint8, chunks=(1, *part_shape[1:])),
+            )
+        images_np, parts_np = images.numpy(), parts.numpy()
+        for row, (direction, sample) in enumerate(zip(k.tolist(), s.tolist(), strict=True)):
+            entry = self.pending.setdefault(direction, [
+                np.empty((self.samples, *images_np.shape[1:]), np.uint8),
+                np.empty((self.samples, *parts_np.shape[1:]), np.uint8), 0])
+            entry[0][sample], entry[1][sample] = images_np[row], parts_np[row]
+            entry[2] += 1
+            if entry[2] == self.samples:
+                del self.pending[direction]
+                self.queue.put((direction, entry[0], entry[1]))
+
+    def _drain(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None or self.arrays is None:
+                continue
+            direction, images, parts = item
+            try:
+                self.arrays[0][direction] = images
+                self.arrays[1][direction] = parts
+            except BaseException as exc:  # handed to the tuning thread
+                self.error = exc
+
+    def close(self, check: bool = True) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if check and self.error is not None:
+            raise self.error
+        if check and self.pending:
+            raise RuntimeError(f"tuned images of directions {sorted(self.pending)} are "
+                               f"incomplete")
+
+
+def run_streamed(out: ArtifactWriter, directions: int, samples: int,
+                 run: Callable[[Callable[..., None]], TuneResult]) -> TuneResult:
+    """``run(on_images)`` with the images and part maps streamed into ``out`` as it goes."""
+    writer = ImageWriter(out, directions, samples)
+    try:
+        result = run(writer)
+    except BaseException:
+        writer.close(check=False)
+        raise
+    writer.close()
+    return result
 
 
 def _write_result(out: ArtifactWriter, ids: np.ndarray, id_name: str, res: TuneResult,
@@ -357,7 +437,7 @@ def _write_result(out: ArtifactWriter, ids: np.ndarray, id_name: str, res: TuneR
                         ("gain_analytic", calibration["gain_analytic"]),
                         ("gain_measured", calibration["gain_measured"])):
         out.write_array(name, value.numpy())
-    if res.images is not None and res.parts is not None:
+    if res.images is not None and res.parts is not None:  # unless streamed (ImageWriter)
         out.write_array("images", res.images.numpy(), chunks=(1, ns, steps, *res.images.shape[3:]))
         out.write_array("parts", res.parts.numpy(), chunks=(1, ns, steps, *res.parts.shape[3:]))
     grid = np.meshgrid(ids, np.arange(ns), np.arange(steps), indexing="ij")
@@ -419,10 +499,15 @@ def tune_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str
     probe = unit_offsets(values[:, [0, -1]].to(inp["r"].device), inp["probe_r"][:, units]).cpu()
     calibration = _calibrate(cfg, models, inp, inp["directions"][:, units].T, readout, spans,
                              probe)
-    res = _run(cfg, models, inp, calibration["step"], readout, offsets, f"tune {shard}",
-               cfg.tuning.store_images)
-    set_value = values[:, None, :].expand_as(res.offset).contiguous()
     with writer.shard(shard) as out:
+        if cfg.tuning.store_images:  # written while the trajectories render
+            res = run_streamed(out, len(units), len(inp["picks"]), lambda on_images: _run(
+                cfg, models, inp, calibration["step"], readout, offsets, f"tune {shard}", False,
+                on_images))
+        else:
+            res = _run(cfg, models, inp, calibration["step"], readout, offsets,
+                       f"tune {shard}", False)
+        set_value = values[:, None, :].expand_as(res.offset).contiguous()
         _write_result(out, units.numpy(), "unit", res, set_value, inp, calibration)
         out.info["parts"] = inp["parts"]
         out.timings["compute_s"] = round(time.perf_counter() - t0, 3)

@@ -29,6 +29,9 @@ def test_tiny_bench_prints_every_figure_as_json(tmp_path: Path) -> None:
     assert math.isclose(out["speedup_tune"], out["tune_img_s"] / out["reference_tune_img_s"])
     per_size = out["paired_by_samples"]
     assert out["speedup_paired"] == min(v["speedup_paired"] for v in per_size.values())
+    fewest = per_size[min(per_size, key=int)]
+    assert (out["paired_img_s"], out["reference_paired_img_s"]) == (
+        fewest["paired_img_s"], fewest["reference_paired_img_s"])
     for v in per_size.values():
         assert math.isclose(v["speedup_paired"], v["paired_img_s"] / v["reference_paired_img_s"])
     # peak memory at two unit counts, and a link fitted by both closed forms
