@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -284,6 +285,18 @@ def tune(
         # so the next batch is queued while this one is still being measured
         outputs[name].append(x.to("cpu", non_blocking=True) if x.is_cuda else x)
 
+    streamed: list[Any] = []  # a batch's images on their way to the host, and its event
+
+    def hand_over() -> None:
+        # the previous batch's images go to on_images once their copy has landed, one batch
+        # late: on a GPU the device then already works on the next batch
+        if streamed:
+            *batch, landed = streamed.pop()
+            if landed is not None:
+                landed.synchronize()
+            assert on_images is not None
+            on_images(*batch)
+
     for start in range(0, len(pairs), per_batch):
         k, s = pairs[start:start + per_batch].to(device).unbind(1)
         off = offsets_dev[k, s]  # [B, S]
@@ -309,7 +322,13 @@ def tune(
         keep("pixel", (imgs[:, -1] - imgs[:, 0]).abs().mean((1, 2, 3)) / 2)
         keep("label", (traj_parts[:, -1] != traj_parts[:, 0]).float().mean((1, 2)))
         if on_images is not None:
-            on_images(k.cpu(), s.cpu(), to_uint8(imgs).cpu(), traj_parts.to(torch.uint8).cpu())
+            hand_over()
+            host = [x.to("cpu", non_blocking=True) for x in
+                    (k, s, to_uint8(imgs), traj_parts.to(torch.uint8))]
+            landed = torch.cuda.Event() if device.type == "cuda" else None
+            if landed is not None:
+                landed.record()
+            streamed.append((*host, landed))
         elif keep_images:
             keep("images", to_uint8(imgs))
             keep("parts", traj_parts.to(torch.uint8))
@@ -318,6 +337,7 @@ def tune(
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # every asynchronous copy has landed
+    hand_over()
 
     def gather(name: str) -> torch.Tensor:
         x = torch.cat(outputs[name])
