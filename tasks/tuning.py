@@ -333,14 +333,16 @@ def _calibrate(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_
 
 
 def _run(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_dirs: torch.Tensor,
-         readout: torch.Tensor, offsets: torch.Tensor, desc: str, keep_images: bool,
+         readout: torch.Tensor, offsets: torch.Tensor, desc: str,
          on_images: Callable[..., None] | None = None) -> TuneResult:
+    """``tune`` with a progress bar; images go to ``on_images`` (the stage's image writer) or
+    nowhere, never into memory."""
     total = offsets.numel()
     with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
         return tune(models.generator, models.classifier, inp["segmenter"], inp["w0"],
                     inp["labels"], inp["base"], latent_dirs, readout, offsets,
                     batch_size=cfg.runtime.batch_size, precision=cfg.runtime.precision,
-                    keep_images=keep_images, progress=bar.update, on_images=on_images)
+                    keep_images=False, progress=bar.update, on_images=on_images)
 
 
 class ImageWriter:
@@ -500,13 +502,13 @@ def tune_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str
     calibration = _calibrate(cfg, models, inp, inp["directions"][:, units].T, readout, spans,
                              probe)
     with writer.shard(shard) as out:
-        if cfg.tuning.store_images:  # written while the trajectories render
-            res = run_streamed(out, len(units), len(inp["picks"]), lambda on_images: _run(
-                cfg, models, inp, calibration["step"], readout, offsets, f"tune {shard}", False,
-                on_images))
-        else:
-            res = _run(cfg, models, inp, calibration["step"], readout, offsets,
-                       f"tune {shard}", False)
+        def run(on_images: Callable[..., None] | None = None) -> TuneResult:
+            return _run(cfg, models, inp, calibration["step"], readout, offsets,
+                        f"tune {shard}", on_images)
+
+        # the images are written while the trajectories render
+        res = (run_streamed(out, len(units), len(inp["picks"]), run)
+               if cfg.tuning.store_images else run())
         set_value = values[:, None, :].expand_as(res.offset).contiguous()
         _write_result(out, units.numpy(), "unit", res, set_value, inp, calibration)
         out.info["parts"] = inp["parts"]
@@ -550,7 +552,7 @@ def tune_null(config: dict[str, Any], key: str, keys: dict[str, str]) -> dict[st
     probe = offsets[:, :1].expand(-1, len(inp["probe_w0"]), -1)  # symmetric about each r
     calibration = _calibrate(cfg, models, inp, dirs @ inp["directions"].T, dirs, null_spans,
                              probe)
-    res = _run(cfg, models, inp, calibration["step"], dirs, offsets, "null directions", False)
+    res = _run(cfg, models, inp, calibration["step"], dirs, offsets, "null directions")
     with store.writer("null", key, params=null_params(cfg, models), code_version=VERSIONS["null"],
                       inputs={k: keys[k] for k in _UPSTREAM} | models.keys) as out:
         _write_result(out, np.arange(len(dirs)), "direction", res, res.offset, inp, calibration)
