@@ -5,8 +5,9 @@ arguments), so a mistake fails before any stage runs and before the run is catal
 
 Flows only compose tasks. Every task is keyed by its artifact's content key; the artifact
 store decides what is rebuilt (see ``tasks.caching``). The task runner is the flow call's
-choice: by default one thread, since the stages share one device; pass
-``flow.with_options(task_runner=...)`` (e.g. prefect-dask) to fan shards out.
+choice (``runner``, ``address``, ``workers``; ``flows.runners``): by default one thread, since
+the stages share one device; a Dask or Ray cluster runs the shards side by side, one model
+task per GPU. Independent tasks are all submitted before any is waited for.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preflight import class_pairs, preflight
+from flows.runners import RunnerSpec, submit, using
+from flows.server import uses_own_server
 from linkstyle_core.config import AnalysisConfig
-from tasks.caching import submit, was_cached
+from tasks.caching import was_cached
 from tasks.catalog import new_run, record_run, stage_of
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.counterfactual import counterfactual_key, counterfactuals
@@ -65,11 +68,13 @@ class StageReport:
 
 
 def run_paired(config: AnalysisConfig, models: Models) -> StageReport:
-    """Submit stage 1 for both splits: one task per (split, class), then a finalize task."""
+    """Submit stage 1 for both splits: one task per (split, class), then one finalize task
+    per split; every class shard of both splits is submitted before anything is waited for."""
     store = store_for(config)
     classes = resolve_classes(config, models)
     payload = config.model_dump(mode="json")
     report = StageReport("paired", {})
+    futures = []
     for split in SPLITS:
         key = paired_key(config, models, classes, split)
         report.keys[split] = key
@@ -82,9 +87,10 @@ def run_paired(config: AnalysisConfig, models: Models) -> StageReport:
                                         key=key, shard=shard, cls=cls, classes=classes))
         final = submit(paired_finalize, complete, config=payload, split=split, key=key,
                        classes=classes, shards=shard_futures)
-        for fut in [*shard_futures, final]:  # a failed shard raises its own error first
-            fut.result()
-            report.count(fut)
+        futures += [*shard_futures, final]
+    for fut in futures:  # in submission order: a failed shard raises its own error first
+        fut.result()
+        report.count(fut)
     return report
 
 
@@ -124,28 +130,25 @@ def run_tune(config: AnalysisConfig, models: Models, paired: StageReport,
                         train_key=paired.keys["train"])
     segmenter = submit(fit_segmenter, store.exists("segmenter", keys["segmenter"]),
                        config=payload, key=keys["segmenter"])
-    futures = [ranges, directions, segmenter]
-    for fut in futures:
-        fut.result()
-    seg = store.open("segmenter", keys["segmenter"])
-    report.extra["miou"] = seg.info["miou"]
+    inputs = [ranges, directions, segmenter]  # every unit shard and the null read all three
     complete = store.exists("tune", keys["tune"])
     shards = []
     for shard in unit_shards(tune_params(config, models)["units"], config.tuning.shard_size):
         done = complete or store.shard_exists("tune", keys["tune"], shard)
-        shards.append(submit(tune_shard, done, config=payload, key=keys["tune"], shard=shard,
-                             keys=keys))
+        shards.append(submit(tune_shard, done, wait_for=inputs, config=payload,
+                             key=keys["tune"], shard=shard, keys=keys))
+    null = submit(tune_null, store.exists("null", keys["null"]), wait_for=inputs,
+                  config=payload, key=keys["null"], keys=keys)
     final = submit(tune_finalize, complete, config=payload, key=keys["tune"], keys=keys,
                    shards=shards)
-    null = submit(tune_null, store.exists("null", keys["null"]), config=payload,
-                  key=keys["null"], keys=keys)
     progress = _Progress("tune-progress", f"tuning: {len(shards)} unit shards, then the null",
                          len(shards) + 1)
-    for fut in [*futures, *shards, final, null]:
+    for fut in [*inputs, *shards, null, final]:
         fut.result()
         report.count(fut)
         if fut in shards or fut is null:
             progress.step()
+    report.extra["miou"] = store.open("segmenter", keys["segmenter"]).info["miou"]
     return report
 
 
@@ -240,14 +243,28 @@ def load_flow_config(config: dict[str, Any] | AnalysisConfig | None,
         return AnalysisConfig.from_yaml(local)
 
 
-def _cataloged(name: str, config: AnalysisConfig,
-               body: Callable[[], dict[str, StageReport]]) -> dict[str, StageReport]:
-    """Run ``body`` and record the run in the artifact root's catalog (``tasks.catalog``):
-    completed with the key of every stage, or failed with the error."""
+def runner_spec(runner: str, address: str | None, workers: int | None) -> RunnerSpec:
+    """The flow's runner parameters, checked (``RunnerError`` names the problem and the fix)."""
+    spec = RunnerSpec(runner, address or None, workers)
+    spec.check()
+    if spec.kind != "local" and not uses_own_server():
+        get_run_logger().warning(
+            "runner %s without PREFECT_API_URL: each worker process starts a temporary Prefect "
+            "server of its own, so its task runs are not shown with this flow run; point "
+            "PREFECT_API_URL at a long-lived server (`prefect server start`)", spec.kind)
+    return spec
+
+
+def _cataloged(name: str, config: AnalysisConfig, body: Callable[[], dict[str, StageReport]],
+               spec: RunnerSpec) -> dict[str, StageReport]:
+    """Run ``body`` with the task runner of ``spec`` and record the run in the artifact root's
+    catalog (``tasks.catalog``): completed with the key of every stage, or failed with the
+    error."""
     store = store_for(config)
     row = new_run(name, config.model_dump(mode="json"), config.artifact_root)
     try:
-        reports = body()
+        with using(spec):
+            reports = body()
     except BaseException as exc:
         try:
             record_run(store, row, "failed", {}, error=f"{type(exc).__name__}: {exc}")
@@ -315,31 +332,39 @@ def publish(config: AnalysisConfig, reports: dict[str, StageReport], run_id: str
                              description=f"run {run_id}: stages, artifacts, figures")
 
 
+# Every flow takes the runner parameters: runner "local" (one thread, the default), "dask" or
+# "ray"; address: a running cluster; workers: the size of a local cluster (flows.runners).
 @flow(name="linkstyle-paired-data", task_runner=_RUNNER, log_prints=True)
-def paired_data_flow(config: dict[str, Any] | None = None,
-                     config_path: str | None = None) -> dict[str, StageReport]:
+def paired_data_flow(config: dict[str, Any] | None = None, config_path: str | None = None,
+                     runner: str = "local", address: str | None = None,
+                     workers: int | None = None) -> dict[str, StageReport]:
     """Stage 1 alone: paired (w, r) data for the train and test splits."""
     cfg = load_flow_config(config, config_path)
     preflight(cfg, "paired")
-    return _cataloged("linkstyle-paired-data", cfg, lambda: _analysis(cfg, "paired"))
+    return _cataloged("linkstyle-paired-data", cfg, lambda: _analysis(cfg, "paired"),
+                      runner_spec(runner, address, workers))
 
 
 @flow(name="linkstyle-link", task_runner=_RUNNER, log_prints=True)
-def link_flow(config: dict[str, Any] | None = None,
-              config_path: str | None = None) -> dict[str, StageReport]:
+def link_flow(config: dict[str, Any] | None = None, config_path: str | None = None,
+              runner: str = "local", address: str | None = None,
+              workers: int | None = None) -> dict[str, StageReport]:
     """Stages 1-2: paired data (from the cache when unchanged) and the link."""
     cfg = load_flow_config(config, config_path)
     preflight(cfg, "link")
-    return _cataloged("linkstyle-link", cfg, lambda: _analysis(cfg, "link"))
+    return _cataloged("linkstyle-link", cfg, lambda: _analysis(cfg, "link"),
+                      runner_spec(runner, address, workers))
 
 
 @flow(name="linkstyle-tune-score", task_runner=_RUNNER, log_prints=True)
-def tune_score_flow(config: dict[str, Any] | None = None,
-                    config_path: str | None = None) -> dict[str, StageReport]:
+def tune_score_flow(config: dict[str, Any] | None = None, config_path: str | None = None,
+                    runner: str = "local", address: str | None = None,
+                    workers: int | None = None) -> dict[str, StageReport]:
     """Stages 3-4 (with 1-2 from the cache when unchanged): tuning and selectivity."""
     cfg = load_flow_config(config, config_path)
     preflight(cfg, "score")
-    return _cataloged("linkstyle-tune-score", cfg, lambda: _analysis(cfg, "score"))
+    return _cataloged("linkstyle-tune-score", cfg, lambda: _analysis(cfg, "score"),
+                      runner_spec(runner, address, workers))
 
 
 def run_counterfactual(config: AnalysisConfig, models: Models, reports: dict[str, StageReport],
@@ -358,7 +383,9 @@ def run_counterfactual(config: AnalysisConfig, models: Models, reports: dict[str
 @flow(name="linkstyle-counterfactual", task_runner=_RUNNER, log_prints=True)
 def counterfactual_flow(config: dict[str, Any] | None = None, origin: int | None = None,
                         target: int | None = None, with_selectivity: bool = True,
-                        config_path: str | None = None) -> dict[str, StageReport]:
+                        config_path: str | None = None, runner: str = "local",
+                        address: str | None = None,
+                        workers: int | None = None) -> dict[str, StageReport]:
     """Stages 1-2 (and 3-4 for the overlap with selective units), then counterfactuals."""
     cfg = load_flow_config(config, config_path)
     models = preflight(cfg, "score" if with_selectivity else "link", origin, target,
@@ -370,22 +397,28 @@ def counterfactual_flow(config: dict[str, Any] | None = None, origin: int | None
         reports["counterfactual"] = run_counterfactual(cfg, models, reports, pairs)
         return reports
 
-    return _cataloged("linkstyle-counterfactual", cfg, body)
+    return _cataloged("linkstyle-counterfactual", cfg, body,
+                      runner_spec(runner, address, workers))
 
 
 @flow(name="linkstyle-validate", task_runner=_RUNNER, log_prints=True)
-def validate_flow(config: dict[str, Any] | None = None,
-                  config_path: str | None = None) -> dict[str, StageReport]:
+def validate_flow(config: dict[str, Any] | None = None, config_path: str | None = None,
+                  runner: str = "local", address: str | None = None,
+                  workers: int | None = None) -> dict[str, StageReport]:
     """Stages 1-4 (cached) and the toy world's ground-truth validation."""
     cfg = load_flow_config(config, config_path)
     preflight(cfg, "validate")
-    return _cataloged("linkstyle-validate", cfg, lambda: _analysis(cfg, "validate"))
+    return _cataloged("linkstyle-validate", cfg, lambda: _analysis(cfg, "validate"),
+                      runner_spec(runner, address, workers))
 
 
 @flow(name="linkstyle-analysis", task_runner=_RUNNER, log_prints=True)
 def analysis_flow(config: dict[str, Any] | None = None, until: str = "score",
-                  config_path: str | None = None) -> dict[str, StageReport]:
+                  config_path: str | None = None, runner: str = "local",
+                  address: str | None = None, workers: int | None = None,
+                  ) -> dict[str, StageReport]:
     """The full analysis on the configured models, up to and including stage ``until``."""
     cfg = load_flow_config(config, config_path)
     preflight(cfg, until)
-    return _cataloged("linkstyle-analysis", cfg, lambda: _analysis(cfg, until))
+    return _cataloged("linkstyle-analysis", cfg, lambda: _analysis(cfg, until),
+                      runner_spec(runner, address, workers))

@@ -19,7 +19,7 @@ import time
 # measured to slow torch down up to 18x. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pandas as pd
 
@@ -33,6 +33,9 @@ from storage import (
     NotAnArtifactRoot,
 )
 from storage.errors import USER_ERRNOS
+
+if TYPE_CHECKING:
+    from flows.runners import RunnerSpec
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -281,20 +284,43 @@ def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
     return config
 
 
+def _runner(args: argparse.Namespace) -> RunnerSpec:
+    """The --runner, --address and --workers options, checked (``flows.runners``)."""
+    from flows.runners import RunnerSpec
+
+    spec = RunnerSpec(args.runner, args.address, args.workers)
+    spec.check()
+    return spec
+
+
+@contextlib.contextmanager
+def _prefect_for(spec: RunnerSpec) -> Iterator[None]:
+    """The Prefect server of a command-line run (``flows.server``), which the workers of a
+    cluster report to as well."""
+    from flows.runners import prefect_server_for
+    from flows.server import temporary_server
+
+    with temporary_server() as api_url, prefect_server_for(spec, api_url):
+        yield
+
+
 def _run_flow(args: argparse.Namespace, until: str) -> tuple[AnalysisConfig, dict]:
     config = _config_from_args(args)
     from flows.preflight import preflight
 
+    spec = _runner(args)
     preflight(config, until)  # every check that needs no stage's result, before Prefect starts
     _quiet_prefect_defaults()
     from flows.analysis import analysis_flow
-    from flows.server import temporary_server
 
+    where = f" on {spec.kind}" + (f" at {spec.address}" if spec.address else "") \
+        if spec.kind != "local" else ""
     print(f"linkstyle: {config.generator.kind} generator, {config.classifier.kind} "
-          f"classifier, stages up to {until!r}, artifacts under {config.artifact_root}")
+          f"classifier, stages up to {until!r}, artifacts under {config.artifact_root}{where}")
     t0 = time.perf_counter()
-    with temporary_server():
-        reports = analysis_flow(config.model_dump(mode="json"), until=until)
+    with _prefect_for(spec):
+        reports = analysis_flow(config.model_dump(mode="json"), until=until, runner=spec.kind,
+                                address=spec.address, workers=spec.workers)
     for report in reports.values():
         print(f"  {report.stage:<8} computed {report.computed:>3}  from cache {report.cached:>3}"
               f"  already stored {report.reused:>3}")
@@ -399,17 +425,19 @@ def cmd_counterfactual(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     from flows.preflight import preflight
 
+    spec = _runner(args)
     preflight(config, "link" if args.no_selectivity else "score", args.origin, args.target,
               counterfactual=True)
     _quiet_prefect_defaults()
     from flows.analysis import counterfactual_flow
-    from flows.server import temporary_server
 
     t0 = time.perf_counter()
-    with temporary_server():
+    with _prefect_for(spec):
         reports = counterfactual_flow(config.model_dump(mode="json"), origin=args.origin,
                                       target=args.target,
-                                      with_selectivity=not args.no_selectivity)
+                                      with_selectivity=not args.no_selectivity,
+                                      runner=spec.kind, address=spec.address,
+                                      workers=spec.workers)
     report = reports["counterfactual"]
     summary = report.extra["summary"]
     print(f"counterfactuals ({'computed' if report.computed else 'from the store'}, "
@@ -540,14 +568,26 @@ def build_parser() -> argparse.ArgumentParser:
         with_config(p)
         p.add_argument("--root", metavar="URI", help="artifact root (default: from the config)")
 
+    def with_runner(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--runner", choices=["local", "dask", "ray"], default="local",
+                       help="where the tasks run: one local thread (default), a Dask or a Ray "
+                            "cluster (docs/cluster.md)")
+        p.add_argument("--address", metavar="URI", help="a running cluster's scheduler "
+                       "(dask: tcp://host:8786; ray: ray://host:10001 or auto); default: start "
+                       "a local one")
+        p.add_argument("--workers", type=int, metavar="N", help="workers of the local cluster "
+                       "(default: one per GPU, else 1)")
+
     p = add("run", cmd_run, "run the analysis (default: the bundled toy world)")
     with_root(p)
+    with_runner(p)
     p.add_argument("--until", default="score", choices=["paired", "link", "tune", "score"],
                    help="last stage to run (default: score, the full analysis)")
 
     p = add("validate", cmd_validate,
             "toy world: compare each unit's selective part with the renderer's ground truth")
     with_root(p)
+    with_runner(p)
 
     p = add("unit", cmd_unit, "show what one unit does: tuning strips with difference maps "
             "and part outlines, the closed loop, per-part change (after `linkstyle run`)")
@@ -560,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("counterfactual", cmd_counterfactual,
             "move samples of one class across the decision boundary to another")
     with_root(p)
+    with_runner(p)
     p.add_argument("--origin", type=int, help="origin class (omit both for all pairs)")
     p.add_argument("--target", type=int, help="target class")
     p.add_argument("--samples", type=int, help="samples per pair (default: from the config)")

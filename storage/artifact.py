@@ -6,8 +6,10 @@ so a deleted Zarr chunk raises ``CorruptArtifact`` instead of reading back as th
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -27,7 +29,11 @@ def zarr_store(fs: AbstractFileSystem, path: str, read_only: bool) -> Any:
     """A Zarr v3 store for ``path`` on ``fs`` (a local store for local folders)."""
     if isinstance(fs, LocalFileSystem):
         return zarr.storage.LocalStore(path, read_only=read_only)
-    if not fs.async_impl:
+    if fs.async_impl and not fs.asynchronous:
+        # s3fs, gcsfs...: Zarr drives its own event loop and needs an instance made for it
+        spec = json.loads(fs.to_json())
+        fs = fsspec.AbstractFileSystem.from_json(json.dumps({**spec, "asynchronous": True}))
+    elif not fs.async_impl:
         from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
         fs = AsyncFileSystemWrapper(fs, asynchronous=True)

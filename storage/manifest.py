@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,11 @@ FORMAT_VERSION = 2  # 2: content (file sizes and checksums), digest, input_diges
 _VERSIONED_PACKAGES = (
     "linkstyle", "torch", "torchvision", "numpy", "zarr", "pyarrow", "pandas", "prefect", "fsspec",
 )
+
+
+def this_process() -> dict[str, Any]:
+    """The host name and process id of the caller (a manifest's ``writer``)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def utcnow() -> str:
@@ -66,6 +72,8 @@ class Manifest:
     digests mean equal bytes, whichever write produced them.
     shard_digests: a sharded artifact's shard id -> that shard's digest when it was finalised.
     input_digests: input key -> ``{"stage", "digest"}`` of each input artifact at commit time.
+    writer: the process that wrote it: ``host``, ``pid``, and for data (``data_dir`` set)
+    ``started`` and ``committed`` (Unix times) - on a cluster, which worker wrote what, when.
     """
 
     stage: str
@@ -87,6 +95,7 @@ class Manifest:
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=package_versions)
     created: str = field(default_factory=utcnow)
+    writer: dict[str, Any] = field(default_factory=this_process)
     format: int = FORMAT_VERSION
 
     def to_json(self) -> str:

@@ -66,6 +66,10 @@ class ArtifactStore:
     def __init__(self, root: str, storage_options: Mapping[str, Any] | None = None,
                  checksums: bool = True) -> None:
         options = dict(storage_options or {})
+        if fsspec.utils.get_protocol(str(root)) not in ("file", "local", "memory"):
+            # an object store's listings may change under us (other workers write there): a
+            # cached listing could hide a folder committed since, so list afresh every time
+            options.setdefault("use_listings_cache", False)
         fs, path = fsspec.core.url_to_fs(str(root), **options)
         self.fs: AbstractFileSystem = fs
         self.root_uri = str(root)

@@ -49,6 +49,7 @@ class ArtifactWriter:
         self.timings = manifest.timings
         self._arrays: dict[str, zarr.Array] = {}
         self._t0 = time.perf_counter()
+        self._manifest.writer["started"] = time.time()
         store._ensure_marker()
         fs = store.fs
         fs.makedirs(self.data_path, exist_ok=True)
@@ -109,6 +110,7 @@ class ArtifactWriter:
         self.timings["checksum_s"] = round(time.perf_counter() - t0, 4)
         self._manifest.input_digests = self.store._input_digests(self._manifest.inputs)
         self._manifest.created = utcnow()
+        self._manifest.writer["committed"] = time.time()
         fs = self.store.fs
         manifest_path = f"{self.path}/{MANIFEST}"
         previous = self.store._read_manifest(self.path, missing_ok=True, corrupt_ok=True)

@@ -17,7 +17,7 @@ from linkstyle_core.counterfactual import find_counterfactuals, pixel_distance, 
 from linkstyle_core.figures import counterfactual_figure
 from linkstyle_core.tuning import select_samples
 from storage import content_key
-from tasks.caching import by_content_key
+from tasks.caching import GPU_TAG, by_content_key
 from tasks.context import Models, as_config, models_for, store_for
 from tasks.link import load_link
 
@@ -66,7 +66,7 @@ def _summary(pairs_table: pd.DataFrame, units: pd.DataFrame | None, top_k: int,
 
 
 @task(name="counterfactual", cache_key_fn=by_content_key, persist_result=True,
-      task_run_name="counterfactual")
+      task_run_name="counterfactual", tags={GPU_TAG})
 def counterfactuals(config: dict[str, Any], key: str, pairs: list[list[int]],
                     keys: dict[str, str]) -> dict[str, Any]:
     """Optimise, render and re-classify counterfactuals for every (origin, target) pair."""

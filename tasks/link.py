@@ -15,7 +15,7 @@ from linkstyle_core.link import LinearLink
 from linkstyle_core.metrics import closed_loop, mse, order_agreement, r2_scores
 from linkstyle_core.models.registry import check_compatible
 from storage import Artifact, content_key
-from tasks.caching import by_content_key
+from tasks.caching import GPU_TAG, by_content_key
 from tasks.context import Models, as_config, models_for, store_for
 
 STAGE = "link"
@@ -43,7 +43,8 @@ def _pairs(artifact: Artifact) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
             torch.from_numpy(artifact.load("label")))
 
 
-@task(name="link", cache_key_fn=by_content_key, persist_result=True, task_run_name="link")
+@task(name="link", cache_key_fn=by_content_key, persist_result=True, task_run_name="link",
+      tags={GPU_TAG})
 def fit_link(config: dict[str, Any], key: str, train_key: str, test_key: str) -> dict[str, Any]:
     """Fit w ~ A r + b; write coef/intercept, a metrics table and per-dimension R²."""
     cfg = as_config(config)

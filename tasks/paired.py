@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.paired import sample_class
 from storage import ShardedWriter, content_key
-from tasks.caching import IO_RETRIES, by_content_key
+from tasks.caching import GPU_TAG, IO_RETRIES, by_content_key
 from tasks.context import Models, as_config, models_for, store_for
 
 STAGE = "paired"
@@ -48,7 +48,8 @@ def paired_writer(config: AnalysisConfig, models: Models, classes: list[int], sp
 
 
 @task(name="paired-shard", cache_key_fn=by_content_key, persist_result=True,
-      cache_result_in_memory=False, task_run_name="paired-{split}-{shard}", **IO_RETRIES)
+      cache_result_in_memory=False, task_run_name="paired-{split}-{shard}", tags={GPU_TAG},
+      **IO_RETRIES)
 def paired_shard(config: dict[str, Any], split: str, key: str, shard: str, cls: int,
                  classes: list[int]) -> dict[str, Any]:
     """Sample, render, classify and keep one class's pairs; commit them as one shard."""

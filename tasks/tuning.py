@@ -42,7 +42,7 @@ from linkstyle_core.tuning import (
     unit_offsets,
 )
 from storage import Artifact, ArtifactWriter, ShardedWriter, content_key
-from tasks.caching import IO_RETRIES, by_content_key
+from tasks.caching import GPU_TAG, IO_RETRIES, by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
 
@@ -228,7 +228,7 @@ def _features(models: Models, ws: torch.Tensor, batch: int) -> list[torch.Tensor
 
 
 @task(name="segmenter", cache_key_fn=by_content_key, persist_result=True,
-      task_run_name="segmenter")
+      task_run_name="segmenter", tags={GPU_TAG})
 def fit_segmenter(config: dict[str, Any], key: str) -> dict[str, Any]:
     """Train the few-shot segmenter on labelled images; store weights and held-out mIoU."""
     cfg = as_config(config)
@@ -482,7 +482,8 @@ def _tune_writer(cfg: AnalysisConfig, models: Models, key: str,
 
 
 @task(name="tune-shard", cache_key_fn=by_content_key, persist_result=True,
-      cache_result_in_memory=False, task_run_name="tune-{shard}", **IO_RETRIES)
+      cache_result_in_memory=False, task_run_name="tune-{shard}", tags={GPU_TAG},
+      **IO_RETRIES)
 def tune_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str]) -> dict:
     """Tune one shard of units: calibrated steps, trajectories, closed-loop response, parts and
     measurements."""
@@ -532,7 +533,7 @@ def tune_finalize(config: dict[str, Any], key: str, keys: dict[str, str],
 
 
 @task(name="null", cache_key_fn=by_content_key, persist_result=True, task_run_name="null",
-      **IO_RETRIES)
+      tags={GPU_TAG}, **IO_RETRIES)
 def tune_null(config: dict[str, Any], key: str, keys: dict[str, str]) -> dict[str, Any]:
     """The null control: random r-space directions with the units' step sizes, calibrated
     exactly as the units are, on ``tuning.null_samples_per_class`` samples per class and two

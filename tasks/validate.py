@@ -22,7 +22,7 @@ from linkstyle_core.validation import (
     within_class_correlation,
 )
 from storage import content_key
-from tasks.caching import by_content_key
+from tasks.caching import GPU_TAG, by_content_key
 from tasks.context import Models, as_config, models_for, store_for
 
 STAGE = "validation"
@@ -72,7 +72,7 @@ def _truth(models: Models, batch: int, units: list[int]) -> tuple[pd.DataFrame, 
 
 
 @task(name="validation", cache_key_fn=by_content_key, persist_result=True,
-      task_run_name="validation")
+      task_run_name="validation", tags={GPU_TAG})
 def validate_units(config: dict[str, Any], key: str, selectivity_key: str) -> dict[str, Any]:
     cfg = as_config(config)
     if cfg.generator.kind != "toy" or cfg.classifier.kind != "toy":
