@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,sklearn,timm,stylegan-xl]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,sklearn,timm,stylegan-xl,dask,ray,s3]'
 	touch $(STAMP)
 
 install: $(STAMP)

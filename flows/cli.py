@@ -286,10 +286,12 @@ def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
 
 def _runner(args: argparse.Namespace) -> RunnerSpec:
     """The --runner, --address and --workers options, checked (``flows.runners``)."""
-    from flows.runners import RunnerSpec
+    from flows.runners import RunnerSpec, check_reachable_server
+    from flows.server import uses_own_server
 
     spec = RunnerSpec(args.runner, args.address, args.workers)
     spec.check()
+    check_reachable_server(spec, uses_own_server())
     return spec
 
 
@@ -571,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_runner(p: argparse.ArgumentParser) -> None:
         p.add_argument("--runner", choices=["local", "dask", "ray"], default="local",
                        help="where the tasks run: one local thread (default), a Dask or a Ray "
-                            "cluster (docs/cluster.md)")
+                            "cluster (README, 'Running on a cluster')")
         p.add_argument("--address", metavar="URI", help="a running cluster's scheduler "
                        "(dask: tcp://host:8786; ray: ray://host:10001 or auto); default: start "
                        "a local one")

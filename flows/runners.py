@@ -120,10 +120,6 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _worker_threads() -> dict[str, str]:
     """The environment of a local cluster's workers. Dask's nanny and Ray give each worker
     one CPU thread (OMP_NUM_THREADS=1); CPU results depend in their last bits on torch's
@@ -187,6 +183,18 @@ def _ray_runner(spec: RunnerSpec) -> Any:
     return RayTaskRunner(init_kwargs=init)
 
 
+def check_reachable_server(spec: RunnerSpec, own_server: bool) -> None:
+    """A cluster at a remote address needs a Prefect server its workers reach
+    (``PREFECT_API_URL``, ``own_server``), not a command's temporary one on 127.0.0.1."""
+    if spec.remote and not own_server:
+        raise RunnerError(
+            f"the {spec.kind} cluster at {spec.address} runs tasks on other machines, which "
+            "cannot reach this command's temporary Prefect server on 127.0.0.1; start a "
+            "long-lived one (`prefect server start --host 0.0.0.0`) and set "
+            "PREFECT_API_URL=http://<this host>:4200/api on this machine and every worker "
+            "(or use Prefect Cloud)")
+
+
 @contextlib.contextmanager
 def prefect_server_for(spec: RunnerSpec, api_url: str | None) -> Iterator[None]:
     """Let the workers of ``spec`` report to the command line's temporary Prefect server at
@@ -195,25 +203,27 @@ def prefect_server_for(spec: RunnerSpec, api_url: str | None) -> Iterator[None]:
     if spec.kind == "local" or api_url is None:
         yield
         return
-    if spec.remote:
-        raise RunnerError(
-            f"the {spec.kind} cluster at {spec.address} runs tasks on other machines, which "
-            "cannot reach this command's temporary Prefect server on 127.0.0.1; start a "
-            "long-lived one (`prefect server start --host 0.0.0.0`) and set "
-            "PREFECT_API_URL=http://<this host>:4200/api on this machine and every worker "
-            "(or use Prefect Cloud)")
+    check_reachable_server(spec, own_server=False)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = api_url
+    with environ_kept(), temporary_settings({PREFECT_API_URL: api_url}):
+        os.environ["PREFECT_API_URL"] = api_url
+        yield
+
+
+@contextlib.contextmanager
+def environ_kept() -> Iterator[None]:
+    """Restore this process's environment on the way out. Starting a local Dask cluster sets
+    OMP_NUM_THREADS=1 (and more) in the parent's environment for its workers and leaves it
+    there; a later local run in this process, or a command it starts, would then compute with
+    one thread, and its results would differ in their last bits."""
+    before = dict(os.environ)
     try:
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            yield
+        yield
     finally:
-        if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = before
+        for name in set(os.environ) - set(before):
+            del os.environ[name]
+        os.environ.update(before)
 
 
 @contextlib.contextmanager
@@ -225,7 +235,7 @@ def using(spec: RunnerSpec) -> Iterator[None]:
         yield
         return
     runner = _dask_runner(spec) if spec.kind == "dask" else _ray_runner(spec)
-    with runner:
+    with environ_kept(), runner:
         if spec.kind == "dask" and spec.address:
             _check_dask_workers(runner, spec.address)
         token = _ACTIVE.set((runner, spec.kind))

@@ -196,6 +196,16 @@ CASES: list[tuple[str, dict | str | None, list[str], list[str]]] = [
      ["counterfactual.samples", "greater than or equal to 1"]),
     ("counterfactual-huge-samples", _tiny(segment=LABELLED),
      ["counterfactual", "--samples", str(10**30)], ["counterfactual.samples", "100000"]),
+    # -- the task runner (flows.runners)
+    ("runner-unknown", _tiny(segment=LABELLED), ["run", "--runner", "spark"],
+     ["--runner", "invalid choice: 'spark'"]),
+    ("workers-without-a-runner", _tiny(segment=LABELLED), ["run", "--workers", "2"],
+     ["address and workers apply to the dask and ray runners", "--runner dask"]),
+    ("workers-zero", _tiny(segment=LABELLED), ["run", "--runner", "dask", "--workers", "0"],
+     ["workers must be a whole number >= 1, got 0"]),
+    ("address-and-workers", _tiny(segment=LABELLED),
+     ["validate", "--runner", "ray", "--address", "auto", "--workers", "2"],
+     ["either an address", "not both"]),
     ("counterfactual-more-than-held-out", _tiny(segment=LABELLED),
      ["counterfactual", "--samples", "50"],
      ["counterfactual.samples (50)", "data.test_samples_per_class (20)"]),
@@ -270,12 +280,34 @@ def test_cuda_without_a_gpu_is_a_config_error(world, capsys) -> None:
     assert "Traceback" not in err and snapshot(world["root"]) == before
 
 
-def test_s3_without_s3fs_says_what_to_install(world, capsys) -> None:
-    try:
-        import s3fs  # noqa: F401
-        pytest.skip("s3fs is installed")
-    except ImportError:
-        pass
+def test_a_remote_cluster_needs_a_prefect_server_its_workers_reach(world, capsys,
+                                                                    monkeypatch) -> None:
+    import flows.server
+
+    monkeypatch.setattr(flows.server, "uses_own_server", lambda: False)  # no PREFECT_API_URL
+    args = _argv(world, _tiny(segment=LABELLED), ["counterfactual", "--runner", "dask",
+                                                  "--address", "tcp://10.1.2.3:8786"])
+    before = snapshot(world["root"])
+    t0 = time.perf_counter()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    for words in ("tcp://10.1.2.3:8786", "cannot reach this command's temporary Prefect "
+                  "server", "prefect server start", "PREFECT_API_URL"):
+        assert words in err, err
+    assert "Traceback" not in err and snapshot(world["root"]) == before
+    assert time.perf_counter() - t0 < 5  # refused before a server or a cluster starts
+    # the same cluster with a server of one's own is accepted (and then reached: not here)
+    from flows.runners import RunnerSpec, check_reachable_server
+
+    check_reachable_server(RunnerSpec("dask", "tcp://10.1.2.3:8786"), own_server=True)
+    check_reachable_server(RunnerSpec("dask", "tcp://127.0.0.1:8786"), own_server=False)
+
+
+def test_s3_without_s3fs_says_what_to_install(world, capsys, monkeypatch) -> None:
+    from fsspec.registry import _registry
+
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if the s3 extra were not installed
+    monkeypatch.delitem(_registry, "s3", raising=False)
     args = _argv(world, _tiny(segment=LABELLED), ["run", "--root", "s3://bucket/prefix"])
     assert main(args) == 2
     err = capsys.readouterr().err
