@@ -21,8 +21,14 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preflight import class_pairs, preflight
-from flows.runners import RunnerSpec, submit, using
-from flows.server import uses_own_server
+from flows.runners import (
+    RunnerSpec,
+    check_reachable_server,
+    prefect_server_for,
+    submit,
+    using,
+)
+from flows.server import temporary_api_url, uses_own_server
 from linkstyle_core.config import AnalysisConfig
 from tasks.caching import was_cached
 from tasks.catalog import new_run, record_run, stage_of
@@ -244,14 +250,11 @@ def load_flow_config(config: dict[str, Any] | AnalysisConfig | None,
 
 
 def runner_spec(runner: str, address: str | None, workers: int | None) -> RunnerSpec:
-    """The flow's runner parameters, checked (``RunnerError`` names the problem and the fix)."""
+    """The flow's runner parameters, checked (``RunnerError`` names the problem and the fix):
+    a cluster on other machines needs a Prefect server they reach (``PREFECT_API_URL``)."""
     spec = RunnerSpec(runner, address or None, workers)
     spec.check()
-    if spec.kind != "local" and not uses_own_server():
-        get_run_logger().warning(
-            "runner %s without PREFECT_API_URL: each worker process starts a temporary Prefect "
-            "server of its own, so its task runs are not shown with this flow run; point "
-            "PREFECT_API_URL at a long-lived server (`prefect server start`)", spec.kind)
+    check_reachable_server(spec, uses_own_server())
     return spec
 
 
@@ -262,8 +265,11 @@ def _cataloged(name: str, config: AnalysisConfig, body: Callable[[], dict[str, S
     error."""
     store = store_for(config)
     row = new_run(name, config.model_dump(mode="json"), config.artifact_root)
+    # without PREFECT_API_URL this process runs a temporary server: a local cluster's workers
+    # report to it too, instead of each starting one of its own
+    server = None if uses_own_server() else temporary_api_url()
     try:
-        with using(spec):
+        with prefect_server_for(spec, server), using(spec):
             reports = body()
     except BaseException as exc:
         try:

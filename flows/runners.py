@@ -197,9 +197,10 @@ def check_reachable_server(spec: RunnerSpec, own_server: bool) -> None:
 
 @contextlib.contextmanager
 def prefect_server_for(spec: RunnerSpec, api_url: str | None) -> Iterator[None]:
-    """Let the workers of ``spec`` report to the command line's temporary Prefect server at
-    ``api_url`` (None: ``PREFECT_API_URL`` already names a server): its URL becomes this
-    process's setting and, for the worker processes of a local cluster, its environment."""
+    """Let the workers of ``spec`` report to this process's temporary Prefect server at
+    ``api_url`` (None: ``PREFECT_API_URL`` already names a server, or there is none): its URL
+    becomes this process's setting and, for the worker processes of a local cluster, its
+    environment."""
     if spec.kind == "local" or api_url is None:
         yield
         return

@@ -84,6 +84,15 @@ def uses_own_server() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
+def temporary_api_url() -> str | None:
+    """The URL of this process's temporary Prefect server, if one runs (a flow called without
+    ``PREFECT_API_URL`` starts one), else None."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer._instances.get(None)
+    return server.api_url if server is not None and server.running else None
+
+
 @contextlib.contextmanager
 def temporary_server() -> Iterator[str | None]:
     """Start Prefect's temporary server for the duration of the block (yield its API URL), or
@@ -94,9 +103,9 @@ def temporary_server() -> Iterator[str | None]:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    existing = SubprocessASGIServer._instances.get(None)
-    if existing is not None and existing.running:  # started earlier in this process: reuse
-        yield existing.api_url
+    existing = temporary_api_url()
+    if existing is not None:  # started earlier in this process: reuse
+        yield existing
         return
     SubprocessASGIServer._instances.pop(None, None)  # one that failed to start
     server = _server_class()()

@@ -153,13 +153,16 @@ def test_shards_retry_transient_io_errors_but_not_user_errors(
     attempts: Counter = Counter()
 
     def refused(*args, **kwargs):
-        attempts[args[2]] += 1  # the class
+        attempts[kwargs["split"], args[2]] += 1  # the shard: split and class
         raise AcceptanceError(f"class {args[2]}: the classifier accepts too few of its images")
 
     monkeypatch.setattr(paired_tasks, "sample_class", refused)
     with pytest.raises(AcceptanceError):
         paired_data_flow(_config(tmp_path / "second"))
-    assert attempts and set(attempts.values()) == {1}  # every shard tried once, none retried
+    # every shard of both splits (all submitted before any is waited for) tried once, none
+    # retried
+    assert set(attempts) == {(split, c) for split in ("train", "test") for c in range(3)}
+    assert set(attempts.values()) == {1}
     # both runs are in their roots' catalogs: the first completed with its keys, the second
     # failed with its error
     first = read_catalog(store).iloc[-1]
