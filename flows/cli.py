@@ -285,7 +285,8 @@ def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
 
 
 def _runner(args: argparse.Namespace) -> RunnerSpec:
-    """The --runner, --address and --workers options, checked (``flows.runners``)."""
+    """The --runner, --address and --workers options, checked (``flows.runners``). The flow
+    passes the command's temporary Prefect server on to a local cluster's workers."""
     from flows.runners import RunnerSpec, check_reachable_server
     from flows.server import uses_own_server
 
@@ -293,17 +294,6 @@ def _runner(args: argparse.Namespace) -> RunnerSpec:
     spec.check()
     check_reachable_server(spec, uses_own_server())
     return spec
-
-
-@contextlib.contextmanager
-def _prefect_for(spec: RunnerSpec) -> Iterator[None]:
-    """The Prefect server of a command-line run (``flows.server``), which the workers of a
-    cluster report to as well."""
-    from flows.runners import prefect_server_for
-    from flows.server import temporary_server
-
-    with temporary_server() as api_url, prefect_server_for(spec, api_url):
-        yield
 
 
 def _run_flow(args: argparse.Namespace, until: str) -> tuple[AnalysisConfig, dict]:
@@ -314,13 +304,14 @@ def _run_flow(args: argparse.Namespace, until: str) -> tuple[AnalysisConfig, dic
     preflight(config, until)  # every check that needs no stage's result, before Prefect starts
     _quiet_prefect_defaults()
     from flows.analysis import analysis_flow
+    from flows.server import temporary_server
 
     where = f" on {spec.kind}" + (f" at {spec.address}" if spec.address else "") \
         if spec.kind != "local" else ""
     print(f"linkstyle: {config.generator.kind} generator, {config.classifier.kind} "
           f"classifier, stages up to {until!r}, artifacts under {config.artifact_root}{where}")
     t0 = time.perf_counter()
-    with _prefect_for(spec):
+    with temporary_server():
         reports = analysis_flow(config.model_dump(mode="json"), until=until, runner=spec.kind,
                                 address=spec.address, workers=spec.workers)
     for report in reports.values():
@@ -432,9 +423,10 @@ def cmd_counterfactual(args: argparse.Namespace) -> int:
               counterfactual=True)
     _quiet_prefect_defaults()
     from flows.analysis import counterfactual_flow
+    from flows.server import temporary_server
 
     t0 = time.perf_counter()
-    with _prefect_for(spec):
+    with temporary_server():
         reports = counterfactual_flow(config.model_dump(mode="json"), origin=args.origin,
                                       target=args.target,
                                       with_selectivity=not args.no_selectivity,
