@@ -21,13 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preflight import class_pairs, preflight
-from flows.runners import (
-    RunnerSpec,
-    check_reachable_server,
-    prefect_server_for,
-    submit,
-    using,
-)
+from flows.runners import RunnerSpec, checked_spec, prefect_server_for, submit, using
 from flows.server import temporary_api_url, uses_own_server
 from linkstyle_core.config import AnalysisConfig
 from tasks.caching import was_cached
@@ -249,15 +243,6 @@ def load_flow_config(config: dict[str, Any] | AnalysisConfig | None,
         return AnalysisConfig.from_yaml(local)
 
 
-def runner_spec(runner: str, address: str | None, workers: int | None) -> RunnerSpec:
-    """The flow's runner parameters, checked (``RunnerError`` names the problem and the fix):
-    a cluster on other machines needs a Prefect server they reach (``PREFECT_API_URL``)."""
-    spec = RunnerSpec(runner, address or None, workers)
-    spec.check()
-    check_reachable_server(spec, uses_own_server())
-    return spec
-
-
 def _cataloged(name: str, config: AnalysisConfig, body: Callable[[], dict[str, StageReport]],
                spec: RunnerSpec) -> dict[str, StageReport]:
     """Run ``body`` with the task runner of ``spec`` and record the run in the artifact root's
@@ -348,7 +333,7 @@ def paired_data_flow(config: dict[str, Any] | None = None, config_path: str | No
     cfg = load_flow_config(config, config_path)
     preflight(cfg, "paired")
     return _cataloged("linkstyle-paired-data", cfg, lambda: _analysis(cfg, "paired"),
-                      runner_spec(runner, address, workers))
+                      checked_spec(runner, address, workers))
 
 
 @flow(name="linkstyle-link", task_runner=_RUNNER, log_prints=True)
@@ -359,7 +344,7 @@ def link_flow(config: dict[str, Any] | None = None, config_path: str | None = No
     cfg = load_flow_config(config, config_path)
     preflight(cfg, "link")
     return _cataloged("linkstyle-link", cfg, lambda: _analysis(cfg, "link"),
-                      runner_spec(runner, address, workers))
+                      checked_spec(runner, address, workers))
 
 
 @flow(name="linkstyle-tune-score", task_runner=_RUNNER, log_prints=True)
@@ -370,7 +355,7 @@ def tune_score_flow(config: dict[str, Any] | None = None, config_path: str | Non
     cfg = load_flow_config(config, config_path)
     preflight(cfg, "score")
     return _cataloged("linkstyle-tune-score", cfg, lambda: _analysis(cfg, "score"),
-                      runner_spec(runner, address, workers))
+                      checked_spec(runner, address, workers))
 
 
 def run_counterfactual(config: AnalysisConfig, models: Models, reports: dict[str, StageReport],
@@ -404,7 +389,7 @@ def counterfactual_flow(config: dict[str, Any] | None = None, origin: int | None
         return reports
 
     return _cataloged("linkstyle-counterfactual", cfg, body,
-                      runner_spec(runner, address, workers))
+                      checked_spec(runner, address, workers))
 
 
 @flow(name="linkstyle-validate", task_runner=_RUNNER, log_prints=True)
@@ -415,7 +400,7 @@ def validate_flow(config: dict[str, Any] | None = None, config_path: str | None 
     cfg = load_flow_config(config, config_path)
     preflight(cfg, "validate")
     return _cataloged("linkstyle-validate", cfg, lambda: _analysis(cfg, "validate"),
-                      runner_spec(runner, address, workers))
+                      checked_spec(runner, address, workers))
 
 
 @flow(name="linkstyle-analysis", task_runner=_RUNNER, log_prints=True)
@@ -427,4 +412,4 @@ def analysis_flow(config: dict[str, Any] | None = None, until: str = "score",
     cfg = load_flow_config(config, config_path)
     preflight(cfg, until)
     return _cataloged("linkstyle-analysis", cfg, lambda: _analysis(cfg, until),
-                      runner_spec(runner, address, workers))
+                      checked_spec(runner, address, workers))

@@ -287,13 +287,9 @@ def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
 def _runner(args: argparse.Namespace) -> RunnerSpec:
     """The --runner, --address and --workers options, checked (``flows.runners``). The flow
     passes the command's temporary Prefect server on to a local cluster's workers."""
-    from flows.runners import RunnerSpec, check_reachable_server
-    from flows.server import uses_own_server
+    from flows.runners import checked_spec
 
-    spec = RunnerSpec(args.runner, args.address, args.workers)
-    spec.check()
-    check_reachable_server(spec, uses_own_server())
-    return spec
+    return checked_spec(args.runner, args.address, args.workers)
 
 
 def _run_flow(args: argparse.Namespace, until: str) -> tuple[AnalysisConfig, dict]:

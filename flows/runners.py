@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from flows.server import uses_own_server
 from linkstyle_core.config import ConfigError
 from tasks.caching import GPU_TAG
 
@@ -92,25 +93,23 @@ def submit(task: Any, exists: bool, wait_for: list[Any] | None = None, **kwargs:
     active = _ACTIVE.get()
     if active is None:
         return task.submit(wait_for=wait_for, **kwargs)
-    runner, kind = active
-    slot = gpu_slot(kind) if GPU_TAG in task.tags else contextlib.nullcontext()
+    runner, kind, ray_gpus = active
+    slot = gpu_slot(kind, ray_gpus) if GPU_TAG in task.tags else contextlib.nullcontext()
     with slot:
         return runner.submit(task, parameters=kwargs, wait_for=wait_for)
 
 
-def gpu_slot(kind: str) -> contextlib.AbstractContextManager[Any]:
+def gpu_slot(kind: str, ray_gpus: bool = False) -> contextlib.AbstractContextManager[Any]:
     """The context a model task is submitted in: one GPU resource on Dask, one GPU on a Ray
-    cluster that has GPUs, nothing otherwise."""
+    cluster that has GPUs (``ray_gpus``, looked up once per run), nothing otherwise."""
     if kind == "dask":
         import dask
 
         return dask.annotate(resources={GPU_RESOURCE: 1})
-    if kind == "ray":
-        import ray
+    if kind == "ray" and ray_gpus:
         from prefect_ray.context import remote_options
 
-        if ray.cluster_resources().get("GPU", 0) > 0:
-            return remote_options(num_gpus=1)
+        return remote_options(num_gpus=1)
     return contextlib.nullcontext()
 
 
@@ -183,6 +182,22 @@ def _ray_runner(spec: RunnerSpec) -> Any:
     return RayTaskRunner(init_kwargs=init)
 
 
+def _ray_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def checked_spec(runner: str, address: str | None, workers: int | None) -> RunnerSpec:
+    """A flow's or the command line's runner choice, checked before anything runs
+    (``RunnerError`` names the problem and the fix): a cluster on other machines needs a
+    Prefect server they reach (``PREFECT_API_URL``)."""
+    spec = RunnerSpec(runner, address or None, workers)
+    spec.check()
+    check_reachable_server(spec, uses_own_server())
+    return spec
+
+
 def check_reachable_server(spec: RunnerSpec, own_server: bool) -> None:
     """A cluster at a remote address needs a Prefect server its workers reach
     (``PREFECT_API_URL``, ``own_server``), not a command's temporary one on 127.0.0.1."""
@@ -239,7 +254,8 @@ def using(spec: RunnerSpec) -> Iterator[None]:
     with environ_kept(), runner:
         if spec.kind == "dask" and spec.address:
             _check_dask_workers(runner, spec.address)
-        token = _ACTIVE.set((runner, spec.kind))
+        ray_gpus = spec.kind == "ray" and _ray_has_gpus()
+        token = _ACTIVE.set((runner, spec.kind, ray_gpus))
         try:
             yield
         finally:
