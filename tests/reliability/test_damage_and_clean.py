@@ -23,6 +23,7 @@ import pytest
 
 from flows.cli import main
 from storage import ROOT_MARKER, ArtifactStore, CorruptArtifact, content_key
+from tests.fixtures.artifacts import assert_same_artifacts
 from tests.fixtures.snapshot import snapshot
 from tests.fixtures.tiny_models import TINY_CONFIG
 
@@ -389,27 +390,6 @@ DAMAGE = [
 ]
 
 
-def _contents(root: Path, keys: dict) -> dict:
-    store = ArtifactStore(str(root))
-    out = {}
-    for role, key in keys.items():
-        art = store.open("link" if role == "link" else "paired", key)
-        for name in art.array_names:
-            out[f"{role}/{name}"] = art.load(name)
-        for name in art.table_names:
-            out[f"{role}/{name}.table"] = art.table(name)
-    return out
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for name, value in a.items():
-        if isinstance(value, pd.DataFrame):
-            pd.testing.assert_frame_equal(value, b[name])
-        else:
-            np.testing.assert_array_equal(value, b[name])
-
-
 @pytest.mark.parametrize("damage,status,code", DAMAGE, ids=[d[0].__name__ for d in DAMAGE])
 def test_damage_is_reported_and_repaired(pristine, tmp_path, capsys, damage, status,
                                          code) -> None:
@@ -431,7 +411,7 @@ def test_damage_is_reported_and_repaired(pristine, tmp_path, capsys, damage, sta
     assert main(["status", "--root", str(root), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "corrupt" not in out and "stale" not in out
-    _assert_same(_contents(root, keys), _contents(pristine["root"], keys))
+    assert_same_artifacts(str(pristine["root"]), str(root))
     if "link" not in relative.split("/")[0]:  # paired repaired with the same bytes: the link
         assert _data(root, "link", keys["link"]).name == link_dir  # built on it stays valid
 
@@ -447,4 +427,4 @@ def test_deleted_manifest_is_uncommitted_and_rebuilt(pristine, tmp_path, capsys)
     assert line.split()[2] == "uncommitted"
     link_flow(_config(root))
     assert ArtifactStore(str(root)).exists("link", keys["link"])
-    _assert_same(_contents(root, keys), _contents(pristine["root"], keys))
+    assert_same_artifacts(str(pristine["root"]), str(root))
