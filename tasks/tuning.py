@@ -424,7 +424,7 @@ def run_streamed(out: ArtifactWriter, directions: int, samples: int,
 def _write_result(out: ArtifactWriter, ids: np.ndarray, id_name: str, res: TuneResult,
                   set_value: torch.Tensor, inp: dict[str, Any],
                   calibration: dict[str, torch.Tensor]) -> None:
-    k, ns, steps = res.offset.shape
+    _, ns, steps = res.offset.shape  # images and part maps are streamed (ImageWriter)
     out.write_array(id_name, ids)
     out.write_array("sample_index", inp["picks"].numpy())
     out.write_array("sample_class", inp["labels"].cpu().numpy())
@@ -439,9 +439,6 @@ def _write_result(out: ArtifactWriter, ids: np.ndarray, id_name: str, res: TuneR
                         ("gain_analytic", calibration["gain_analytic"]),
                         ("gain_measured", calibration["gain_measured"])):
         out.write_array(name, value.numpy())
-    if res.images is not None and res.parts is not None:  # unless streamed (ImageWriter)
-        out.write_array("images", res.images.numpy(), chunks=(1, ns, steps, *res.images.shape[3:]))
-        out.write_array("parts", res.parts.numpy(), chunks=(1, ns, steps, *res.parts.shape[3:]))
     grid = np.meshgrid(ids, np.arange(ns), np.arange(steps), indexing="ij")
     out.write_table("response", pd.DataFrame({
         id_name: grid[0].ravel(), "sample": inp["picks"].numpy()[grid[1].ravel()],
