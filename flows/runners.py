@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from flows.server import uses_own_server
+from flows import server
 from linkstyle_core.config import ConfigError
 from tasks.caching import GPU_TAG
 
@@ -194,7 +194,7 @@ def checked_spec(runner: str, address: str | None, workers: int | None) -> Runne
     Prefect server they reach (``PREFECT_API_URL``)."""
     spec = RunnerSpec(runner, address or None, workers)
     spec.check()
-    check_reachable_server(spec, uses_own_server())
+    check_reachable_server(spec, server.uses_own_server())
     return spec
 
 
