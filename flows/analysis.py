@@ -7,7 +7,8 @@ Flows only compose tasks. Every task is keyed by its artifact's content key; the
 store decides what is rebuilt (see ``tasks.caching``). The task runner is the flow call's
 choice (``runner``, ``address``, ``workers``; ``flows.runners``): by default one thread, since
 the stages share one device; a Dask or Ray cluster runs the shards side by side, one model
-task per GPU. Independent tasks are all submitted before any is waited for.
+task per GPU. Independent tasks are all submitted before any is waited for; when one fails,
+the others still run to their end (``flows.runners.results``) before its error is raised.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preflight import class_pairs, preflight
-from flows.runners import RunnerSpec, checked_spec, prefect_server_for, submit, using
+from flows.runners import RunnerSpec, checked_spec, prefect_server_for, results, submit, using
 from flows.server import temporary_api_url, uses_own_server
 from linkstyle_core.config import AnalysisConfig
 from tasks.caching import was_cached
@@ -88,8 +89,7 @@ def run_paired(config: AnalysisConfig, models: Models) -> StageReport:
         final = submit(paired_finalize, complete, config=payload, split=split, key=key,
                        classes=classes, shards=shard_futures)
         futures += [*shard_futures, final]
-    for fut in futures:  # in submission order: a failed shard raises its own error first
-        fut.result()
+    for fut in results(futures):
         report.count(fut)
     return report
 
@@ -143,8 +143,7 @@ def run_tune(config: AnalysisConfig, models: Models, paired: StageReport,
                    shards=shards)
     progress = _Progress("tune-progress", f"tuning: {len(shards)} unit shards, then the null",
                          len(shards) + 1)
-    for fut in [*inputs, *shards, null, final]:
-        fut.result()
+    for fut in results([*inputs, *shards, null, final]):
         report.count(fut)
         if fut in shards or fut is null:
             progress.step()

@@ -99,6 +99,22 @@ def submit(task: Any, exists: bool, wait_for: list[Any] | None = None, **kwargs:
         return runner.submit(task, parameters=kwargs, wait_for=wait_for)
 
 
+def results(futures: list[Any]) -> Iterator[Any]:
+    """Wait for ``futures`` in submission order, yielding each once it has its result, so a
+    failed task raises its own error first. When one fails, every other submitted task is
+    still waited for before the error is raised: each runs to its end once (and commits its
+    shard for a rerun to reuse) instead of being cancelled at a moment that depends on timing."""
+    for i, fut in enumerate(futures):
+        try:
+            fut.result()
+        except BaseException:
+            from prefect.futures import wait
+
+            wait(futures[i + 1:])
+            raise
+        yield fut
+
+
 def gpu_slot(kind: str, ray_gpus: bool = False) -> contextlib.AbstractContextManager[Any]:
     """The context a model task is submitted in: one GPU resource on Dask, one GPU on a Ray
     cluster that has GPUs (``ray_gpus``, looked up once per run), nothing otherwise."""
