@@ -154,24 +154,37 @@ def test_shards_retry_transient_io_errors_but_not_user_errors(
     attempts: Counter = Counter()
 
     def refused(*args, **kwargs):
-        attempts[kwargs["split"], args[2]] += 1  # the shard: split and class
-        time.sleep(0.2 * (kwargs["split"] == "test"))  # still running when train's fail
-        raise AcceptanceError(f"class {args[2]}: the classifier accepts too few of its images")
+        split, cls = kwargs["split"], args[2]
+        attempts[split, cls] += 1
+        if split == "test":
+            time.sleep(0.2)  # still running when train's first shard fails
+        if (split, cls) == ("train", 0):
+            raise AcceptanceError(f"class {cls}: the classifier accepts too few of its images")
+        return counting(*args, **kwargs)
 
     monkeypatch.setattr(paired_tasks, "sample_class", refused)
     with pytest.raises(AcceptanceError):
         paired_data_flow(_config(tmp_path / "second"))
     # every shard of both splits (all submitted before any is waited for) tried once, none
-    # retried: the flow waits for the others before raising the first shard's error
+    # retried: the flow waits for the others before raising the first shard's error, so every
+    # shard but the refused one is committed for the rerun
     assert set(attempts) == {(split, c) for split in ("train", "test") for c in range(3)}
     assert set(attempts.values()) == {1}
-    # both runs are in their roots' catalogs: the first completed with its keys, the second
-    # failed with its error
+    second_store = ArtifactStore(str(tmp_path / "second" / "artifacts"))
+    folders = [p.split("/") for p in second_store.fs.glob(f"{second_store.root}/paired/*/shards/*")]
+    assert sum(second_store.shard_exists("paired", p[-3], p[-1]) for p in folders) == 5
+    monkeypatch.setattr(paired_tasks, "sample_class", counting)
+    before = calls.copy()
+    paired_data_flow(_config(tmp_path / "second"))
+    assert calls - before == Counter({"paired-train": 1})  # only the refused shard ran again
+    # every run is in its root's catalog: the first completed with its keys, the second failed
+    # with its error, and its rerun completed
     first = read_catalog(store).iloc[-1]
     assert first["status"] == "completed" and first["flow"] == "linkstyle-paired-data"
     assert json.loads(first["keys"]) == reports["paired"].keys
-    second = read_catalog(ArtifactStore(str(tmp_path / "second" / "artifacts"))).iloc[-1]
+    second, rerun = (row for _, row in read_catalog(second_store).iloc[-2:].iterrows())
     assert second["status"] == "failed" and second["error"].startswith("AcceptanceError: class 0")
+    assert rerun["status"] == "completed"
 
 
 def test_transient_io_error_condition() -> None:
