@@ -103,11 +103,12 @@ def results(futures: list[Any]) -> Iterator[Any]:
     """Wait for ``futures`` in submission order, yielding each once it has its result, so a
     failed task raises its own error first. When one fails, every other submitted task is
     still waited for before the error is raised: each runs to its end once (and commits its
-    shard for a rerun to reuse) instead of being cancelled at a moment that depends on timing."""
+    shard for a rerun to reuse) instead of being cancelled at a moment that depends on timing.
+    An interrupt (Ctrl-C) is not a task's failure and stops at once."""
     for i, fut in enumerate(futures):
         try:
             fut.result()
-        except BaseException:
+        except Exception:
             from prefect.futures import wait
 
             wait(futures[i + 1:])
