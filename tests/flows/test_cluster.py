@@ -223,7 +223,8 @@ def test_s3_root_writes_caches_resumes_after_a_kill_and_cleans(sequential, s3, t
     assert all(c[0] == 0 for c in counts.values()), counts
 
     # 4. clean removes the killed run's leftovers and nothing committed
-    assert (_data_folders(store)[0] - _data_folders(store)[1]) == leftovers
+    folders, named = _data_folders(store)
+    assert folders - named == leftovers
     cleaned = subprocess.run([sys.executable, "-m", "flows.cli", "clean", "--root", root,
                               "--older-than", "0"], capture_output=True, env=env, cwd=REPO,
                              timeout=300)
