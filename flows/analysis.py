@@ -13,6 +13,7 @@ the others still run to their end (``flows.runners.results``) before its error i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ from flows.preflight import class_pairs, preflight
 from flows.runners import RunnerSpec, checked_spec, prefect_server_for, results, submit, using
 from flows.server import temporary_api_url, uses_own_server
 from linkstyle_core.config import AnalysisConfig
+from storage.catalog import new_run, record_run, stage_of
 from tasks.caching import was_cached
-from tasks.catalog import new_run, record_run, stage_of
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.counterfactual import counterfactual_key, counterfactuals
 from tasks.link import fit_link, link_key
@@ -222,6 +223,20 @@ def _analysis(config: AnalysisConfig, until: str) -> dict[str, StageReport]:
 _RUNNER: Any = ThreadPoolTaskRunner(max_workers=1)
 
 
+class _NoFalseDeadlockWarning(logging.Filter):
+    """Prefect warns that a tagged task with upstream futures may dead-lock a thread pool with
+    no more workers than tags (four times in every default run, for the ``gpu`` tag). The
+    local runner has one worker that runs tasks in submission order, and every upstream
+    future is submitted before the tasks that wait for it, so no task waits on one that
+    cannot start: the warning names nothing the user could act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "may lead to dead-locks" not in record.getMessage()
+
+
+logging.getLogger(_RUNNER.logger.name).addFilter(_NoFalseDeadlockWarning())
+
+
 def load_flow_config(config: dict[str, Any] | AnalysisConfig | None,
                      config_path: str | None) -> AnalysisConfig:
     """A flow's config: the mapping ``config``, or the YAML file at ``config_path`` (a local
@@ -245,7 +260,7 @@ def load_flow_config(config: dict[str, Any] | AnalysisConfig | None,
 def _cataloged(name: str, config: AnalysisConfig, body: Callable[[], dict[str, StageReport]],
                spec: RunnerSpec) -> dict[str, StageReport]:
     """Run ``body`` with the task runner of ``spec`` and record the run in the artifact root's
-    catalog (``tasks.catalog``): completed with the key of every stage, or failed with the
+    catalog (``storage.catalog``): completed with the key of every stage, or failed with the
     error."""
     store = store_for(config)
     row = new_run(name, config.model_dump(mode="json"), config.artifact_root)

@@ -6,25 +6,27 @@ Heavy imports (torch, prefect) happen inside the commands that need them, so ``-
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import errno
-import logging
-import os
-import signal
-import sys
-import time
+from flows import startup
 
-# Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads were
-# measured to slow torch down up to 18x. Must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, NoReturn
+startup.apply()  # before anything below imports Prefect or torch, which read them only once
 
-import pandas as pd
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import errno  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from typing import TYPE_CHECKING, NoReturn, TextIO  # noqa: E402
 
-from linkstyle_core.config import AnalysisConfig, ConfigError
-from storage import (
+import pandas as pd  # noqa: E402
+
+from linkstyle_core import stop  # noqa: E402
+from linkstyle_core.config import AnalysisConfig, ConfigError  # noqa: E402
+from storage import (  # noqa: E402
     STAGE_NAMES,
     ArtifactNotFound,
     ArtifactStore,
@@ -32,7 +34,7 @@ from storage import (
     IncompleteArtifact,
     NotAnArtifactRoot,
 )
-from storage.errors import USER_ERRNOS
+from storage.errors import USER_ERRNOS, StoreWarning  # noqa: E402
 
 if TYPE_CHECKING:
     from flows.runners import RunnerSpec
@@ -88,6 +90,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
         from flows.results import RunNotFound
 
         errors.append(RunNotFound)
+    if "flows.server" in sys.modules:
+        from flows.server import ServerStartError
+
+        errors.append(ServerStartError)
+    if "botocore" in sys.modules:  # credentials that vanished or expired after the preflight
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+        errors += [NoCredentialsError, PartialCredentialsError]
     return tuple(errors)
 
 
@@ -114,6 +124,9 @@ def _describe(exc: BaseException) -> str:
         fix = _ERRNO_FIX.get(exc.errno or 0, "check the permissions of the artifact root "
                              "(--root) or choose another one")
         return f"{exc.strerror}{where}; {fix}"
+    if type(exc).__module__.startswith("botocore"):
+        return (f"{exc}: the artifact root's AWS credentials are missing or incomplete; set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), then rerun")
     return str(exc)
 
 
@@ -128,36 +141,75 @@ class _HideUserErrorTracebacks(logging.Filter):
         if exc is None or not _is_user_error(exc):
             return True
         record.exc_info, record.exc_text = None, None
+        record.linkstyle_user_error = True  # for _QuietConsole
         from flows.server import uses_own_server
 
         return uses_own_server()
 
 
+_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs", "prefect.engine")
+
+
+class _QuietConsole(logging.Filter):
+    """On Prefect's console handler during a command: no line about a run that failed
+    ("Finished in state Failed(...)", "NotReady", the failed task's own line for a user's
+    mistake). ``main`` prints the error once, after the run, as one line (a bug with its
+    traceback, which Prefect's "Task run failed with exception" record still shows). A server
+    of one's own still receives every line for its UI (through Prefect's API handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "linkstyle_user_error", False):
+            return False
+        return not (record.name.startswith(_RUN_LOGGERS) and record.levelno >= logging.WARNING
+                    and record.getMessage().startswith("Finished in state"))
+
+
 def _install_log_filter() -> None:
-    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.engine"):
+    """The filters above: on Prefect's run loggers, and on its console handler once Prefect
+    has configured logging (at its import; call again after it)."""
+    for name in _RUN_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _HideUserErrorTracebacks) for f in logger.filters):
             logger.addFilter(_HideUserErrorTracebacks())
+    if "prefect.logging.handlers" not in sys.modules:
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) \
+                and not any(isinstance(f, _QuietConsole) for f in handler.filters):
+            handler.addFilter(_QuietConsole())
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` (a KeyboardInterrupt) in the main thread while the block
-    runs. Python's default would end the process at once, skipping every ``finally`` and
-    ``atexit`` hook: the temporary Prefect server was left running."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``Terminated`` (a KeyboardInterrupt) in the main
+    thread, as SIGINT raises KeyboardInterrupt, and both ask every running loop to stop at its
+    next batch (``linkstyle_core.stop``). Python's default for SIGTERM would end the process at
+    once, skipping every ``finally`` and ``atexit`` hook (the temporary Prefect server was left
+    running); and a task in a worker thread ran on to its end (minutes for the null control)
+    before the process could exit."""
 
     def terminate(signum: int, frame: object) -> NoReturn:
+        stop.request("SIGTERM")
         raise Terminated()
 
+    def interrupt(signum: int, frame: object) -> NoReturn:
+        stop.request("SIGINT")
+        raise KeyboardInterrupt()
+
+    stop.clear()
     try:
-        previous = signal.signal(signal.SIGTERM, terminate)
+        previous = {sig: signal.signal(sig, handler)
+                    for sig, handler in ((signal.SIGTERM, terminate), (signal.SIGINT, interrupt))}
     except ValueError:  # not the main thread (an in-process caller): leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -210,18 +262,6 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_prefect_defaults() -> None:
-    """Offline, quiet defaults for a local run; the user's own settings win. With a Prefect
-    server of one's own (PREFECT_API_URL), the flow runs' logs stay at Prefect's level, so the
-    UI shows them."""
-    defaults = [("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
-                ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")]
-    if not os.environ.get("PREFECT_API_URL"):
-        defaults.append(("PREFECT_LOGGING_LEVEL", "WARNING"))
-    for name, value in defaults:
-        os.environ.setdefault(name, value)
-
-
 def _print_link_metrics(metrics: pd.DataFrame) -> None:
     columns = ["split", "n", "r2", "mse", "rsa_class", "rsa_sample", "closed_loop_accuracy",
                "closed_loop_r_corr"]
@@ -255,7 +295,7 @@ def _print_warnings(warnings: list[str]) -> None:
 
 
 def _print_tables(config: AnalysisConfig, reports: dict) -> None:
-    from tasks.catalog import stage_of
+    from storage.catalog import stage_of
 
     store = ArtifactStore(config.artifact_root)
     print("artifacts (Parquet tables and Zarr arrays; columns in docs/tables.md):")
@@ -298,9 +338,10 @@ def _run_flow(args: argparse.Namespace, until: str) -> tuple[AnalysisConfig, dic
 
     spec = _runner(args)
     preflight(config, until)  # every check that needs no stage's result, before Prefect starts
-    _quiet_prefect_defaults()
     from flows.analysis import analysis_flow
     from flows.server import temporary_server
+
+    _install_log_filter()  # Prefect has configured its logging by now
 
     where = f" on {spec.kind}" + (f" at {spec.address}" if spec.address else "") \
         if spec.kind != "local" else ""
@@ -417,9 +458,10 @@ def cmd_counterfactual(args: argparse.Namespace) -> int:
     spec = _runner(args)
     preflight(config, "link" if args.no_selectivity else "score", args.origin, args.target,
               counterfactual=True)
-    _quiet_prefect_defaults()
     from flows.analysis import counterfactual_flow
     from flows.server import temporary_server
+
+    _install_log_filter()  # Prefect has configured its logging by now
 
     t0 = time.perf_counter()
     with temporary_server():
@@ -674,26 +716,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """A ``StoreWarning`` is one ``linkstyle: warning: ...`` line; other warnings as usual."""
+    if issubclass(category, StoreWarning):
+        print(f"linkstyle: warning: {message}", file=sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+def _closed_stdout() -> int:
+    """The reader of our output went away (``linkstyle status | head``): say nothing more,
+    and exit as a process killed by SIGPIPE would (128 + 13)."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done, 1 a check failed (``status --verify``, ``toy
     evaluate``), 2 a user error (one ``linkstyle: error:`` line, no traceback), 130 interrupted
-    (Ctrl-C), 143 terminated (SIGTERM); anything else is a bug and keeps its traceback."""
+    (Ctrl-C), 141 the reader of the output went away (a closed pipe), 143 terminated (SIGTERM);
+    anything else is a bug and keeps its traceback."""
     parser = build_parser()
     _install_log_filter()
-    with _sigterm_as_interrupt():
+    with _signals_as_interrupt(), warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", StoreWarning)
         try:
             args = parser.parse_args(argv)
-            return int(args.func(args))
+            code = int(args.func(args))
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
+        except BrokenPipeError:
+            return _closed_stdout()
         except Exception as exc:
+            if stop.requested():  # a task stopped by the signal raised first: still a stop
+                return _stopped(stop.requested() == "SIGTERM")
             if not _is_user_error(exc):
                 raise
             print(f"linkstyle: error: {_describe(exc)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as exc:
-            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            print(f"linkstyle: {what}; committed artifacts are kept, rerun to resume",
-                  file=sys.stderr)
-            return 143 if isinstance(exc, Terminated) else 130
+            return _stopped(isinstance(exc, Terminated))
+
+
+def _stopped(terminated: bool) -> int:
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    print(f"linkstyle: {what}; committed artifacts are kept, rerun to resume", file=sys.stderr)
+    return 143 if terminated else 130
 
 
 if __name__ == "__main__":

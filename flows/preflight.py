@@ -44,15 +44,103 @@ def check_protocol(uri: str) -> tuple[Any, str]:
                              f"fsspec protocol ({known}, ...)") from None
 
 
+REMOTE_CHECK_S = 20.0  # how long the look at a remote root may take before it is given up
+
+
+def _s3_credentials(uri: str, fs: Any) -> None:
+    """``PreflightError`` unless credentials for ``s3://`` can be found without a network call:
+    the environment, the shared credentials and config files, SSO, a credential process, a
+    container's role. Instance metadata (an EC2 role) is asked only when
+    ``AWS_EC2_METADATA_DISABLED=false`` says so: outside a cloud its look-ups wait on
+    connections that never answer, and a run without credentials failed only after minutes."""
+    if getattr(fs, "anon", False) or getattr(fs, "key", None):
+        return  # anonymous access, or a key given to the file system itself
+    import botocore.session
+
+    session = botocore.session.Session(profile=getattr(fs, "profile", None) or None)
+    resolver = session.get_component("credential_provider")
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() != "false":
+        resolver.remove("iam-role")
+    try:
+        found = resolver.load_credentials()
+    except Exception as exc:  # a broken profile, an expired SSO token...
+        raise PreflightError(f"artifact_root {uri}: the AWS credentials cannot be read "
+                             f"({type(exc).__name__}: {exc}); fix them (`aws configure`) or use "
+                             "a local folder") from None
+    if found is None:
+        os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # nothing later waits on it
+        raise PreflightError(
+            f"artifact_root {uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (with AWS_ENDPOINT_URL for MinIO or another S3-compatible "
+            "store), or AWS_PROFILE with `aws configure`; on an EC2 instance with a role set "
+            "AWS_EC2_METADATA_DISABLED=false; or use a local folder")
+
+
+def check_remote_root(uri: str) -> None:
+    """A remote artifact root (s3://, gs://, ...) can be reached: credentials first (s3), then
+    one bounded look at it (``REMOTE_CHECK_S``), so a run without access fails in seconds
+    with one message instead of after its first stages. Local and memory roots pass."""
+    import threading
+
+    from fsspec.implementations.local import LocalFileSystem
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs, path = check_protocol(uri)
+    if isinstance(fs, LocalFileSystem | MemoryFileSystem) or uri in _REACHED:
+        return
+    if "s3" in (fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)):
+        _s3_credentials(uri, fs)
+    outcome: list[BaseException | None] = []
+
+    def look() -> None:
+        try:
+            fs.exists(path)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=look, name="linkstyle-root-check", daemon=True)
+    thread.start()
+    thread.join(REMOTE_CHECK_S)
+    if not outcome:
+        raise PreflightError(f"artifact_root {uri}: no answer within {REMOTE_CHECK_S:.0f} s; "
+                             "check the network, the endpoint (AWS_ENDPOINT_URL) and the "
+                             "bucket name, or use a local folder")
+    if outcome[0] is not None:
+        exc = outcome[0]
+        raise PreflightError(f"artifact_root {uri} cannot be reached ({type(exc).__name__}: "
+                             f"{exc}); check the credentials, the endpoint and the bucket, or "
+                             "use a local folder") from None
+    _REACHED.add(uri)
+
+
+_REACHED: set[str] = set()  # remote roots checked in this process
+
+
+def _dangling_link(root: Path) -> Path | None:
+    """The first of ``root`` and its parents that is a symbolic link to nothing, if any."""
+    for candidate in (root, *root.parents):
+        if candidate.is_symlink() and not candidate.exists():
+            return candidate
+    return None
+
+
 def check_artifact_root(uri: str) -> None:
-    """The artifact root can be used: its fsspec protocol is known and installed, and a local
-    root is a folder (or can be created as one) that this process may write. Creates nothing."""
+    """The artifact root can be used: its fsspec protocol is known and installed, a remote one
+    can be reached (``check_remote_root``), and a local root is a folder (or can be created as
+    one) that this process may write. Creates nothing."""
     from fsspec.implementations.local import LocalFileSystem
 
     fs, path = check_protocol(uri)
     if not isinstance(fs, LocalFileSystem):
-        return  # remote stores are checked by their first write (credentials, buckets)
+        check_remote_root(uri)
+        return
     root = Path(path)
+    link = _dangling_link(root)
+    if link is not None:
+        raise PreflightError(f"artifact_root {uri}: {link} is a symbolic link to "
+                             f"{os.readlink(link)}, which does not exist; create that folder, "
+                             "fix the link, or choose another artifact root")
     if root.exists():
         if not root.is_dir():
             raise PreflightError(f"artifact_root {uri} is a file, not a folder; point "

@@ -20,7 +20,7 @@ def run_keys(config: AnalysisConfig, run: str, needs: str | None = None
              ) -> tuple[str, dict[str, str]]:
     """(run id, stage keys) of ``run`` (an id or ``latest``, the newest completed analysis of
     ``config`` that made or reused stage ``needs``) under the config's artifact root."""
-    from tasks.catalog import resolve_run
+    from storage.catalog import resolve_run
 
     store = ArtifactStore(config.artifact_root)
     latest = run == "latest"
@@ -33,7 +33,7 @@ def run_keys(config: AnalysisConfig, run: str, needs: str | None = None
 
 
 def cmd_runs(args: argparse.Namespace, config: AnalysisConfig) -> int:
-    from tasks.catalog import read_catalog
+    from storage.catalog import read_catalog
 
     catalog = read_catalog(ArtifactStore(config.artifact_root))
     if catalog.empty:
@@ -45,7 +45,7 @@ def cmd_runs(args: argparse.Namespace, config: AnalysisConfig) -> int:
 
 
 def cmd_tables(args: argparse.Namespace, config: AnalysisConfig) -> int:
-    from tasks.catalog import duckdb_views, run_tables
+    from storage.catalog import duckdb_views, run_tables
 
     run_id, keys = run_keys(config, args.run)
     tables = run_tables(ArtifactStore(config.artifact_root), keys)

@@ -19,6 +19,7 @@ line starts that same server itself, before the flow asks for it, with three dif
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -77,6 +78,34 @@ def _server_class() -> type:
     return TemporaryServer
 
 
+class ServerStartError(RuntimeError):
+    """Prefect's temporary server did not answer in time; the message holds its output and the
+    fix, on one line (the command line prints it as a user error: nothing in the input is
+    wrong, but only the user can give the machine more time or run a server)."""
+
+
+def startup_timeout() -> float:
+    """Seconds to wait for the temporary server: the environment's
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as it is now (Prefect reads its settings
+    once, at import, and an import before the command line's default missed it), else
+    Prefect's setting."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as setting
+
+    from flows.startup import STARTUP_TIMEOUT_VAR
+
+    try:
+        return max(float(os.environ[STARTUP_TIMEOUT_VAR]), 1.0)
+    except (KeyError, ValueError):
+        return float(setting.value())
+
+
+def _one_line(output: str, limit: int = 600) -> str:
+    """The last lines of a process's output on one line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    text = " | ".join(lines)
+    return ("..." + text[-limit:]) if len(text) > limit else (text or "nothing")
+
+
 def uses_own_server() -> bool:
     """True when PREFECT_API_URL names a Prefect server (no temporary one is started)."""
     from prefect.settings import PREFECT_API_URL
@@ -109,12 +138,19 @@ def temporary_server() -> Iterator[str | None]:
         return
     SubprocessASGIServer._instances.pop(None, None)  # one that failed to start
     server = _server_class()()
+    timeout = startup_timeout()
     try:
         try:
-            server.start()
+            server.start(timeout=math.ceil(timeout))
         except Exception as exc:
-            raise RuntimeError(f"Prefect's temporary server did not start ({exc}); its output:\n"
-                               f"{server.output()}") from None
+            from flows.startup import STARTUP_TIMEOUT_VAR
+
+            raise ServerStartError(
+                f"Prefect's temporary server did not start within {timeout:.0f} s "
+                f"({_one_line(str(exc), 200)}); its output: {_one_line(server.output())}. On a "
+                f"busy machine give it more time ({STARTUP_TIMEOUT_VAR}={4 * timeout:.0f}), or "
+                "start a Prefect server of your own (`prefect server start`) and set "
+                "PREFECT_API_URL=http://127.0.0.1:4200/api") from None
         yield server.api_url
     finally:
         _flush_prefect_clients()

@@ -188,6 +188,10 @@ def resolve_units(spec: Any, feature_dim: int) -> list[int]:
     return sorted({u for lo, hi in ranges for u in range(lo, hi + 1)})
 
 
+#: the fewest null directions with which a p-value can fall below 0.05 (1 / (1 + 20) < 0.05)
+MIN_NULL_DIRECTIONS = 20
+
+
 class TuningConfig(_Section):
     """Stages 3-4: which units to tune, over how many steps, on how many held-out samples."""
 
@@ -229,9 +233,9 @@ class TuningConfig(_Section):
     shard_size: int = Field(64, ge=1, le=MAX_COUNT,
                             description="units per shard (each commits on its own; at most 10**6)")
     null_directions: int = Field(
-        256, ge=2, le=MAX_SAMPLES, description="random r-space directions of the null control "
-        "(the specificity test's p-values cannot go below 1 / (1 + null_directions); at most "
-        "100000)",
+        256, le=MAX_SAMPLES, description="random r-space directions of the null control "
+        f"(the specificity test's p-values cannot go below 1 / (1 + null_directions); "
+        f"{MIN_NULL_DIRECTIONS} to 100000)",
     )
     null_samples_per_class: int = Field(
         2, ge=1, description="held-out samples per class on which the null directions are tuned "
@@ -249,6 +253,17 @@ class TuningConfig(_Section):
     @classmethod
     def _units(cls, v: Any) -> Any:
         parse_units(v)
+        return v
+
+    @field_validator("null_directions")
+    @classmethod
+    def _null_directions(cls, v: int) -> int:
+        if v < MIN_NULL_DIRECTIONS:
+            raise ValueError(
+                f"must be at least {MIN_NULL_DIRECTIONS}, got {v}: a unit's specificity "
+                "p-value is its rank among the null directions, at least 1 / (1 + "
+                f"null_directions), so with fewer than {MIN_NULL_DIRECTIONS} no unit can reach "
+                "p < 0.05; raise it (the default is 256)")
         return v
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from linkstyle_core import stop
 from linkstyle_core.link import LinearLink
 from linkstyle_core.models.protocols import Classifier, Generator
 from linkstyle_core.render import encode, synthesize
@@ -79,6 +80,7 @@ def find_counterfactuals(
     coef, intercept = link.coef_.to(device), link.intercept_.to(device)
     upper = r.max().item()
     for step in range(1, max_steps + 1):
+        stop.check()
         r_cf = r - shift
         logits = classifier.head(r_cf)
         margin = logits[rows, target] - logits[rows, origin]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from linkstyle_core import stop
 from linkstyle_core.models.protocols import Classifier, Generator
 from linkstyle_core.render import check_finite, encode, synthesize
 from linkstyle_core.runtime import autocast
@@ -93,6 +94,7 @@ def sample_class(
     kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("w", "r", "index", "confidence")}
     accepted, start = 0, 0
     while accepted < n:
+        stop.check()
         if start >= max_attempts:
             raise AcceptanceError(
                 f"class {cls}: only {accepted} of {n} {split} samples accepted after {start} "

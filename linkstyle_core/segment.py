@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linkstyle_core import stop
+
 
 class FewShotSegmenter(nn.Module):
     """features: list of [N, C_i, H_i, W_i] -> part logits [N, num_parts, H, W].
@@ -100,6 +102,7 @@ def train_segmenter(
     gen = torch.Generator().manual_seed(seed)
     n = labels.shape[0]
     for _ in range(steps):
+        stop.check()
         idx = torch.randperm(n, generator=gen)[:batch_size].to(device)
         logits = model([f[idx].float() for f in features])
         loss = F.cross_entropy(logits, labels[idx], weight=weight)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from linkstyle_core import stop
 from linkstyle_core.measure import optical_flow, part_measures, part_motion
 from linkstyle_core.models.protocols import Classifier, Generator
 from linkstyle_core.render import broadcast_w, encode, synthesize
@@ -126,6 +127,7 @@ def measured_gains(generator: Generator, classifier: Classifier, w0: torch.Tenso
     per_batch = max(1, batch_size // 2)
     change = torch.zeros(k_dirs, device=device)
     for start in range(0, len(pairs), per_batch):
+        stop.check()
         k, s = pairs[start:start + per_batch].unbind(1)
         w = w0[s, None, :] + off[k, s, :, None] * steps[k, None, :]  # [B, 2, w_dim]
         r2 = encode(classifier, synthesize(generator, w.flatten(0, 1), precision), precision)[0]
@@ -229,6 +231,7 @@ def base_images(generator: Generator, classifier: Classifier, segmenter: FewShot
     """
     logits, areas = [], []
     for start in range(0, len(w0), batch_size):
+        stop.check()
         ws = broadcast_w(w0[start:start + batch_size], generator.num_ws)
         with autocast(w0.device, precision):
             images, features = render_with_features(generator, ws)
@@ -298,6 +301,7 @@ def tune(
             on_images(*batch)
 
     for start in range(0, len(pairs), per_batch):
+        stop.check()
         k, s = pairs[start:start + per_batch].to(device).unbind(1)
         off = offsets_dev[k, s]  # [B, S]
         w = w0[s, None, :] + off[..., None] * latent_dirs[k, None, :]  # [B, S, w_dim]

@@ -76,12 +76,30 @@ class Artifact:
             )
         return self.store._open_path(f"{self.path}/shards/{shard_id}")
 
+    def _refresh(self) -> bool:
+        """Follow a newer commit of this artifact (another run of the same config committed
+        it anew since it was opened, and removed the data folder it named): True if the
+        manifest now names another data folder, which is read from then on."""
+        try:
+            current = self.store._read_manifest(self.path, missing_ok=True)
+        except CorruptArtifact:
+            return False
+        if current is None or current.data_dir in (None, self.manifest.data_dir):
+            return False
+        self.manifest = current
+        return True
+
     def _check_sizes(self, prefix: str) -> None:
         """``CorruptArtifact`` naming the file if the files under ``prefix`` of the data folder
         are not exactly those the manifest lists, with their sizes."""
+        def check() -> list[str]:
+            return size_problems(self.manifest.content, file_sizes(
+                self.store.fs, f"{self.path}/{self.manifest.data_dir}", prefix), prefix)
+
+        problems = check()
+        if problems and self._refresh():
+            problems = check()
         data = f"{self.path}/{self.manifest.data_dir}"
-        problems = size_problems(self.manifest.content,
-                                 file_sizes(self.store.fs, data, prefix), prefix)
         if problems:
             raise CorruptArtifact(
                 f"{self.stage}/{self.key} is damaged: {data}/{problems[0]}"
@@ -102,12 +120,15 @@ class Artifact:
         if self.manifest.shards is not None:
             raise TypeError("a sharded artifact has no single array; use load() or shard(id)")
         path = self._data_path(name, "zarr")
+        if not self.store.fs.exists(path) and self._refresh():
+            path = self._data_path(name, "zarr")
         if not self.store.fs.exists(path):
             raise CorruptArtifact(
                 f"array {name!r} of {self.stage}/{self.key} is missing at {path}; "
                 "rerun to rebuild it"
             )
         self._check_sizes(f"{name}.zarr/")
+        path = self._data_path(name, "zarr")
         try:
             arr = zarr.open_array(zarr_store(self.store.fs, path, read_only=True), mode="r")
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
@@ -133,8 +154,9 @@ class Artifact:
         if self.manifest.shards is not None:
             frames = [self.shard(s).table(name) for s in self.shards]
             return pd.concat(frames, ignore_index=True)
-        path = self._data_path(name, "parquet")
+        self._data_path(name, "parquet")
         self._check_sizes(f"{name}.parquet")
+        path = self._data_path(name, "parquet")
         try:
             with self.store.fs.open(path, "rb") as handle:
                 return pq.read_table(handle).to_pandas()
@@ -177,8 +199,9 @@ class Artifact:
 
     def read_file(self, name: str) -> bytes:
         """The bytes of a file written with ``write_file``."""
-        path = self.file_path(name)
+        self.file_path(name)
         self._check_sizes(name)
+        path = self.file_path(name)
         return bytes(self.store.fs.cat_file(path))
 
     @property

@@ -25,3 +25,9 @@ class IncompleteArtifact(RuntimeError):
 
 class NotAnArtifactRoot(RuntimeError):
     """A folder that ``clean`` cannot prove to be an artifact root (no root marker)."""
+
+
+class StoreWarning(UserWarning):
+    """Something under the root cannot be used, but the command can go on without it (a
+    damaged catalog file, a run's artifact that is gone); the message names it and the fix.
+    The command line prints it as one ``linkstyle: warning: ...`` line."""

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from fsspec import AbstractFileSystem
 
-from storage.layout import STARTED
+from storage.layout import LEASE, STARTED
 
 _BLOCK = 8 << 20
 
@@ -30,7 +30,7 @@ def _relative(base: str, name: str) -> str:
 
 def file_sizes(fs: AbstractFileSystem, data_path: str, prefix: str = "") -> dict[str, int]:
     """Relative path -> size of every file under ``data_path/prefix`` (the writer's own
-    ``_started.json`` excluded)."""
+    ``_lease.json``, and ``_started.json`` of older versions, excluded)."""
     base = data_path.rstrip("/")
     where = f"{base}/{prefix}" if prefix else base
     try:
@@ -42,7 +42,7 @@ def file_sizes(fs: AbstractFileSystem, data_path: str, prefix: str = "") -> dict
         if entry.get("type") == "directory":
             continue
         rel = _relative(base, name.rstrip("/"))
-        if rel and rel != STARTED:
+        if rel and rel not in (LEASE, STARTED):
             sizes[rel] = int(entry.get("size") or 0)
     return sizes
 

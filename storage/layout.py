@@ -6,8 +6,10 @@ caching")::
     <root>/.linkstyle-root.json                      marks a folder as an artifact root
     <root>/<stage>/<key>/manifest.json               commits the artifact (written last)
     <root>/<stage>/<key>/data-<txid>/...              arrays, tables and files of one write
+    <root>/<stage>/<key>/data-<txid>/_lease.json      held by its writer until the commit
     <root>/<stage>/<key>/shards.json                 the shard plan of a sharded artifact
     <root>/<stage>/<key>/shards/<shard>/...          one shard, the same layout inside
+    <root>/catalog/run-<started>-<run id>.parquet    one row per run (storage.catalog)
 
 ``stage`` is one of ``STAGE_NAMES``; ``key`` is a content key (``KEY_LENGTH`` lowercase hex,
 see ``storage.keys``); ``txid`` is ``<utc yyyymmddThhmmss>-<8 hex>``.
@@ -25,7 +27,8 @@ ROOT_FORMAT = 1
 MANIFEST = "manifest.json"
 SHARD_PLAN = "shards.json"
 SHARDS = "shards"
-STARTED = "_started.json"
+LEASE = "_lease.json"  # a live writer's lease on its data folder (storage.lease)
+STARTED = "_started.json"  # what a data folder held before leases: when its write started
 
 #: Every stage folder the pipeline writes (the ``STAGE`` of each task module). ``clean`` and
 #: ``status`` look at these folders of a root and at nothing else.
@@ -37,8 +40,14 @@ STAGE_NAMES: tuple[str, ...] = (
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 KEY = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
 DATA_DIR = re.compile(r"^data-(\d{8}T\d{6})-[0-9a-f]{8}$")
-# what atomic_write_text leaves behind when killed between its write and its rename
-_TMP = re.compile(r"^\.(manifest|shards)\.json\.[0-9a-f]{32}\.tmp$")
+# what atomic_write_text leaves behind when killed between its write and its rename: inside an
+# artifact or shard folder, and the root marker's
+TMP = re.compile(r"^\.(manifest|shards)\.json\.[0-9a-f]{32}\.tmp$")
+ROOT_TMP = re.compile(r"^\.linkstyle-root\.json\.[0-9a-f]{32}\.tmp$")
+# the run catalog (storage.catalog): one file per run, written to a temporary name and renamed
+CATALOG = "catalog"
+CATALOG_RUN = re.compile(r"^run-[0-9T.+]+-[0-9a-f]{12}\.parquet$")
+CATALOG_TMP = re.compile(r"^run-[0-9T.+]+-[0-9a-f]{12}\.parquet\.[0-9a-f]{8}\.tmp$")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -79,4 +88,4 @@ def txid_time(name: str) -> float | None:
 def is_owned_entry(name: str) -> bool:
     """True for the names the store itself writes inside an artifact or shard folder."""
     return (name in (MANIFEST, SHARD_PLAN, SHARDS) or DATA_DIR.match(name) is not None
-            or _TMP.match(name) is not None)
+            or TMP.match(name) is not None)

@@ -9,25 +9,26 @@ else), and only those whose last write is older than ``older_than_s``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from storage.errors import CorruptArtifact
 from storage.layout import (
+    CATALOG,
+    CATALOG_TMP,
     DATA_DIR,
     KEY,
     NAME,
+    ROOT_TMP,
     SHARDS,
     STAGE_NAMES,
-    STARTED,
+    TMP,
     check_stage,
     is_owned_entry,
     txid_time,
 )
-from storage.manifest import read_text
+from storage.lease import TTL_S, activity
 
 if TYPE_CHECKING:
     from storage.store import ArtifactStore
@@ -122,23 +123,16 @@ def _time(entry: dict) -> float | None:
     return None
 
 
-def _started(store: ArtifactStore, path: str, name: str) -> float | None:
-    """When the write into data folder ``name`` started: its ``_started.json``, else the time
-    in its name."""
-    try:
-        text = read_text(store.fs, f"{path}/{name}/{STARTED}")
-        if text is not None:
-            return float(json.loads(text)["started"])
-    except (CorruptArtifact, ValueError, KeyError, TypeError):
-        pass
-    return txid_time(name)
-
-
 def _leftovers(store: ArtifactStore, path: str, older_than_s: float,
                now: float) -> tuple[list[str], bool]:
     """(the removable leftovers inside the artifact or shard folder ``path``; whether the
     whole folder is a removable leftover). Whole: it holds only the store's own names, no
-    manifest, nothing younger than ``older_than_s`` and no committed shard."""
+    manifest, nothing younger than ``older_than_s``, no live writer and no committed shard.
+
+    A data folder no manifest names is removable once its writer is gone (``storage.lease``)
+    and was last seen ``older_than_s`` ago; a temporary manifest file once it is older than
+    both ``older_than_s`` and the lease time (it lives for milliseconds while a writer
+    commits)."""
     entries = _entries(store, path)
     owned = all(is_owned_entry(name) for name in entries)
     manifest = store._read_manifest(path, missing_ok=True, corrupt_ok=True)
@@ -151,19 +145,22 @@ def _leftovers(store: ArtifactStore, path: str, older_than_s: float,
         own = None
     if own is not None:
         times.append(own)
-    stale = []
+    stale, alive = [], False
     for name, entry in entries.items():
-        if entry["type"] != "directory" or not DATA_DIR.match(name) or name == keep:
-            continue
-        started = _started(store, path, name)
-        if started is None:
-            owned = False
-            continue
-        times.append(started)
-        if now - started >= older_than_s:
-            stale.append(f"{path}/{name}")
-    data_dirs = [n for n, e in entries.items() if e["type"] == "directory" and DATA_DIR.match(n)]
-    alive = len(stale) < len(data_dirs)
+        if entry["type"] == "directory" and DATA_DIR.match(name) and name != keep:
+            state = activity(store.fs, f"{path}/{name}", txid_time(name), now)
+            if state.last is not None:
+                times.append(state.last)
+            if state.live or state.last is None or now - state.last < older_than_s:
+                alive = True
+            else:
+                stale.append(f"{path}/{name}")
+        elif entry["type"] == "directory" and DATA_DIR.match(name):
+            alive = True  # the committed data folder
+        elif entry["type"] != "directory" and TMP.match(name):
+            t = _time(entry)
+            if t is not None and now - t >= max(older_than_s, TTL_S):
+                stale.append(f"{path}/{name}")
     if SHARDS in entries:
         for shard_id, entry in _entries(store, f"{path}/{SHARDS}").items():
             shard_path = f"{path}/{SHARDS}/{shard_id}"
@@ -180,6 +177,26 @@ def _leftovers(store: ArtifactStore, path: str, older_than_s: float,
     whole = (owned and manifest is None and not alive and newest is not None
              and now - newest >= older_than_s)
     return stale, whole
+
+
+def _root_leftovers(store: ArtifactStore, older_than_s: float, now: float,
+                    corrupt: bool) -> list[str]:
+    """Leftovers outside the stage folders: temporary files of the root marker and of the
+    catalog older than ``older_than_s`` and the lease time, and (``corrupt``) catalog files
+    that cannot be read as a run's row."""
+    found = []
+    places = [(store.root, ROOT_TMP), (f"{store.root}/{CATALOG}", CATALOG_TMP)]
+    for folder, pattern in places:
+        for name, entry in _entries(store, folder).items():
+            t = _time(entry)
+            if entry["type"] != "directory" and pattern.match(name) and t is not None \
+                    and now - t >= max(older_than_s, TTL_S):
+                found.append(f"{folder}/{name}")
+    if corrupt:
+        from storage.catalog import unreadable_run_files
+
+        found += unreadable_run_files(store)
+    return found
 
 
 def cleanup(store: ArtifactStore, older_than_s: float = 0.0, dry_run: bool = False,
@@ -205,6 +222,7 @@ def cleanup(store: ArtifactStore, older_than_s: float = 0.0, dry_run: bool = Fal
             continue
         stale, whole = _leftovers(store, path, older_than_s, now)
         removed += [path] if whole else stale
+    removed += _root_leftovers(store, older_than_s, now, corrupt)
     if not dry_run:
         for p in removed:
             if store.fs.exists(p):

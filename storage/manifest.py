@@ -23,7 +23,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from storage.errors import CorruptArtifact
-from storage.layout import MANIFEST, SHARD_PLAN, STARTED
+from storage.layout import DATA_DIR, KEY, MANIFEST, NAME, SHARD_PLAN, STAGE_NAMES, STARTED
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "SHARD_PLAN", "STARTED", "CorruptArtifact", "Manifest",
            "atomic_write_text", "new_txid", "package_versions", "read_text", "utcnow"]
@@ -101,6 +101,43 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True, default=str)
 
+    def check_identity(self, stage: str, key: str, shard: str | None, where: str) -> None:
+        """``CorruptArtifact`` unless this manifest belongs where it was found: the folder of
+        ``stage``/``key`` (and ``shard``), with a ``data_dir`` that is a ``data-<txid>`` folder
+        directly inside that folder (or none, for a sharded artifact's whole manifest, whose
+        shards are plain names), and inputs that name artifacts of known stages.
+
+        A manifest is never trusted further than this: a copied, moved or swapped folder, or
+        a manifest pointing elsewhere (``../../x``, another artifact's data), would otherwise
+        be read as this artifact's data, or its "old" data folder deleted after a rebuild."""
+        def refuse(problem: str) -> None:
+            raise CorruptArtifact(
+                f"manifest {where} {problem}; it is not trusted (a copied, moved or edited "
+                "folder?): rerun to rebuild the artifact, `linkstyle clean --corrupt` removes "
+                "the damaged folder")
+
+        found = (self.stage, self.key, self.shard)
+        if found != (stage, key, shard):
+            def name(s: object, k: object, sh: object) -> str:
+                return f"{s}/{k}" + (f" shard {sh}" if sh is not None else "")
+            refuse(f"belongs to {name(*found)}, but sits in the folder of "
+                   f"{name(stage, key, shard)}")
+        if self.data_dir is None:
+            shards = self.shards
+            if shard is not None or not isinstance(shards, list) or not shards:
+                refuse("names no data folder and no shards")
+            elif any(not isinstance(s, str) or not NAME.match(s) for s in shards) \
+                    or len(set(shards)) != len(shards):
+                refuse(f"lists shards that are not plain, unique folder names: {shards!r}")
+        elif not isinstance(self.data_dir, str) or not DATA_DIR.match(self.data_dir):
+            refuse(f"names the data folder {self.data_dir!r}, which is not a data-<txid> "
+                   "folder inside its own artifact folder")
+        sources = self.input_digests if isinstance(self.input_digests, dict) else None
+        if sources is None or any(
+                not isinstance(k, str) or not KEY.match(k) or not isinstance(v, dict)
+                or v.get("stage") not in STAGE_NAMES for k, v in sources.items()):
+            refuse("lists inputs that are not artifacts of known stages")
+
     @classmethod
     def from_json(cls, text: str, where: str) -> Manifest:
         try:
@@ -115,13 +152,13 @@ class Manifest:
             ) from exc
 
 
-def atomic_write_text(fs: AbstractFileSystem, path: str, text: str) -> None:
-    """Write ``text`` so that readers see either the old file or the whole new one.
+def atomic_write_text(fs: AbstractFileSystem, path: str, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) so that readers see either the old file or the whole new one.
 
     Local files: write a temporary sibling, then ``os.replace`` (atomic on POSIX).
     Object stores (s3, gcs) and memory: a single PUT of a small object is already atomic.
     """
-    data = text.encode("utf-8")
+    data = text.encode("utf-8") if isinstance(text, str) else text
     if isinstance(fs, LocalFileSystem):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)

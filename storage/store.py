@@ -31,6 +31,7 @@ from storage.layout import (
     ROOT_FORMAT,
     ROOT_MARKER,
     SHARD_PLAN,
+    SHARDS,
     STAGE_NAMES,
     check_key,
     check_name,
@@ -130,16 +131,33 @@ class ArtifactStore:
                 "touch it"
             )
 
+    def _identity(self, path: str) -> tuple[str, str, str | None]:
+        """(stage, key, shard or None) of an artifact or shard folder under the root."""
+        parts = path[len(self.root):].strip("/").split("/")
+        if len(parts) == 2:
+            return parts[0], parts[1], None
+        if len(parts) == 4 and parts[2] == SHARDS:
+            return parts[0], parts[1], parts[3]
+        raise ValueError(f"{path} is not an artifact or shard folder under {self.root}")
+
+    def _read_json(self, path: str, name: str) -> Manifest | None:
+        """The manifest (or shard plan) ``name`` of the folder ``path``, checked to belong
+        there (``Manifest.check_identity``); None if there is none."""
+        text = read_text(self.fs, f"{path}/{name}")
+        if text is None:
+            return None
+        manifest = Manifest.from_json(text, f"{path}/{name}")
+        manifest.check_identity(*self._identity(path), where=f"{path}/{name}")
+        return manifest
+
     def _read_manifest(
         self, path: str, missing_ok: bool = False, corrupt_ok: bool = False
     ) -> Manifest | None:
         try:
-            text = read_text(self.fs, f"{path}/{MANIFEST}")
-            if text is None:
-                if missing_ok:
-                    return None
+            manifest = self._read_json(path, MANIFEST)
+            if manifest is None and not missing_ok:
                 raise ArtifactNotFound(f"no committed artifact at {path} (no {MANIFEST})")
-            return Manifest.from_json(text, f"{path}/{MANIFEST}")
+            return manifest
         except CorruptArtifact:
             if corrupt_ok:
                 return None
@@ -147,10 +165,8 @@ class ArtifactStore:
 
     def _read_plan(self, path: str) -> list[str] | None:
         try:
-            text = read_text(self.fs, f"{path}/{SHARD_PLAN}")
-            if text is None:
-                return None
-            return list(Manifest.from_json(text, f"{path}/{SHARD_PLAN}").shards or [])
+            plan = self._read_json(path, SHARD_PLAN)
+            return list(plan.shards or []) if plan is not None else None
         except CorruptArtifact:
             return None
 
@@ -282,7 +298,11 @@ class ArtifactStore:
     @contextmanager
     def _write(self, path: str, manifest: Manifest) -> Iterator[ArtifactWriter]:
         writer = ArtifactWriter(self, path, manifest)
-        yield writer  # an exception here propagates: no manifest, nothing committed
+        try:
+            yield writer
+        except BaseException:  # propagates: no manifest, nothing committed
+            writer._abort()
+            raise
         writer._commit()
 
     @contextmanager

@@ -1,14 +1,16 @@
 """Writing and committing artifacts: one ``data-<txid>`` folder per write, the manifest last.
 
-A write goes to a fresh ``data-<txid>`` folder. At commit the writer lists every file of that
-folder with its size and CRC-32, records the content digests of the input artifacts, and then
-writes the manifest atomically; only after that is the folder an older manifest named removed.
-A writer that raises (or is killed) leaves the committed artifact as it was.
+A write goes to a fresh ``data-<txid>`` folder, which the writer holds by a lease
+(``storage.lease``) so that ``clean`` leaves it alone. At commit the writer checks that what it
+wrote is still there, lists every file of the folder with its size and CRC-32, records the
+content digests of the input artifacts, and then writes the manifest atomically; it checks the
+files once more (and takes the manifest back if they changed), and only after that is the
+folder an older manifest named removed. A writer that raises (or is killed) leaves the
+committed artifact as it was.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,8 +24,9 @@ import zarr
 
 from storage import integrity
 from storage.artifact import Artifact, zarr_store
-from storage.errors import IncompleteArtifact
-from storage.layout import MANIFEST, SHARD_PLAN, STARTED, check_name
+from storage.errors import CorruptArtifact, IncompleteArtifact
+from storage.layout import DATA_DIR, LEASE, MANIFEST, SHARD_PLAN, check_name
+from storage.lease import Lease
 from storage.manifest import Manifest, atomic_write_text, new_txid, utcnow
 
 if TYPE_CHECKING:
@@ -51,9 +54,8 @@ class ArtifactWriter:
         self._t0 = time.perf_counter()
         self._manifest.writer["started"] = time.time()
         store._ensure_marker()
-        fs = store.fs
-        fs.makedirs(self.data_path, exist_ok=True)
-        fs.pipe_file(f"{self.data_path}/{STARTED}", json.dumps({"started": time.time()}).encode())
+        store.fs.makedirs(self.data_path, exist_ok=True)
+        self.lease = Lease(store.fs, self.data_path)
 
     def create_array(
         self,
@@ -98,35 +100,87 @@ class ArtifactWriter:
         self.store.fs.pipe_file(f"{self.data_path}/{name}", data)
         self._manifest.files[name] = {"bytes": len(data)}
 
+    def _abort(self) -> None:
+        """The block raised: nothing is committed; the folder is left for ``clean``."""
+        self.lease.release()
+
+    def _own_files_problems(self) -> list[str]:
+        """What is missing of what this writer wrote (checked before the commit): each
+        array's metadata, each table, each file."""
+        found = integrity.file_sizes(self.store.fs, self.data_path)
+        expected = [f"{name}.zarr/zarr.json" for name in self._arrays]
+        expected += [f"{name}.parquet" for name in self._manifest.tables]
+        expected += list(self._manifest.files)
+        return [f"{rel}: missing" for rel in expected if rel not in found]
+
     def _commit(self) -> Manifest:
+        """Check the written files, record them, write the manifest, check again.
+
+        ``CorruptArtifact`` (and nothing committed) when the data folder was changed by
+        something else while it was written or committed. When an intact artifact with the same
+        content was committed by another writer meanwhile (two runs of one config), that one
+        is kept and this writer's folder removed, so a reader of the other run never finds
+        its data folder gone."""
         for name, arr in self._arrays.items():
             self._manifest.arrays[name] = {
                 "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
             }
         self.timings.setdefault("write_s", round(time.perf_counter() - self._t0, 4))
+        fs = self.store.fs
+        self.lease.check()
+        missing = self._own_files_problems()
+        if missing:
+            self._fail(f"{len(missing)} of its files vanished before the commit "
+                       f"({self.data_path}/{missing[0]})")
         t0 = time.perf_counter()
-        self._manifest.content = integrity.record(self.store.fs, self.data_path)
+        self._manifest.content = integrity.record(fs, self.data_path)
         self._manifest.digest = integrity.digest(self._manifest.content)
         self.timings["checksum_s"] = round(time.perf_counter() - t0, 4)
         self._manifest.input_digests = self.store._input_digests(self._manifest.inputs)
         self._manifest.created = utcnow()
         self._manifest.writer["committed"] = time.time()
-        fs = self.store.fs
         manifest_path = f"{self.path}/{MANIFEST}"
+        try:
+            previous_bytes: bytes | None = bytes(fs.cat_file(manifest_path))
+        except FileNotFoundError:
+            previous_bytes = None
         previous = self.store._read_manifest(self.path, missing_ok=True, corrupt_ok=True)
+        if previous is not None and previous.digest == self._manifest.digest \
+                and self.store._valid(self.path):
+            self.lease.stop()
+            fs.rm(self.data_path, recursive=True)
+            return previous  # the same bytes, committed by another writer: keep theirs
+        self.lease.check()
+        self.lease.stop()
         atomic_write_text(fs, manifest_path, self._manifest.to_json())
-        fs.rm_file(f"{self.data_path}/{STARTED}")
-        # The committed folder replaced an older one: that one is no longer reachable. Another
-        # writer of the same key may be removing it too (two runs at once).
+        changed = integrity.size_problems(self._manifest.content,
+                                          integrity.file_sizes(fs, self.data_path))
+        if changed or not fs.exists(self.lease.path):
+            # something removed or changed files between the check and the manifest: put the
+            # previous manifest back (or none), so the artifact never reads complete
+            if previous_bytes is not None:
+                atomic_write_text(fs, manifest_path, previous_bytes)
+            else:
+                fs.rm_file(manifest_path)
+            self._fail(f"its files changed while it was committed "
+                       f"({self.data_path}/{changed[0] if changed else LEASE}: missing)")
+        self.lease.remove()
+        # The committed folder replaced an older one: that one is no longer reachable. Its name
+        # was checked when its manifest was read (a data-<txid> folder inside this one), so
+        # nothing else is ever removed. Another writer of the same key may be removing it too.
         old_dir = previous.data_dir if previous is not None else None
-        if old_dir and old_dir != self._manifest.data_dir:
-            old = f"{self.path}/{old_dir}"
+        if old_dir and old_dir != self._manifest.data_dir and DATA_DIR.match(old_dir):
             try:
-                if fs.exists(old):
-                    fs.rm(old, recursive=True)
+                fs.rm(f"{self.path}/{old_dir}", recursive=True)
             except FileNotFoundError:
                 pass
         return self._manifest
+
+    def _fail(self, problem: str) -> None:
+        self.lease.release()
+        raise CorruptArtifact(
+            f"{self._manifest.stage}/{self._manifest.key} was not committed: {problem}; was "
+            "the folder cleaned or changed while the run wrote it? Rerun to write it again")
 
 
 class ShardedWriter:

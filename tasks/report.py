@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from storage import ArtifactStore
-from tasks.catalog import stage_of
+from storage.catalog import stage_of
 from tasks.unit_view import unit_view
 
 _STYLE = """

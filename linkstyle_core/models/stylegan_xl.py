@@ -336,7 +336,10 @@ class Unloadable:
     rebuild function does not import (``D``'s timm classes, a missing module) or fails.
 
     Unpickling treats it as a class and as a function alike (it accepts any arguments and any
-    state) and keeps what failed: ``missing`` (``module.name``) and ``error`` (the exception).
+    state), and what it makes is callable too (dill rebuilds a type with one call and an
+    object with a call of that type), so the whole pickle loads and the check of ``G_ema``
+    names what is missing. It keeps what failed: ``missing`` (``module.name``) and ``error``
+    (the exception).
     """
 
     missing = "?"
@@ -347,6 +350,9 @@ class Unloadable:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Unloadable:
+        return type(self)()
 
     def __setstate__(self, state: Any) -> None:
         self.__dict__["_state"] = state
@@ -398,12 +404,17 @@ def _unpickler(legacy: ModuleType) -> type[pickle.Unpickler]:
         base = pickle.Unpickler
 
     class NetworkUnpickler(base):  # type: ignore[misc, valid-type]
+        #: what could not be imported, in order (names the missing package if the pickle
+        #: still fails to load)
+        import_errors: list[BaseException]
+
         def find_class(self, module: str, name: str) -> Any:
             if (module, name) == ("torch.storage", "_load_from_bytes"):
                 return _load_from_bytes
             try:
                 found = super().find_class(module, name)
             except Exception as exc:
+                self.__dict__.setdefault("import_errors", []).append(exc)
                 return Unloadable.of(f"{module}.{name}", exc)
             if isinstance(found, type):
                 return found
@@ -463,16 +474,23 @@ def missing_package_hint(exc: BaseException | None, root: Path) -> str:
 def _load_g_ema(legacy: ModuleType, network: str, root: Path,
                 open_uri: OpenURI | None) -> Any:
     opener = _opener(network, open_uri)
+    failed: list[BaseException] = []
     try:
         with opener() as f:
-            data = _unpickler(legacy)(f).load()
+            unpickler = _unpickler(legacy)(f)
+            try:
+                data = unpickler.load()
+            finally:
+                failed = list(unpickler.__dict__.get("import_errors", []))
     except ModelError:
         raise
     except FileNotFoundError as exc:
         raise ModelError(f"generator.network {network!r} does not exist ({exc}); point it at "
                          f"your StyleGAN-XL network pickle") from exc
     except Exception as exc:
-        hint = missing_package_hint(exc, root)
+        # the error itself, else the first import that failed on the way (dill, a package
+        # of the checkout) is the likely cause
+        hint = next((h for e in (exc, *failed) if (h := missing_package_hint(e, root))), "")
         raise ModelError(
             f"generator.network {network!r} could not be unpickled with the code in "
             f"{str(root)!r} ({type(exc).__name__}: {exc}); "

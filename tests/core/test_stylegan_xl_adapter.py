@@ -126,6 +126,31 @@ def test_g_ema_needing_a_missing_package_names_it_and_the_install_command(
         load_stylegan_xl(str(net), tmp_path / "sg", ops="ref")
 
 
+class _DillType:
+    """An object of a type dill writes as ``dill._dill._load_type(...)`` and then calls, as it
+    does for some of a real snapshot's D (torch and timm internals)."""
+
+    def __reduce__(self) -> tuple:
+        return (types.ModuleType, ("placeholder",))
+
+
+def test_a_snapshot_whose_d_needs_dill_names_dill_when_it_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dill missing: the objects dill rebuilds by calling what ``_load_type`` returns made the
+    unpickling fail with "'Unloadable__load_type' object is not callable"; the placeholders are
+    callable now, the whole snapshot loads, and the message names dill and the extra."""
+    net = write_network(tmp_path / "d.pkl", write_checkout(tmp_path / "sg"),
+                        replace={"D": [_DillType(), _DillType()]})
+    monkeypatch.setitem(sys.modules, "dill", None)
+    monkeypatch.setitem(sys.modules, "dill._dill", None)
+    with pytest.raises(ModelError) as raised:
+        load_stylegan_xl(str(net), tmp_path / "sg", ops="ref")
+    message = str(raised.value)
+    assert "not callable" not in message
+    assert "the package 'dill' is not installed: pip install 'linkstyle[stylegan-xl]'" in message
+
+
 def test_legacy_needing_a_missing_package_names_it(tmp_path: Path, network: Path) -> None:
     source = write_checkout(tmp_path / "needs", legacy_imports=["tinyfilters"])
     with pytest.raises(ModelError, match=r"importing its legacy.py failed \(ModuleNotFoundError: "

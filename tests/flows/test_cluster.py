@@ -186,7 +186,7 @@ def test_s3_root_writes_caches_resumes_after_a_kill_and_cleans(sequential, s3, t
         while not ready and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
             done = fs.glob(f"{store.root}/tune/*/shards/*/manifest.json")
-            started = fs.glob(f"{store.root}/tune/*/shards/*/data-*/_started.json")
+            started = fs.glob(f"{store.root}/tune/*/shards/*/data-*/_lease.json")
             ready = bool(done) and any(p.split("/data-")[0] + "/manifest.json" not in done
                                        for p in started)
         assert ready, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else \
@@ -230,7 +230,7 @@ def test_s3_root_writes_caches_resumes_after_a_kill_and_cleans(sequential, s3, t
                              timeout=300)
     assert cleaned.returncode == 0, cleaned.stderr.decode()[-3000:]
     folders, named = _data_folders(store)
-    assert folders == named and not fs.glob(f"{store.root}/**/_started.json")
+    assert folders == named and not fs.glob(f"{store.root}/**/_lease.json")
     verify = subprocess.run([sys.executable, "-m", "flows.cli", "status", "--root", root,
                              "--verify"], capture_output=True, env=env, cwd=REPO, timeout=300)
     assert verify.returncode == 0, verify.stdout.decode()[-3000:]

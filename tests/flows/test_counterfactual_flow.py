@@ -21,7 +21,7 @@ def test_counterfactuals_are_stored_measured_and_confirmed(tmp_path) -> None:
     config = copy.deepcopy(TINY_CONFIG)
     config.update({
         "artifact_root": str(tmp_path / "artifacts"), "link": {"alpha": 0.01},
-        "tuning": {"samples_per_class": 2, "shard_size": 16, "null_directions": 4},
+        "tuning": {"samples_per_class": 2, "shard_size": 16, "null_directions": 20},
         "segment": {"labels": tiny_label_folder(tmp_path / "labels"), "steps": 30},
         "counterfactual": {"samples": 5, "max_steps": 150},
     })

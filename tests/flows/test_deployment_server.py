@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from storage import ArtifactStore
-from tasks.catalog import read_catalog
+from storage.catalog import read_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 # about 40 s on 2 cores (server start, deploy, one worker run): in the default test run

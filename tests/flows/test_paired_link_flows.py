@@ -16,7 +16,7 @@ import linkstyle_core.link as link_module
 import tasks.paired as paired_tasks
 from flows.analysis import link_flow, paired_data_flow
 from storage import ArtifactStore
-from tasks.catalog import read_catalog
+from storage.catalog import read_catalog
 from tests.fixtures.tiny_models import TINY_CONFIG
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

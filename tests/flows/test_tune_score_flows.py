@@ -28,7 +28,7 @@ def _config(tmp_path, labels: str) -> dict:
     config.update({
         "artifact_root": str(tmp_path / "artifacts"),
         "link": {"alpha": 0.01},
-        "tuning": {"samples_per_class": 3, "shard_size": 6, "null_directions": 8},
+        "tuning": {"samples_per_class": 3, "shard_size": 6, "null_directions": 20},
         "segment": {"labels": labels, "labelled_images": 16, "steps": 60},
     })
     return config

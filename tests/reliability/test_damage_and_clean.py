@@ -39,8 +39,10 @@ def _age(path: Path, seconds: float) -> None:
     """Make every file and folder under ``path`` (and every write started there) look
     ``seconds`` old."""
     then = time.time() - seconds
-    for started in path.rglob("_started.json"):
-        started.write_text(json.dumps({"started": then}))
+    for lease in path.rglob("_lease.json"):
+        held = json.loads(lease.read_text())
+        lease.write_text(json.dumps({**held, **{k: then for k in ("started", "renewed",
+                                                                   "released") if k in held}}))
     for dirpath, dirnames, filenames in os.walk(path):
         for name in [*dirnames, *filenames]:
             os.utime(os.path.join(dirpath, name), (then, then))

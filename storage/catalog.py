@@ -6,6 +6,9 @@ and renamed), so concurrent runs never append to one file; the catalog is all of
 holds the run id, the flow, start and end time, the status (completed or failed, with the
 error), the config and its hash, the code version and the key of every stage the run used, so
 a table found by its content key leads back to the runs that made or reused it.
+
+A catalog file that cannot be read (truncated, junk, another schema) is left out with a
+``StoreWarning`` naming it; ``linkstyle clean --corrupt`` removes it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+import warnings
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -21,16 +25,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage import ArtifactStore
+from storage.errors import StoreWarning
+from storage.layout import CATALOG, CATALOG_RUN
+from storage.store import ArtifactStore
 
-CATALOG = "catalog"
 COLUMNS = ("run_id", "flow", "status", "started", "ended", "config_hash", "config",
            "code_version", "artifact_root", "keys", "error")
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """A short hash of a config as resolved (every field, defaults included)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    """A short hash of a config as resolved (every field, defaults included), except where
+    its artifacts live: a root that was moved, or named by another path (relative, absolute,
+    through a link), still holds the runs of the same config."""
+    kept = {k: v for k, v in config.items() if k != "artifact_root"}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -70,18 +78,49 @@ def record_run(store: ArtifactStore, row: dict[str, Any], status: str,
     return final
 
 
-def read_catalog(store: ArtifactStore) -> pd.DataFrame:
-    """Every recorded run, oldest first (an empty frame with the columns when none)."""
+def _run_files(store: ArtifactStore) -> list[str]:
     folder = f"{store.root}/{CATALOG}"
     try:
-        files = sorted(p for p in store.fs.ls(folder, detail=False)
-                       if str(p).endswith(".parquet"))
-    except FileNotFoundError:
-        files = []
+        found = store.fs.ls(folder, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(str(p) for p in found if CATALOG_RUN.match(str(p).rstrip("/").rsplit("/")[-1]))
+
+
+def _read_run_file(store: ArtifactStore, path: str) -> pd.DataFrame:
+    """One run's rows; ``ValueError`` (or ``OSError``) naming what is wrong if the file is not
+    a catalog row."""
+    with store.fs.open(path, "rb") as handle:
+        frame = pq.read_table(handle).to_pandas()  # pyarrow's errors are ValueErrors
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"no column {missing[0]!r}")
+    return frame[list(COLUMNS)]
+
+
+def unreadable_run_files(store: ArtifactStore) -> list[str]:
+    """The catalog files that cannot be read as a run's row (for ``clean --corrupt``)."""
+    bad = []
+    for path in _run_files(store):
+        try:
+            _read_run_file(store, path)
+        except (ValueError, OSError):
+            bad.append(path)
+    return bad
+
+
+def read_catalog(store: ArtifactStore) -> pd.DataFrame:
+    """Every recorded run, oldest first (an empty frame with the columns when none). A file
+    that cannot be read is left out with a ``StoreWarning`` that names it."""
     frames = []
-    for path in files:
-        with store.fs.open(path, "rb") as handle:
-            frames.append(pq.read_table(handle).to_pandas())
+    for path in _run_files(store):
+        try:
+            frames.append(_read_run_file(store, path))
+        except (ValueError, OSError) as exc:
+            warnings.warn(StoreWarning(
+                f"catalog file {path} cannot be read ({exc}); its run is left out. Remove it "
+                "(`linkstyle clean --corrupt` does), the run's artifacts are not affected"),
+                stacklevel=2)
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS))
     return pd.concat(frames, ignore_index=True).sort_values("started", ignore_index=True)
@@ -101,8 +140,9 @@ def resolve_run(store: ArtifactStore, run: str, config: dict[str, Any] | None = 
                               f"newest: {known}); `linkstyle runs` lists them")
         return found.iloc[-1]
     done = catalog[catalog["status"] == "completed"]
-    if config is not None:
-        done = done[done["config_hash"] == config_hash(config)]
+    if config is not None:  # hashed afresh: rows written when the hash held the root match too
+        wanted = config_hash(config)
+        done = done[[_row_hash(text) == wanted for text in done["config"]]]
     if needs is not None:
         done = done[[needs in json.loads(k) for k in done["keys"]]]
     if done.empty:
@@ -110,6 +150,13 @@ def resolve_run(store: ArtifactStore, run: str, config: dict[str, Any] | None = 
         raise LookupError(f"no completed run {which}in the catalog under {store.root_uri}; "
                           "run `linkstyle run` first")
     return done.iloc[-1]
+
+
+def _row_hash(config_text: Any) -> str | None:
+    try:
+        return config_hash(json.loads(config_text))
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def stage_of(name: str) -> str:
@@ -121,11 +168,19 @@ def stage_of(name: str) -> str:
 def run_tables(store: ArtifactStore, keys: dict[str, str]) -> pd.DataFrame:
     """Every table of a run's committed artifacts: one row per (stage, key, table) with the
     Parquet files that hold it (one per shard, in shard order). The split of a ``paired``
-    artifact and the link type are in ``view``, the name a DuckDB view gets."""
+    artifact and the link type are in ``view``, the name a DuckDB view gets. An artifact of
+    the run that is gone, damaged or stale is left out with a ``StoreWarning`` naming it."""
     rows = []
     for name, key in keys.items():
         stage = stage_of(name)
         if not store.exists(stage, key):
+            problems = store.verify(stage, key)
+            what = problems[0][1] if problems else "it cannot be read"
+            warnings.warn(StoreWarning(
+                f"the {name} artifact of this run ({store.artifact_path(stage, key)}) is "
+                f"{problems[0][0] if problems else 'damaged'}: {what}; its tables are left "
+                "out. Rerun the analysis with the run's config (`linkstyle run`) to rebuild it"),
+                stacklevel=2)
             continue
         art = store.open(stage, key)
         parts = [art.shard(s) for s in art.shards] if art.shards else [art]

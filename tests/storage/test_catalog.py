@@ -7,7 +7,7 @@ import json
 import pytest
 
 from storage import ArtifactStore
-from tasks.catalog import config_hash, new_run, read_catalog, record_run, resolve_run
+from storage.catalog import config_hash, new_run, read_catalog, record_run, resolve_run
 
 
 def test_runs_are_recorded_and_latest_is_the_newest_completed_of_a_config(tmp_path) -> None:
