@@ -25,6 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.preflight import class_pairs, preflight
 from flows.runners import RunnerSpec, checked_spec, prefect_server_for, results, submit, using
 from flows.server import temporary_api_url, uses_own_server
+from linkstyle_core import stop
 from linkstyle_core.config import AnalysisConfig
 from storage.catalog import new_run, record_run, stage_of
 from tasks.caching import was_cached
@@ -267,8 +268,10 @@ def _cataloged(name: str, config: AnalysisConfig, body: Callable[[], dict[str, S
     # without PREFECT_API_URL this process runs a temporary server: a local cluster's workers
     # report to it too, instead of each starting one of its own
     server = None if uses_own_server() else temporary_api_url()
+    stop.clear()
     try:
-        with prefect_server_for(spec, server), using(spec):
+        # a SIGTERM or Ctrl-C ends the running task at its next batch (linkstyle_core.stop)
+        with stop.on_signals(), prefect_server_for(spec, server), using(spec):
             reports = body()
     except BaseException as exc:
         try:

@@ -318,9 +318,10 @@ def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
     if getattr(args, "samples", None) is not None:
         raw["counterfactual"]["samples"] = args.samples
     config = AnalysisConfig.from_dict(raw, source="config and command line")
-    from flows.preflight import check_protocol
+    from flows.preflight import check_remote_root
 
-    check_protocol(config.artifact_root)  # an unknown protocol, s3:// without s3fs
+    # an unknown protocol, s3:// without s3fs, a remote root without credentials: in seconds
+    check_remote_root(config.artifact_root)
     return config
 
 

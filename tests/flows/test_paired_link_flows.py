@@ -219,15 +219,23 @@ def test_a_flow_run_shows_its_logs_and_artifacts_in_prefect(tmp_path) -> None:
 
     state = link_flow(_config(tmp_path), return_state=True)
     run_id = state.state_details.flow_run_id
-    APILogWorker.drain_all(timeout=10)  # logs reach the server in batches
+    # logs reach the server in batches from a background worker: on a busy machine that takes
+    # a while, so wait for the run's last line (up to two minutes), not for a fixed time
+    deadline = time.monotonic() + 120
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        while True:
+            APILogWorker.drain_all(timeout=10)
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            messages = "\n".join(log.message for log in logs)
+            if "held-out R2" in messages or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
     assert runs[0].state.is_completed()
-    messages = "\n".join(log.message for log in logs)
     assert "stage link: computed 1" in messages and "held-out R2" in messages
     assert str(tmp_path / "artifacts" / "link") in messages
     kinds = {a.key: a.type for a in artifacts}

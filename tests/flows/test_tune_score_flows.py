@@ -34,9 +34,11 @@ def _config(tmp_path, labels: str) -> dict:
     return config
 
 
-def test_tables_cover_every_unit_part_and_measure(tmp_path, labels) -> None:
+def test_tables_cover_every_unit_part_and_measure(tmp_path, labels, caplog) -> None:
     config = _config(tmp_path, labels)
     reports = tune_score_flow(config)
+    # Prefect's warning about tagged tasks in a one-thread pool is a false alarm here
+    assert "may lead to dead-locks" not in caplog.text
     store = ArtifactStore(config["artifact_root"])
     tuned = store.open("tune", reports["tune"].keys["tune"])
     assert tuned.shards == ["units-0000-0005", "units-0006-0011", "units-0012-0015"]
@@ -63,7 +65,7 @@ def test_tables_cover_every_unit_part_and_measure(tmp_path, labels) -> None:
     assert sorted(units["unit"]) == list(range(16))
     assert set(units["top_part"]) <= {"bright", "dark"}
     assert units["concentration"].between(0.5, 1).all()  # two foreground parts
-    assert units["specificity_p"].between(1 / 9, 1).all()  # 8 null directions
+    assert units["specificity_p"].between(1 / 21, 1).all()  # 20 null directions
     assert (units["specificity_q"] >= units["specificity_p"] - 1e-12).all()
     assert (units["significant"] == (units["specificity_q"] < 0.05)).all()
     # calibrated steps: the re-encoded units follow the values they were set to

@@ -63,6 +63,7 @@ def world(tmp_path: Path, labels: Path) -> dict[str, Path]:
     wrong_shape.mkdir()
     np.savez(wrong_shape / "labels.npz", ws=np.zeros((4, 3, 5), "float32"),
              labels=np.zeros((4, 8, 8), "int64"), parts=np.asarray(["background", "x"]))
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")  # a link to a folder not there
     return {"tmp": tmp_path, "root": root, "labels": labels}
 
 
@@ -113,6 +114,8 @@ CASES: list[tuple[str, dict | str | None, list[str], list[str]]] = [
     ("empty-root", _tiny(artifact_root=""), ["run"], ["artifact_root"]),
     ("bad-precision", _tiny(runtime={"precision": "fp8"}), ["run"], ["runtime.precision"]),
     ("bad-device-name", _tiny(runtime={"device": "gpu"}), ["run"], ["runtime.device"]),
+    ("too-few-null-directions", _tiny(tuning={"null_directions": 2}), ["run"],
+     ["tuning.null_directions", "at least 20", "p < 0.05"]),
     # -- checks against the models, before stage 1
     ("classes-out-of-range", _tiny(data={"classes": [0, 7]}, segment=LABELLED), ["run"],
      ["data.classes", "class 7", "out of range", "3 classes"]),
@@ -154,6 +157,10 @@ CASES: list[tuple[str, dict | str | None, list[str], list[str]]] = [
      ["a-file.txt", "is a file"]),
     ("root-under-a-file", _tiny(segment=LABELLED), ["run", "--root", "{tmp}/a-file.txt/sub"],
      ["cannot be created", "a-file.txt is a file"]),
+    ("root-dangling-link", _tiny(segment=LABELLED), ["run", "--root", "{tmp}/dangling"],
+     ["dangling is a symbolic link to", "gone, which does not exist"]),
+    ("root-under-a-dangling-link", _tiny(segment=LABELLED),
+     ["run", "--root", "{tmp}/dangling/artifacts"], ["dangling is a symbolic link"]),
     ("root-unknown-protocol", _tiny(segment=LABELLED), ["run", "--root", "nosuch://bucket/x"],
      ["nosuch://bucket/x", "Protocol not known"]),
     ("root-unknown-protocol-status", None, ["status", "--root", "nosuch://bucket/x"],
@@ -384,6 +391,32 @@ def test_user_errors_in_prefect_logs_lose_their_traceback(monkeypatch) -> None:
     assert quiet.filter(user) is True and user.exc_info is None
 
 
+def test_the_console_shows_no_prefect_line_about_a_failed_run() -> None:
+    """What Prefect prints while a run fails ("Finished in state Failed(...)", a task that
+    failed on a user's mistake) stays off the console; ``main`` prints the error once. Other
+    warnings, and the traceback of a bug, stay."""
+    import logging
+
+    from flows.cli import _QuietConsole
+
+    def record(name: str, level: int, message: str, **extra: object) -> logging.LogRecord:
+        rec = logging.LogRecord(name, level, __file__, 1, message, None, None)
+        rec.__dict__.update(extra)
+        return rec
+
+    quiet = _QuietConsole()
+    assert not quiet.filter(record("prefect.task_runs", logging.ERROR, "Finished in state "
+                                   "Failed('Task run encountered an exception AcceptanceError')"))
+    assert not quiet.filter(record("prefect.flow_runs", logging.ERROR,
+                                   "Finished in state NotReady('Upstream task run ...')"))
+    assert not quiet.filter(record("prefect.task_runs", logging.ERROR, "Task run failed",
+                                   linkstyle_user_error=True))
+    assert quiet.filter(record("prefect.task_runs", logging.ERROR, "Task run failed with "
+                               "exception: ZeroDivisionError"))  # a bug: kept
+    assert quiet.filter(record("prefect.flow_runs", logging.WARNING, "a warning to act on"))
+    assert quiet.filter(record("prefect.flow_runs", logging.INFO, "Finished in state Completed()"))
+
+
 # -- the running command: the shard's own error, no orphan server ------------------------------
 def _run_tiny(tmp_path: Path, **data) -> list[str]:
     config = _tiny(data={"samples_per_class": 12, "test_samples_per_class": 6, **data})
@@ -460,7 +493,8 @@ def test_a_killed_run_leaves_no_server_and_closes_the_pipe(tmp_path, sig) -> Non
 @pytest.mark.slow
 def test_a_failing_shard_shows_its_own_error(tmp_path) -> None:
     """A class the classifier rarely accepts fails its paired shard: the command shows that
-    AcceptanceError as one message, not Prefect's UnfinishedRun, and no traceback."""
+    AcceptanceError as one message, not Prefect's UnfinishedRun, no traceback, and no Prefect
+    ERROR line ("Finished in state Failed", "NotReady") before it."""
     run = subprocess.run(_run_tiny(tmp_path, min_acceptance=1.0, max_attempts_factor=1.0),
                          capture_output=True, env=_env(), timeout=300,
                          cwd=Path(__file__).resolve().parents[2])
@@ -468,3 +502,166 @@ def test_a_failing_shard_shows_its_own_error(tmp_path) -> None:
     assert run.returncode == 2, err[-2000:]
     assert "linkstyle: error: class " in err and "data.min_acceptance" in err
     assert "UnfinishedRun" not in err and "Traceback" not in err
+    assert "ERROR" not in err and "Finished in state" not in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_null_control_stops_within_a_batch(tmp_path, labels) -> None:
+    """The null control is one long task (here 100000 directions, minutes of work): a SIGTERM
+    while it runs ends the command within seconds, not when the task would have ended."""
+    config = _tiny(data={"samples_per_class": 12, "test_samples_per_class": 6},
+                   tuning={"units": "0-3", "shard_size": 4, "samples_per_class": 1,
+                           "null_samples_per_class": 1, "null_directions": 100000,
+                           "store_images": False},
+                   segment={"labels": str(labels)})
+    config["artifact_root"] = str(tmp_path / "root")
+    (tmp_path / "null.yaml").write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "flows.cli", "run", "--config", str(tmp_path / "null.yaml")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None \
+                and not list((tmp_path / "root").glob("tune/*/shards/*/manifest.json")):
+            time.sleep(0.2)  # the unit shard is committed: the null control runs next
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(3.0)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        took = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err.decode()[-2000:]
+    assert b"terminated (SIGTERM)" in err and b"Traceback" not in err
+    assert not list((tmp_path / "root").glob("null/*/manifest.json"))  # it did not finish
+    assert took < 30, f"the run took {took:.0f} s to stop"
+
+
+# -- the command line's edges: start-up, a busy machine, pipes, remote roots, two runs at once ---
+_STARTUP_VARS = ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "PREFECT_LOGGING_LEVEL",
+                 "OMP_WAIT_POLICY")
+
+_PROBE = """
+import contextlib, sys
+import flows.server
+
+@contextlib.contextmanager
+def probe():  # what Prefect itself would use when the run starts its server
+    from prefect.settings import get_current_settings
+    settings = get_current_settings()
+    print("PROBE", settings.server.ephemeral.startup_timeout_seconds, settings.logging.level,
+          flush=True)
+    raise SystemExit(0)
+    yield
+
+flows.server.temporary_server = probe
+from flows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _fresh_env(tmp_path: Path) -> dict[str, str]:
+    """This environment without the command line's start-up defaults (a user's shell), and
+    with a Prefect home of its own."""
+    env = {k: v for k, v in _env().items() if k not in _STARTUP_VARS}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    return env
+
+
+def test_startup_defaults_reach_prefect_in_a_fresh_process(tmp_path) -> None:
+    """The defaults are set before anything imports Prefect (which reads its settings once):
+    the run's Prefect sees a 90 s start-up timeout and the WARNING log level, not its own 20 s
+    and INFO."""
+    argv = _run_tiny(tmp_path)[3:]  # after `python -m flows.cli`
+    run = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True,
+                         env=_fresh_env(tmp_path), cwd=_env()["PYTHONPATH"], timeout=300)
+    assert "PROBE 90 WARNING" in run.stdout, run.stdout + run.stderr[-2000:]
+
+
+def test_a_server_that_does_not_start_is_one_line_with_its_output_and_the_fix(tmp_path) -> None:
+    env = _fresh_env(tmp_path) | {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
+    run = subprocess.run(_run_tiny(tmp_path), capture_output=True, text=True, env=env,
+                         cwd=env["PYTHONPATH"], timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("linkstyle: error: Prefect's temporary server did not start "
+                                "within 1 s"), lines
+    for words in ("its output: ", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=4",
+                  "prefect server start", "PREFECT_API_URL"):
+        assert words in lines[-1]
+    assert "Traceback" not in run.stderr and " ERROR " not in run.stderr
+    assert not (tmp_path / "root").exists() or not list((tmp_path / "root").rglob("manifest.json"))
+
+
+def _hogs(n: int = 2) -> list[subprocess.Popen]:
+    """``n`` processes that keep a core each busy (a shared CI machine, a laptop at work)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def test_the_main_command_succeeds_on_a_busy_machine(tmp_path) -> None:
+    """``linkstyle run --until paired`` while two CPU-bound processes keep both cores of a
+    2-core machine busy: the temporary Prefect server starts later, within the command's
+    start-up timeout, and the run completes."""
+    hogs = _hogs(2)
+    try:
+        time.sleep(1.0)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        t0 = time.perf_counter()
+        run = subprocess.run(_run_tiny(tmp_path), capture_output=True, text=True,
+                             env=_fresh_env(tmp_path), cwd=_env()["PYTHONPATH"], timeout=600)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert run.returncode == 0, f"load {load:.1f}: " + run.stderr[-3000:]
+    assert "stages done" in run.stdout and " ERROR " not in run.stderr
+    print(f"busy machine: load {load:.1f}, run took {time.perf_counter() - t0:.0f} s")
+
+
+def test_two_identical_runs_at_once_both_succeed(tmp_path) -> None:
+    """Two runs of one config on one root at once compute the same keys and commit the same
+    bytes; neither reports damage, and the root verifies."""
+    argv, env = _run_tiny(tmp_path), _fresh_env(tmp_path)
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, cwd=env["PYTHONPATH"]) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+        assert "error" not in err.lower() and "corrupt" not in (out + err).lower()
+    assert main(["status", "--root", str(tmp_path / "root"), "--verify"]) == 0
+
+
+def test_a_closed_output_pipe_ends_quietly(world, tmp_path) -> None:
+    """``linkstyle status | head -n 0``: the reader goes away; no BrokenPipeError traceback,
+    and the exit code of a process stopped by SIGPIPE."""
+    command = (f"set -o pipefail; {sys.executable} -m flows.cli status --root {world['root']} "
+               "| head -n 0")
+    run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=_env(),
+                         cwd=_env()["PYTHONPATH"], timeout=120)
+    assert run.stderr == "" and run.returncode == 141, run.stderr
+
+
+@pytest.mark.parametrize("argv", [["run"], ["clean"], ["status"], ["runs"]],
+                         ids=lambda a: a[0])
+def test_an_s3_root_without_credentials_is_refused_in_seconds(world, capsys, monkeypatch,
+                                                              argv) -> None:
+    pytest.importorskip("s3fs")
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(world["tmp"]))  # no ~/.aws
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(world["tmp"] / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(world["tmp"] / "no-config"))
+    config = world["tmp"] / "s3.yaml"
+    config.write_text(yaml.safe_dump(_tiny(segment={"labels": str(world["labels"])})))
+    t0 = time.perf_counter()
+    code = main([argv[0], "--config", str(config), "--root", "s3://linkstyle-bucket/runs"])
+    took = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("linkstyle: error: artifact_root "
+                                        "s3://linkstyle-bucket/runs: no AWS credentials found")
+    assert "AWS_ACCESS_KEY_ID" in err and "Traceback" not in err
+    assert took < 10, took  # no wait on instance metadata or retries

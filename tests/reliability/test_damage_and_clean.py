@@ -373,6 +373,42 @@ def flip_zarr_metadata(root: Path, keys: dict) -> Path:
     return meta
 
 
+def _edit_manifest(manifest: Path, **fields: object) -> Path:
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **fields}))
+    return manifest
+
+
+def data_dir_outside_the_root(root: Path, keys: dict) -> Path:
+    """A manifest pointing at a folder outside the root (which a rebuild used to delete)."""
+    return _edit_manifest(root / "link" / keys["link"] / "manifest.json",
+                          data_dir="../../../victim")
+
+
+def data_dir_of_another_artifact(root: Path, keys: dict) -> Path:
+    """A shard manifest pointing at another shard's data folder inside the root."""
+    other = _train_shard(root, keys)  # class-0001's data folder
+    return _edit_manifest(root / "paired" / keys["train"] / "shards" / "class-0000" /
+                          "manifest.json", data_dir=f"../class-0001/{other.name}")
+
+
+def shard_copied_over_another(root: Path, keys: dict) -> Path:
+    """``cp -r`` of one shard folder in place of another: every file intact, the wrong shard."""
+    shards = root / "paired" / keys["train"] / "shards"
+    shutil.rmtree(shards / "class-0002")
+    shutil.copytree(shards / "class-0000", shards / "class-0002")
+    return shards / "class-0002" / "manifest.json"
+
+
+def key_folders_swapped(root: Path, keys: dict) -> Path:
+    """The train and test folders of paired data swapped: two intact artifacts, each under
+    the other's key."""
+    train, test = root / "paired" / keys["train"], root / "paired" / keys["test"]
+    train.rename(root / "paired" / "swap")
+    test.rename(train)
+    (root / "paired" / "swap").rename(test)
+    return train / "manifest.json"
+
+
 # (damage, status the artifact gets, exit code of `status --verify`)
 DAMAGE = [
     (flip_link_chunk, "corrupt", 1),
@@ -389,6 +425,10 @@ DAMAGE = [
     (junk_in_data_dir, "corrupt", 1),
     (delete_data_dir, "corrupt", 1),
     (flip_zarr_metadata, "corrupt", 1),
+    (data_dir_outside_the_root, "corrupt", 1),
+    (data_dir_of_another_artifact, "corrupt", 1),
+    (shard_copied_over_another, "corrupt", 1),
+    (key_folders_swapped, "corrupt", 1),
 ]
 
 
@@ -430,3 +470,183 @@ def test_deleted_manifest_is_uncommitted_and_rebuilt(pristine, tmp_path, capsys)
     link_flow(_config(root))
     assert ArtifactStore(str(root)).exists("link", keys["link"])
     assert_same_artifacts(str(pristine["root"]), str(root))
+
+
+def test_a_manifest_never_makes_a_run_delete_outside_its_folder(pristine, tmp_path,
+                                                                 capsys) -> None:
+    """A manifest naming a folder outside the root, or another artifact's data, is corrupt: the
+    rebuild neither follows nor removes it, and both folders are as they were."""
+    from flows.analysis import link_flow
+
+    root, keys = tmp_path / "project" / "artifacts", pristine["keys"]
+    shutil.copytree(pristine["root"], root)
+    victim = tmp_path / "victim"
+    (victim / "thesis").mkdir(parents=True)
+    (victim / "thesis" / "chapter1.tex").write_text("years of work")
+    other = _data(root, "paired", keys["test"], "class-0000")
+    _edit_manifest(root / "link" / keys["link"] / "manifest.json", data_dir="../../../victim")
+    _edit_manifest(root / "paired" / keys["train"] / "shards" / "class-0001" / "manifest.json",
+                   data_dir=f"../../../{keys['test']}/shards/class-0000/{other.name}")
+    before = snapshot(victim) | snapshot(other)
+    assert main(["status", "--root", str(root), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "../../../victim" in out and "not a data-<txid> folder" in out
+    link_flow(_config(root))
+    assert snapshot(victim) | snapshot(other) == before
+    assert main(["status", "--root", str(root), "--verify"]) == 0
+    assert_same_artifacts(str(pristine["root"]), str(root))
+
+
+def test_clean_spares_a_live_writer_and_the_commit_succeeds(tmp_path, capsys) -> None:
+    """``clean --older-than 0`` while a writer is inside its block, even with every file of
+    its folder made to look hours old: the writer's lease keeps the folder, and the commit
+    afterwards is intact."""
+    store = ArtifactStore(str(tmp_path / "root"))
+    _write(store, "paired", KEY_A, 1.0)  # the root exists and holds a committed artifact
+    with store.writer("link", KEY_B) as w:
+        w.write_array("w", np.full((6, 4), 2.0, dtype="float32"), chunks=(3, 4))
+        folder = Path(w.data_path)
+        then = time.time() - 7200
+        for path in [folder, *folder.rglob("*")]:
+            if path.name != "_lease.json":
+                os.utime(path, (then, then))
+        assert main(["clean", "--root", str(store.root), "--older-than", "0"]) == 0
+        assert "removed 0 uncommitted" in capsys.readouterr().out
+        assert (folder / "w.zarr" / "zarr.json").exists()
+        w.write_table("rates", pd.DataFrame({"cls": [0], "rate": [1.0]}))
+    assert store.verify("link", KEY_B) == []
+    np.testing.assert_array_equal(store.open("link", KEY_B).load("w"), np.full((6, 4), 2.0))
+
+
+def test_a_commit_checks_its_files_and_never_reads_complete_after_a_failure(tmp_path,
+                                                                            monkeypatch) -> None:
+    """Files of a write removed before the commit: refused before the manifest. Removed while
+    the manifest is written: the manifest is taken back (the previous one restored), so the
+    artifact never reads complete with missing data."""
+    import storage.writer
+
+    store = ArtifactStore(str(tmp_path / "root"))
+    with pytest.raises(CorruptArtifact, match="vanished before the commit"):
+        with store.writer("link", KEY_B) as w:
+            w.write_array("w", np.zeros(4))
+            shutil.rmtree(Path(w.data_path) / "w.zarr")
+    assert not (Path(store.artifact_path("link", KEY_B)) / "manifest.json").exists()
+
+    _write(store, "paired", KEY_A, 1.0)
+    committed = (Path(store.artifact_path("paired", KEY_A)) / "manifest.json").read_bytes()
+    real = storage.writer.atomic_write_text
+
+    def write_then_lose_a_file(fs, path, text):  # something removes data meanwhile
+        real(fs, path, text)
+        if path.endswith("/manifest.json") and isinstance(text, str) and '"value": 9' in text:
+            data = Path(path).parent / json.loads(text)["data_dir"]
+            next(data.glob("*.parquet")).unlink()
+
+    monkeypatch.setattr(storage.writer, "atomic_write_text", write_then_lose_a_file)
+    with pytest.raises(CorruptArtifact, match="changed while it was committed"):
+        with store.writer("paired", KEY_A, params={"value": 9}) as w:
+            w.write_array("w", np.full((6, 4), 9.0, dtype="float32"))
+            w.write_table("rates", pd.DataFrame({"cls": [0], "rate": [9.0]}))
+    assert (Path(store.artifact_path("paired", KEY_A)) / "manifest.json").read_bytes() \
+        == committed
+    assert store.verify("paired", KEY_A) == []
+    np.testing.assert_array_equal(store.open("paired", KEY_A).load("w"), np.ones((6, 4)))
+
+
+def test_a_reader_follows_a_concurrent_commit_of_the_same_key(tmp_path) -> None:
+    """Two runs at once: the second commit of identical bytes keeps the first (its readers
+    are not disturbed); a commit of other bytes replaces it, and a reader that opened the
+    first follows the new manifest instead of reporting damage."""
+    store = ArtifactStore(str(tmp_path / "root"))
+    _write(store, "paired", KEY_A, 1.0)
+    reader = store.open("paired", KEY_A)
+    first = reader.manifest.data_dir
+    _write(store, "paired", KEY_A, 1.0)
+    assert store.open("paired", KEY_A).manifest.data_dir == first
+    assert len(list(Path(reader.path).glob("data-*"))) == 1
+    _write(store, "paired", KEY_A, 3.0)  # e.g. a GPU run, not bit-identical
+    assert not (Path(reader.path) / first).exists()
+    np.testing.assert_array_equal(reader.load("w"), np.full((6, 4), 3.0))
+    assert reader.table("rates")["rate"].tolist() == [3.0, 1.5]
+
+
+def test_clean_removes_stale_temporary_files_and_spares_fresh_ones(world, capsys) -> None:
+    root = world["root"]
+    key = root / "paired" / KEY_A
+    stale = [key / f".manifest.json.{'a' * 32}.tmp", root / f".linkstyle-root.json.{'b' * 32}.tmp",
+             root / "catalog" / "run-20260101T000000.000+0000-0123456789ab.parquet.cafe0123.tmp"]
+    fresh = key / f".manifest.json.{'c' * 32}.tmp"  # a commit may be writing it right now
+    for path in [*stale, fresh]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{")
+    then = time.time() - 7200
+    for path in stale:
+        os.utime(path, (then, then))
+    assert main(["clean", "--root", str(root), "--older-than", "0"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"removed {p}" in out for p in stale) and not any(p.exists() for p in stale)
+    assert fresh.exists() and str(fresh) not in out
+    assert ArtifactStore(str(root)).exists("paired", KEY_A)
+
+
+def _root_config(tmp_path: Path, root: Path | str) -> str:
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_config(Path(root)) | {"artifact_root": str(root)}))
+    return str(path)
+
+
+def test_a_damaged_catalog_file_is_a_warning_and_clean_corrupt_removes_it(pristine, tmp_path,
+                                                                          capsys) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(pristine["root"], root)
+    catalog = root / "catalog"
+    good = sorted(catalog.glob("run-*.parquet"))
+    junk = catalog / "run-20260101T000000.000+0000-0123456789ab.parquet"
+    junk.write_bytes(b"PAR1 not really")
+    truncated = catalog / "run-20260102T000000.000+0000-ba9876543210.parquet"
+    truncated.write_bytes(good[0].read_bytes()[:-30])
+    config = _root_config(tmp_path, root)
+    for argv in (["runs"], ["tables"], ["tables", "--format", "sql"]):
+        assert main([*argv, "--config", config]) == 0, argv
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        for bad in (junk, truncated):
+            assert f"linkstyle: warning: catalog file {bad} cannot be read" in err
+        assert "clean --corrupt" in err
+        assert ("link_metrics" in out) if argv[0] == "tables" else (len(out.splitlines()) == 2)
+    assert main(["report", "--config", config]) == 2  # no scored run: the report's own message
+    err = capsys.readouterr().err
+    assert "did not tune and score" in err or "no completed run" in err
+    assert "Traceback" not in err and "ArrowInvalid" not in err
+    assert main(["clean", "--root", str(root), "--older-than", "0", "--corrupt"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {junk}" in out and f"removed {truncated}" in out
+    assert sorted(catalog.glob("run-*.parquet")) == good
+    assert ArtifactStore(str(root)).exists("link", pristine["keys"]["link"])
+
+
+def test_tables_say_which_artifact_of_the_run_is_damaged(pristine, tmp_path, capsys) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(pristine["root"], root)
+    chunk = _link_chunk(root, pristine["keys"])
+    _flip(chunk)
+    assert main(["tables", "--config", _root_config(tmp_path, root)]) == 0
+    out, err = capsys.readouterr()
+    link = root / "link" / pristine["keys"]["link"]
+    assert f"linkstyle: warning: the link artifact of this run ({link}) is corrupt" in err
+    assert chunk.name in err and "rebuild" in err
+    assert "train_acceptance" in out and "link_metrics" not in out
+
+
+def test_a_moved_or_relatively_named_root_still_finds_its_runs(pristine, tmp_path, capsys,
+                                                               monkeypatch) -> None:
+    moved = tmp_path / "elsewhere" / "artifacts"
+    shutil.copytree(pristine["root"], moved)
+    assert main(["tables", "--config", _root_config(tmp_path, moved)]) == 0
+    assert str(moved) in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["tables", "--config", _root_config(tmp_path, "artifacts")]) == 0
+    out, err = capsys.readouterr()
+    assert "link_metrics" in out and "error" not in err
