@@ -219,8 +219,24 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    load_config(args.file)
-    print(f"{args.file}: valid")
+    config = load_config(args.file)
+    if not args.models:
+        print(f"{args.file}: valid (fields, types and bounds; --models also loads the models "
+              "and checks the files the config names)")
+        return 0
+    from flows.preflight import preflight
+
+    # the checks `linkstyle run` makes before stage 1; the label folder only once it is set
+    # (it is made after a first run, `linkstyle labels export`)
+    labelled = bool(config.segment.labels) or config.generator.kind == "toy"
+    models = preflight(config, "score" if labelled else "link")
+    gen, cls = models.generator, models.classifier
+    print(f"{args.file}: valid; the {config.generator.kind} generator ({gen.c_dim} classes, "
+          f"{gen.resolution} px) and the {config.classifier.kind} classifier "
+          f"({cls.feature_dim} units) load on {models.device} and fit each other; the "
+          f"artifact root {config.artifact_root} can be written"
+          + ("; the label folder fits the generator" if config.segment.labels else
+             "" if labelled else "; segment.labels is not set yet (labels export/import)"))
     return 0
 
 
@@ -714,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p = add("validate", cmd_config_validate, "check a config file", csub)
     p.add_argument("file", metavar="FILE")
+    p.add_argument("--models", action="store_true", help="also load the models and check the "
+                   "files the config names (checkout, network, weights, labels, artifact "
+                   "root): what `linkstyle run` checks before stage 1")
     return parser
 
 
@@ -737,6 +756,26 @@ def _closed_stdout() -> int:
     return 141
 
 
+@contextlib.contextmanager
+def _own_log_lines() -> Iterator[None]:
+    """linkstyle's own log lines (``linkstyle_core``: e.g. which entries of a network pickle
+    were left unloaded) on stderr as ``linkstyle: ...``, from INFO up; Prefect's logging,
+    whose level is WARNING in a local run, would hide them."""
+    logger = logging.getLogger("linkstyle_core")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("linkstyle: %(message)s"))
+    before = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done, 1 a check failed (``status --verify``, ``toy
     evaluate``), 2 a user error (one ``linkstyle: error:`` line, no traceback), 130 interrupted
@@ -744,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     anything else is a bug and keeps its traceback."""
     parser = build_parser()
     _install_log_filter()
-    with _signals_as_interrupt(), warnings.catch_warnings():
+    with _signals_as_interrupt(), _own_log_lines(), warnings.catch_warnings():
         warnings.showwarning = _show_warning
         warnings.simplefilter("always", StoreWarning)
         try:

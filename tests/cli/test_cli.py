@@ -65,3 +65,42 @@ def test_command_line_overrides_are_validated(capsys) -> None:
     assert main(["counterfactual", "--samples", "0", "--root", "/tmp/unused"]) == 2
     err = capsys.readouterr().err
     assert "counterfactual.samples: Input should be greater than or equal to 1" in err
+
+
+def test_config_validate_checks_the_file_and_with_models_the_models(tmp_path, capsys,
+                                                                    monkeypatch) -> None:
+    """Without --models only the file is checked (a missing network passes); with --models the
+    network loads (the stand-in of a StyleGAN-XL snapshot, D left unloaded, which the command
+    says), the models are checked against each other, and a missing file is named."""
+    import yaml
+
+    from tests.fixtures.stylegan_standin import (
+        NETWORK_ENV,
+        SOURCE_ENV,
+        write_checkout,
+        write_network,
+    )
+
+    source = write_checkout(tmp_path / "stylegan-xl")
+    network = write_network(tmp_path / "net.pkl", source)
+    monkeypatch.setenv(SOURCE_ENV, str(source))  # the stand-in classifier fits this network
+    monkeypatch.setenv(NETWORK_ENV, str(network))
+    config = {"generator": {"kind": "stylegan-xl", "network": str(network), "source": str(source),
+                            "ops": "ref"},
+              "classifier": {"kind": "python",
+                             "target": "tests.fixtures.stylegan_standin:standin_classifier"},
+              "runtime": {"device": "cpu"}, "artifact_root": str(tmp_path / "artifacts")}
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["config", "validate", str(path), "--models"]) == 0
+    out, err = capsys.readouterr()
+    assert "the stylegan-xl generator" in out and "load on cpu and fit each other" in out
+    assert "segment.labels is not set yet" in out
+    assert f"linkstyle: {network}: left D unloaded (only G_ema is used)" in err
+    assert not (tmp_path / "artifacts").exists()  # checked, not created
+    config["generator"]["network"] = str(tmp_path / "missing.pkl")
+    path.write_text(yaml.safe_dump(config))
+    assert main(["config", "validate", str(path)]) == 0  # the file itself is fine
+    assert "--models also loads the models" in capsys.readouterr().out
+    assert main(["config", "validate", str(path), "--models"]) == 2
+    assert "missing.pkl" in capsys.readouterr().err

@@ -206,3 +206,13 @@ def test_example_configs_are_valid_and_name_the_papers_groups(group: str) -> Non
     # the weights name exists for resnet50 (checked offline against torchvision's enum)
     names = [w.name for w in torchvision.models.get_model_weights("resnet50")]
     assert cfg.classifier.weights in names
+    # the commands at the head of the config are those of docs/real-models.md, section 5
+    root = Path(__file__).resolve().parents[2]
+    header = [line.removeprefix("#   ") for line in path.read_text().splitlines()
+              if line.startswith("#   linkstyle ")]
+    doc = (root / "docs" / "real-models.md").read_text()
+    steps = doc[doc.index("Step by step, for the dogs group:"):]
+    steps = steps[steps.index("```bash"):steps.index("```", steps.index("```bash") + 3)]
+    documented = [line.split("#")[0].rstrip().replace("dogs", group)
+                  for line in steps.splitlines() if line.startswith("linkstyle ")]
+    assert header == documented

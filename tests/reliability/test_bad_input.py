@@ -537,6 +537,7 @@ def test_sigterm_during_the_null_control_stops_within_a_batch(tmp_path, labels) 
     assert proc.returncode == 143, err.decode()[-2000:]
     assert b"terminated (SIGTERM)" in err and b"Traceback" not in err
     assert not list((tmp_path / "root").glob("null/*/manifest.json"))  # it did not finish
+    print(f"stopped {took:.1f} s after SIGTERM")
     assert took < 30, f"the run took {took:.0f} s to stop"
 
 
