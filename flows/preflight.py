@@ -88,14 +88,15 @@ def check_remote_root(uri: str) -> None:
     fs, path = check_protocol(uri)
     if isinstance(fs, LocalFileSystem | MemoryFileSystem) or uri in _REACHED:
         return
-    if "s3" in (fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)):
+    protocols = set(fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,))
+    if "s3" in protocols:
         _s3_credentials(uri, fs)
-    outcome: list[BaseException | None] = []
+    bucket = path.split("/")[0] if protocols & {"s3", "s3a", "gs", "gcs"} else None
+    outcome: list[BaseException | bool] = []
 
     def look() -> None:
         try:
-            fs.exists(path)
-            outcome.append(None)
+            outcome.append(fs.exists(bucket) if bucket else (fs.exists(path) or True))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -106,11 +107,15 @@ def check_remote_root(uri: str) -> None:
         raise PreflightError(f"artifact_root {uri}: no answer within {REMOTE_CHECK_S:.0f} s; "
                              "check the network, the endpoint (AWS_ENDPOINT_URL) and the "
                              "bucket name, or use a local folder")
-    if outcome[0] is not None:
-        exc = outcome[0]
-        raise PreflightError(f"artifact_root {uri} cannot be reached ({type(exc).__name__}: "
-                             f"{exc}); check the credentials, the endpoint and the bucket, or "
+    found = outcome[0]
+    if isinstance(found, BaseException):
+        raise PreflightError(f"artifact_root {uri} cannot be reached ({type(found).__name__}: "
+                             f"{found}); check the credentials, the endpoint and the bucket, or "
                              "use a local folder") from None
+    if not found:
+        raise PreflightError(f"artifact_root {uri}: the bucket {bucket!r} does not exist, or "
+                             "these credentials cannot see it; create it, fix its name, or "
+                             "check the endpoint (AWS_ENDPOINT_URL)")
     _REACHED.add(uri)
 
 

@@ -168,6 +168,16 @@ def _assert_manifests_written_last(store: ArtifactStore) -> None:
             <= store.fs.info(f"{folder}/manifest.json")["LastModified"], folder
 
 
+def test_an_s3_root_in_a_bucket_that_does_not_exist_is_named(s3, capsys) -> None:
+    from flows.cli import main
+
+    assert main(["status", "--root", "s3://no-such-bucket/runs"]) == 2
+    err = capsys.readouterr().err
+    assert "the bucket 'no-such-bucket' does not exist" in err and "Traceback" not in err
+    assert main(["status", "--root", "s3://linkstyle-test/runs"]) == 0  # the one that exists
+    assert "no artifacts under s3://linkstyle-test/runs" in capsys.readouterr().out
+
+
 def test_s3_root_writes_caches_resumes_after_a_kill_and_cleans(sequential, s3, tmp_path) -> None:
     root = "s3://linkstyle-test/analysis"
     config = tmp_path / "cluster.yaml"
