@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -163,7 +163,7 @@ class ArtifactWriter:
             else:
                 fs.rm_file(manifest_path)
             self._fail(f"its files changed while it was committed "
-                       f"({self.data_path}/{changed[0] if changed else LEASE}: missing)")
+                       f"({self.data_path}/{changed[0] if changed else LEASE + ': missing'})")
         self.lease.remove()
         # The committed folder replaced an older one: that one is no longer reachable. Its name
         # was checked when its manifest was read (a data-<txid> folder inside this one), so
@@ -176,7 +176,7 @@ class ArtifactWriter:
                 pass
         return self._manifest
 
-    def _fail(self, problem: str) -> None:
+    def _fail(self, problem: str) -> NoReturn:
         self.lease.release()
         raise CorruptArtifact(
             f"{self._manifest.stage}/{self._manifest.key} was not committed: {problem}; was "
