@@ -6,27 +6,24 @@ Heavy imports (torch, prefect) happen inside the commands that need them, so ``-
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import errno
+import logging
+import os
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, NoReturn, TextIO
+
+import pandas as pd
+
 from flows import startup
-
-startup.apply()  # before anything below imports Prefect or torch, which read them only once
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import errno  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Callable, Iterator, Sequence  # noqa: E402
-from typing import TYPE_CHECKING, NoReturn, TextIO  # noqa: E402
-
-import pandas as pd  # noqa: E402
-
-from linkstyle_core import stop  # noqa: E402
-from linkstyle_core.config import AnalysisConfig, ConfigError  # noqa: E402
-from storage import (  # noqa: E402
+from linkstyle_core import stop
+from linkstyle_core.config import AnalysisConfig, ConfigError
+from storage import (
     STAGE_NAMES,
     ArtifactNotFound,
     ArtifactStore,
@@ -34,7 +31,7 @@ from storage import (  # noqa: E402
     IncompleteArtifact,
     NotAnArtifactRoot,
 )
-from storage.errors import USER_ERRNOS, StoreWarning  # noqa: E402
+from storage.errors import USER_ERRNOS, StoreWarning
 
 if TYPE_CHECKING:
     from flows.runners import RunnerSpec
@@ -810,5 +807,14 @@ def _stopped(terminated: bool) -> int:
     return 143 if terminated else 130
 
 
+def entry() -> int:
+    """The ``linkstyle`` console command (and ``python -m flows.cli``): the process defaults
+    of ``flows.startup`` first, which must be set before anything imports Prefect or torch
+    (this module imports neither), then ``main``. Kept out of ``main`` so that a caller in
+    the same process (a test, a notebook) keeps its own environment."""
+    startup.apply()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -559,8 +559,8 @@ def probe():  # what Prefect itself would use when the run starts its server
     yield
 
 flows.server.temporary_server = probe
-from flows.cli import main
-sys.exit(main(sys.argv[1:]))
+from flows.cli import entry  # the console command's own path
+sys.exit(entry())
 """
 
 
@@ -580,6 +580,12 @@ def test_startup_defaults_reach_prefect_in_a_fresh_process(tmp_path) -> None:
     run = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True,
                          env=_fresh_env(tmp_path), cwd=_env()["PYTHONPATH"], timeout=300)
     assert "PROBE 90 WARNING" in run.stdout, run.stdout + run.stderr[-2000:]
+    # importing the command line (a test, a notebook) leaves the caller's environment alone
+    check = ("import os; before = dict(os.environ); import flows.cli; "
+             "print(dict(os.environ) == before)")
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         env=_fresh_env(tmp_path), cwd=_env()["PYTHONPATH"], timeout=120)
+    assert run.stdout.strip() == "True", run.stderr[-2000:]
 
 
 def test_a_server_that_does_not_start_is_one_line_with_its_output_and_the_fix(tmp_path) -> None:
