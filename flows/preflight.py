@@ -68,7 +68,6 @@ def _s3_credentials(uri: str, fs: Any) -> None:
                              f"({type(exc).__name__}: {exc}); fix them (`aws configure`) or use "
                              "a local folder") from None
     if found is None:
-        os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # nothing later waits on it
         raise PreflightError(
             f"artifact_root {uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (with AWS_ENDPOINT_URL for MinIO or another S3-compatible "
@@ -96,7 +95,14 @@ def check_remote_root(uri: str) -> None:
 
     def look() -> None:
         try:
-            outcome.append(fs.exists(bucket) if bucket else (fs.exists(path) or True))
+            if bucket:
+                try:
+                    outcome.append(fs.exists(bucket))
+                    return
+                except PermissionError:
+                    pass  # credentials that may not look at the bucket may still write the root
+            fs.exists(path)
+            outcome.append(True)
         except BaseException as exc:
             outcome.append(exc)
 
