@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from linkstyle_core import stop
 from linkstyle_core.models.protocols import Classifier
 from linkstyle_core.toyworld.generator import model_device
 from linkstyle_core.toyworld.renderer import (
@@ -70,6 +71,7 @@ def measure_ground_truth(
     """
     columns = []
     for _, _, lo, hi in factor_interventions(n_per_class, seed):
+        stop.check()
         r_lo = _features(classifier, render(lo).images)
         r_hi = _features(classifier, render(hi).images)
         columns.append((r_hi - r_lo).abs().mean(dim=0) / 2.0)  # [D]
