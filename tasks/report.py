@@ -19,7 +19,7 @@ import pandas as pd
 
 from storage import ArtifactStore
 from storage.catalog import stage_of
-from tasks.unit_view import unit_view
+from tasks.unit_view import RunView
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em auto; max-width: 70em; color: #222; }
@@ -171,8 +171,9 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
                  else [u for us in shown_top.values() for u in us])
     else:
         pages = list(unit_pages)
+    run = RunView(store, keys)
     for unit in sorted(set(pages) | {u for us in shown_top.values() for u in us}):
-        view = unit_view(store, keys, int(unit))
+        view = run.unit(int(unit))
         (out / "img" / f"strip-{unit}.png").write_bytes(_strip_png(view["images"][0]))
         if unit not in pages:
             continue

@@ -1,5 +1,10 @@
 """Everything needed to show one unit: its tuning strips, closed loop and part profile, read
-from a finished run's artifacts (whatever tuning shard holds the unit)."""
+from a finished run's artifacts (whatever tuning shard holds the unit).
+
+``RunView`` reads what all units share once (the units table, the null's profiles, the
+samples, which shard holds which unit); ``RunView.unit(u)`` then reads only that unit's rows.
+A report of thousands of units opens the run once, not once per unit.
+"""
 
 from __future__ import annotations
 
@@ -7,58 +12,91 @@ from typing import Any
 
 import numpy as np
 
-from storage import ArtifactStore
+from storage import Artifact, ArtifactStore
+
+
+class RunView:
+    """A finished run's tuning and selectivity, opened once.
+
+    keys: the run's stage keys (at least tune, null and selectivity). ``FileNotFoundError``
+    naming the missing stage if the run did not tune and score its units; ``ValueError`` if it
+    kept no images (``tuning.store_images: false``).
+    """
+
+    def __init__(self, store: ArtifactStore, keys: dict[str, str], samples: int = 4) -> None:
+        for stage in ("tune", "null", "selectivity"):
+            if not store.exists(stage, keys[stage]):
+                raise FileNotFoundError(
+                    f"no finished analysis for this config under {store.root} (the {stage} "
+                    "stage is missing); run `linkstyle run` with the same config first")
+        self.tuned = store.open("tune", keys["tune"])
+        selectivity = store.open("selectivity", keys["selectivity"])
+        self.units = selectivity.table("units")
+        if "images" not in self.tuned.array_names:
+            raise ValueError("this run did not keep its tuning images (tuning.store_images: "
+                             "false); rerun with store_images: true to see them")
+        classes = self.tuned.load_common("sample_class")
+        # spread the shown samples over the classes: one per class, then the next one of each
+        self.order = np.argsort(np.array([np.sum(classes[:i] == c)
+                                          for i, c in enumerate(classes)]), kind="stable")[:samples]
+        self.sample_class = classes[self.order]
+        self.part_names = list(selectivity.info["scored_parts"])
+        null = selectivity.table("null_profiles")
+        null_scores = null[[f"score_{p}" for p in self.part_names]].to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            null_shares = null_scores / null_scores.sum(1, keepdims=True)
+        self.null_threshold = np.nanquantile(null_shares, 0.95, axis=0)
+        self._rows = self.units.set_index("unit")
+        # which shard holds which unit, from each shard's small unit index
+        pieces = [self.tuned] if not self.tuned.shards else [self.tuned.shard(s)
+                                                              for s in self.tuned.shards]
+        self._where: dict[int, tuple[Artifact, int]] = {}
+        for piece in pieces:
+            for row, unit in enumerate(piece.load("unit").tolist()):
+                self._where[int(unit)] = (piece, row)
+        self._arrays: dict[tuple[int, str], Any] = {}
+
+    def _array(self, piece: Artifact, name: str) -> Any:
+        key = (id(piece), name)
+        if key not in self._arrays:
+            self._arrays[key] = piece.array(name)
+        return self._arrays[key]
+
+    def unit(self, unit: int) -> dict[str, Any]:
+        """One unit: images [n, S, 3, H, W] and parts [n, S, H, W] of the shown samples (one per
+        class first), set values and re-encoded values [n, S], its row of the ``units`` table,
+        the scored part names, its profile (``scores``), each part's share of it (``shares``),
+        the null directions' 95th percentile of that share (``null_threshold``) and whether
+        the unit is significant and its share beyond that (``highlighted``)."""
+        if unit not in self._where or unit not in self._rows.index:
+            raise ValueError(f"unit {unit} was not tuned in this run; tuned units: "
+                             f"{self.units['unit'].min()}-{self.units['unit'].max()} "
+                             f"({len(self.units)} units)")
+        piece, row_index = self._where[unit]
+        row = self._rows.loc[unit]
+        scores = np.array([row[f"score_{p}"] for p in self.part_names])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shares = scores / scores.sum()
+
+        def of_unit(name: str) -> np.ndarray:  # only the unit's row, from the shard holding it
+            return np.asarray(self._array(piece, name)[row_index])[self.order]
+
+        return {
+            "images": of_unit("images"),
+            "parts": of_unit("parts"),
+            "set_value": of_unit("set_value"),
+            "response": of_unit("response"),
+            "sample_class": self.sample_class,
+            "row": row,
+            "part_names": self.part_names,
+            "scores": scores,
+            "shares": shares,
+            "null_threshold": self.null_threshold,
+            "highlighted": bool(row["significant"]) & (shares > self.null_threshold),
+        }
 
 
 def unit_view(store: ArtifactStore, keys: dict[str, str], unit: int,
               samples: int = 4) -> dict[str, Any]:
-    """One unit of a run: images [n, S, 3, H, W] and parts [n, S, H, W] of its first ``samples``
-    samples (one per class first), set values and re-encoded values [n, S], its row of the
-    ``units`` table, the scored part names, its profile (``scores``), each part's share of it
-    (``shares``), the null directions' 95th percentile of that share (``null_threshold``) and
-    whether the unit is significant and its share beyond that (``highlighted``)."""
-    for stage in ("tune", "null", "selectivity"):
-        if not store.exists(stage, keys[stage]):
-            raise FileNotFoundError(
-                f"no finished analysis for this config under {store.root} (the {stage} stage "
-                "is missing); run `linkstyle run` with the same config first")
-    tuned = store.open("tune", keys["tune"])
-    selectivity = store.open("selectivity", keys["selectivity"])
-    units = selectivity.table("units")
-    if unit not in set(units["unit"].tolist()):
-        raise ValueError(f"unit {unit} was not tuned in this run; tuned units: "
-                         f"{units['unit'].min()}-{units['unit'].max()} ({len(units)} units)")
-    if "images" not in tuned.array_names:
-        raise ValueError("this run did not keep its tuning images (tuning.store_images: false); "
-                         "rerun with store_images: true to see them")
-    classes = tuned.load_common("sample_class")
-    # spread the shown samples over the classes: one per class, then the next one of each
-    order = np.argsort(np.array([np.sum(classes[:i] == c) for i, c in enumerate(classes)]),
-                       kind="stable")[:samples]
-    parts = selectivity.info["scored_parts"]
-    null = selectivity.table("null_profiles")
-    row = units.set_index("unit").loc[unit]
-    scores = np.array([row[f"score_{p}"] for p in parts])
-    null_scores = null[[f"score_{p}" for p in parts]].to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shares = scores / scores.sum()
-        null_shares = null_scores / null_scores.sum(1, keepdims=True)
-    threshold = np.nanquantile(null_shares, 0.95, axis=0)
-    shard, (row_index,) = tuned.locate("unit", unit)
-
-    def of_unit(name: str) -> np.ndarray:  # only the unit's row, from the shard holding it
-        return np.asarray(shard.array(name)[int(row_index)])[order]
-
-    return {
-        "images": of_unit("images"),
-        "parts": of_unit("parts"),
-        "set_value": of_unit("set_value"),
-        "response": of_unit("response"),
-        "sample_class": classes[order],
-        "row": row,
-        "part_names": parts,
-        "scores": scores,
-        "shares": shares,
-        "null_threshold": threshold,
-        "highlighted": bool(row["significant"]) & (shares > threshold),
-    }
+    """One unit of a run (``RunView.unit``), for a single look such as ``linkstyle unit``."""
+    return RunView(store, keys, samples).unit(unit)
