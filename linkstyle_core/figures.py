@@ -135,3 +135,121 @@ def unit_figure(images: np.ndarray, parts: np.ndarray, set_values: np.ndarray,
     bars.legend(fontsize=6, loc="upper right")
     fig.suptitle(title, fontsize=9)
     return _png(fig)
+
+
+# -- fast figures for reports of thousands of units: numpy and PIL, no matplotlib --------------
+def _magma_table() -> np.ndarray:
+    """[256, 3] uint8: matplotlib's magma colour map (the difference maps' colours), read once."""
+    global _MAGMA
+    if _MAGMA is None:
+        from matplotlib import colormaps
+
+        _MAGMA = (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    return _MAGMA
+
+
+_MAGMA: np.ndarray | None = None
+
+
+def _outlined(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """image [3, H, W] uint8 with white pixels where ``labels`` [H, W] changes to its right or
+    below: the part outlines -> [H, W, 3] uint8."""
+    out = _hwc(image).copy()
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    out[edge] = (out[edge].astype(np.uint16) + 2 * 255) // 3  # two thirds of the way to white
+    return out
+
+
+def unit_strips_png(images: np.ndarray, parts: np.ndarray, scale: int = 2) -> bytes:
+    """The tuning strips of one unit as one PNG, made without matplotlib (milliseconds).
+
+    images: [Ns, S, 3, H, W] uint8; parts: [Ns, S, H, W] part labels. One row per sample: the
+    S steps with their part outlines, then |last - first| in the magma colours, scaled to the
+    largest difference of the unit (so rows compare); every pixel ``scale`` times.
+    """
+    from PIL import Image
+
+    diffs = np.abs(images[:, -1].astype(np.float32) - images[:, 0].astype(np.float32)).mean(1)
+    vmax = max(float(diffs.max()), 1.0)
+    magma = _magma_table()
+    rows = []
+    gap = np.full((images.shape[-2], 2, 3), 255, dtype=np.uint8)
+    for i in range(images.shape[0]):
+        tiles = [_outlined(images[i, j], parts[i, j]) for j in range(images.shape[1])]
+        tiles.append(magma[(diffs[i] / vmax * 255).clip(0, 255).astype(np.uint8)])
+        rows.append(np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1))
+    hgap = np.full((2, rows[0].shape[1], 3), 255, dtype=np.uint8)
+    grid = np.concatenate([x for r in rows for x in (r, hgap)][:-1], axis=0)
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def _esc(text: object) -> str:
+    import html
+
+    return html.escape(str(text))
+
+
+def unit_charts_svg(set_values: np.ndarray, response: np.ndarray, shares: Sequence[float],
+                    part_names: Sequence[str], highlighted: Sequence[bool],
+                    null_threshold: Sequence[float]) -> str:
+    """The closed-loop curve and the per-part bars of ``unit_figure`` as one inline SVG (text,
+    made in microseconds; a browser draws it).
+
+    set_values, response: [Ns, S]; shares, highlighted, null_threshold: [P] as in
+    ``unit_figure``.
+    """
+    w, h, pad = 300, 190, 34
+    lo = float(min(np.nanmin(set_values), np.nanmin(response)))
+    hi = float(max(np.nanmax(set_values), np.nanmax(response)))
+    hi = hi if hi > lo else lo + 1.0
+
+    def x(v: float) -> float:
+        return pad + (v - lo) / (hi - lo) * (w - pad - 8)
+
+    def y(v: float) -> float:
+        return h - pad + 8 - (v - lo) / (hi - lo) * (h - pad - 8)
+
+    colours = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+    loop = [f'<line x1="{x(lo):.1f}" y1="{y(lo):.1f}" x2="{x(hi):.1f}" y2="{y(hi):.1f}" '
+            'stroke="#999" stroke-dasharray="4 3"/>',
+            f'<text x="{x(hi) - 2:.1f}" y="{y(hi) + 12:.1f}" font-size="9" text-anchor="end" '
+            'fill="#777">gain 1</text>']
+    for i, (sv, rv) in enumerate(zip(set_values, response, strict=True)):
+        c = colours[i % len(colours)]
+        pts = " ".join(f"{x(float(a)):.1f},{y(float(b)):.1f}" for a, b in zip(sv, rv, strict=True))
+        loop.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="1.5"/>')
+        loop += [f'<circle cx="{x(float(a)):.1f}" cy="{y(float(b)):.1f}" r="2.5" fill="{c}"/>'
+                 for a, b in zip(sv, rv, strict=True)]
+    axes = (f'<line x1="{pad}" y1="{h - pad + 8}" x2="{w - 8}" y2="{h - pad + 8}" '
+            f'stroke="#333"/><line x1="{pad}" y1="8" x2="{pad}" y2="{h - pad + 8}" '
+            f'stroke="#333"/><text x="{(w + pad) / 2:.0f}" y="{h - 4}" font-size="10" '
+            f'text-anchor="middle">value set ({lo:.2f} to {hi:.2f})</text>'
+            f'<text x="10" y="{(h - pad) / 2:.0f}" font-size="10" text-anchor="middle" '
+            f'transform="rotate(-90 10 {(h - pad) / 2:.0f})">re-encoded</text>')
+    bar_h, top = 16, h + 42
+    bars = [f'<text x="{pad}" y="{top - 20}" font-size="10">share of the change per part</text>'
+            f'<text x="{pad}" y="{top - 8}" font-size="9" fill="#555">coloured: significant '
+            "unit, beyond random; tick: random directions' 95th percentile</text>"]
+    for k, (name, share, hot, tick) in enumerate(zip(part_names, shares, highlighted,
+                                                    null_threshold, strict=True)):
+        yy = top + k * (bar_h + 4)
+        length = 0.0 if not np.isfinite(share) else float(share) * (w - 90)
+        bars.append(f'<text x="{pad + 50}" y="{yy + 12}" font-size="10" '
+                    f'text-anchor="end">{_esc(name)}</text>'
+                    f'<rect x="{pad + 56}" y="{yy}" width="{length:.1f}" height="{bar_h}" '
+                    f'fill="{"#c44e52" if hot else "#b0b0b0"}"><title>{_esc(name)}: '
+                    f'{float(share):.2f}</title></rect>')
+        if np.isfinite(tick):
+            tx = pad + 56 + float(tick) * (w - 90)
+            bars.append(f'<line x1="{tx:.1f}" y1="{yy - 1}" x2="{tx:.1f}" '
+                        f'y2="{yy + bar_h + 1}" stroke="#000" stroke-width="2"/>')
+    height = top + len(part_names) * (bar_h + 4) + 6
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w + 120}" height="{height}" '
+            f'font-family="sans-serif" role="img" aria-label="closed loop and part shares">'
+            f'<text x="{pad}" y="8" font-size="10" dy="-0">closed loop (one line per '
+            f"sample)</text>{axes}{''.join(loop)}{''.join(bars)}</svg>")
