@@ -411,19 +411,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     _, reports = _run_flow(args, "validate")
     m = reports["validate"].extra["metrics"]
-    print(f"ground-truth validation (toy world, {m['ground_truth']} ground truth): top part = "
-          "ground-truth part for")
+    source = m.get("ground_truth_source", "weights")
+    print("ground-truth validation (toy world, interventional ground truth "
+          + ("stored with the classifier's weights" if source == "weights" else
+             f"measured for this classifier, cached as ground_truth/{source}")
+          + "): top part = ground-truth part for")
     print(f"  all {int(m['n_units'])} evaluated units: {m['match_rate_all']:.1%} "
           f"(chance {m['chance_all']:.1%})")
     print(f"  {int(m['n_strong'])} strongly tuned (top quarter by concentration): "
           f"{m['match_rate']:.1%} (chance {m['chance']:.1%})")
     print(f"  {int(m['n_selective'])} part-selective (ground-truth concentration >= 0.6): "
-          f"{m['match_rate_selective']:.1%} (chance {m['chance_selective']:.1%}); "
-          f"{int(m['n_selective_significant'])} of them significant")
+          f"{m['match_rate_selective']:.1%} (chance {m['chance_selective']:.1%})")
+    print(f"  significant: {int(m['n_significant'])} units; wrong part "
+          f"{m['wrong_share_significant']:.1%}, mixed by ground truth (concentration < 0.5) "
+          f"{m['not_selective_share_significant']:.1%} "
+          f"({int(m['n_significant_not_selective'])} units); power on the part-selective "
+          f"{m['power_selective']:.1%} ({int(m['n_mixed'])} mixed units in all)")
     parts = [k.removeprefix("auc_") for k in m if k.startswith("auc_")]
-    print("  per part, match (chance) and AUC: " + ", ".join(
-        f"{p} {m[f'match_{p}']:.0%} ({m[f'chance_{p}']:.0%}) {m[f'auc_{p}']:.2f}" for p in parts))
-    print(f"  mean AUC: {m['mean_auc']:.3f}; {int(m['n_significant'])} units significant")
+    print("  per part, match (chance), AUC, power, wrong part among significant: " + ", ".join(
+        f"{p} {m[f'match_{p}']:.0%} ({m[f'chance_{p}']:.0%}) {m[f'auc_{p}']:.2f} "
+        f"{m[f'power_selective_{p}']:.0%} {m[f'wrong_share_significant_{p}']:.0%}"
+        for p in parts))
+    print(f"  mean AUC: {m['mean_auc']:.3f}")
     return 0
 
 
@@ -554,7 +563,8 @@ def cmd_toy_train_classifier(args: argparse.Namespace) -> int:
     from linkstyle_core.toyworld import train_classifier
 
     out = args.out or str(bundled_weights_path(CLASSIFIER_FILE))
-    metrics = train_classifier(out, steps=args.steps, seed=args.seed)
+    metrics = train_classifier(out, steps=args.steps, seed=args.seed,
+                               invariance=args.invariance)
     print(f"wrote {out}: {metrics}")
     return 0
 
@@ -675,6 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, default=steps)
         p.add_argument("--seed", type=int, default=seed)
         p.add_argument("--out", metavar="FILE", help="default: the bundled weights file")
+        if name == "train-classifier":
+            p.add_argument("--invariance", type=float, default=1.0, metavar="X",
+                           help="weight of the part-invariance loss: 1 (bundled) makes every "
+                           "unit follow one part, 0 trains an ordinary classifier")
     p = add("evaluate", cmd_toy_evaluate, "measure the toy world's quality on fresh seeds", tsub)
     p.add_argument("--n", type=int, default=200, help="images per species and measurement")
     p.add_argument("--seed", type=int, default=12345)

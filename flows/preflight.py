@@ -262,9 +262,11 @@ def preflight(config: AnalysisConfig, until: str = "score", origin: int | None =
         _check_pair_arguments(origin, target)
     check_artifact_root(config.artifact_root)
     resolve_device(config.runtime.device)
-    if "validate" in stages and (config.generator.kind, config.classifier.kind) != ("toy", "toy"):
-        raise PreflightError("ground-truth validation needs the toy world (generator.kind and "
-                             "classifier.kind 'toy'): only there are the true factors known")
+    if "validate" in stages and config.generator.kind != "toy":
+        raise PreflightError("ground-truth validation needs the toy world (generator.kind "
+                             "'toy'): only there are the true factors known; a classifier of "
+                             "the toy species (classifier.kind 'toy' with or without weights, "
+                             "or 'python') can be validated")
     models = models_for(config)  # ModelError: a model that cannot be loaded or does not fit
     resolve_classes(config, models)
     held_out = config.data.test_samples_per_class

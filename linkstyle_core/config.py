@@ -69,7 +69,9 @@ class ClassifierConfig(_Section):
     kind: Literal["toy", "torchvision", "timm", "python"] = "toy"
     name: str | None = Field(None, description="torchvision/timm model name, e.g. resnet50")
     weights: str | None = Field(
-        None, description="torchvision weights enum name (e.g. IMAGENET1K_V2) or a local file"
+        None, description="torchvision weights enum name (e.g. IMAGENET1K_V2) or a local file; "
+        "toy: a weight file of `linkstyle toy train-classifier --out FILE`, or 'mixed' for the "
+        "bundled classifier whose units are mostly not part-selective (default: bundled)"
     )
     target: str | None = Field(None, description="python: 'package.module:factory'")
 

@@ -133,12 +133,37 @@ def concentration(scores: np.ndarray) -> np.ndarray:
         return np.where(total > 0, scores.max(-1) / np.where(total > 0, total, 1), np.nan)
 
 
-def specificity_p(stat: np.ndarray, null_stat: np.ndarray) -> np.ndarray:
-    """One-sided permutation p-value of each unit's statistic against the null directions':
-    (1 + #{null >= stat}) / (1 + K). stat [U], null_stat [K] -> [U] (NaN where stat is NaN)."""
+TAIL_FRACTION = 0.25
+"""The share of the null directions whose statistics fit the exponential tail of
+``specificity_p``."""
+
+
+def specificity_p(stat: np.ndarray, null_stat: np.ndarray,
+                  tail_fraction: float = TAIL_FRACTION) -> np.ndarray:
+    """One-sided p-value of each unit's statistic against the null directions' statistics.
+
+    Below the nulls' upper ``tail_fraction`` quantile t: the permutation p-value
+    (1 + #{null >= stat}) / (1 + K). Above t: the tail is an exponential fitted to the nulls'
+    exceedances over t (its scale is their mean), p = (n_tail / (1 + K)) exp(-(stat - t) /
+    scale). The permutation p-value cannot go below 1 / (1 + K), so with K = 256 nulls no
+    unit could pass Benjamini-Hochberg over 192 units unless at least 15 sat at that floor,
+    and at 2048 units 160: the verdict was all or nothing. The exponential tail lets a unit
+    far beyond every null get a p-value that says so (docs/tuning.md measures it: the nulls'
+    own leave-one-out p-values stay uniform). An exponential is the conservative choice among
+    the generalized Pareto tails when the statistics' tail is bounded or light, as it is here.
+    stat [U], null_stat [K] -> [U] (NaN where stat is NaN)."""
     null = np.sort(null_stat[np.isfinite(null_stat)])
-    above = len(null) - np.searchsorted(null, stat, side="left")
-    p = (1.0 + above) / (1.0 + len(null))
+    k = len(null)
+    above = k - np.searchsorted(null, stat, side="left")
+    p = (1.0 + above) / (1.0 + k)
+    n_tail = int(round(tail_fraction * k))
+    if n_tail >= 10 and n_tail < k:
+        t = null[k - n_tail - 1]
+        scale = float((null[k - n_tail:] - t).mean())
+        if scale > 0:
+            with np.errstate(over="ignore", invalid="ignore"):
+                tail = n_tail / (1.0 + k) * np.exp(-(stat - t) / scale)
+            p = np.where(stat > t, tail, p)
     return np.where(np.isfinite(stat), p, np.nan)
 
 
@@ -191,6 +216,31 @@ def top_part_specificity(scores: np.ndarray, null_scores: np.ndarray,
     return specificity_p(unit_stat, null_stat)
 
 
+def effect_profiles(change: np.ndarray, mean0: np.ndarray, sd0: np.ndarray,
+                    parts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Part profiles (``part_scores``) of the directions' mean changes as effect sizes against
+    the null (mean ``mean0``, spread ``sd0``): change [K, Ns, P, M'] -> [K, len(parts)]."""
+    return part_scores((direction_means(change) - mean0) / sd0)[:, parts]
+
+
+def bootstrap_shares(change: np.ndarray, mean0: np.ndarray, sd0: np.ndarray,
+                     parts: Sequence[int] | np.ndarray, top: np.ndarray, n_boot: int = 200,
+                     seed: int = 0) -> np.ndarray:
+    """The share of part ``top[u]`` in unit u's profile, recomputed on ``n_boot`` bootstrap
+    resamples of the tuning samples (the same resample for every unit: they were tuned on the
+    same samples): change [U, Ns, P, M'] -> [U, n_boot]."""
+    rng = np.random.default_rng(seed)
+    n_samples = change.shape[1]
+    rows = np.arange(len(top))
+    out = np.empty((len(top), n_boot))
+    for b in range(n_boot):
+        scores = effect_profiles(change[:, rng.integers(0, n_samples, n_samples)], mean0, sd0,
+                                 parts)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, b] = scores[rows, top] / scores.sum(1)
+    return out
+
+
 def selectivity_table(
     units: Sequence[int] | np.ndarray, change: np.ndarray, null_change: np.ndarray,
     parts: Sequence[str],
@@ -237,6 +287,19 @@ def closed_loop_spearman(set_values: np.ndarray, response: np.ndarray) -> np.nda
         return (a * b).sum(1) / np.sqrt((a**2).sum(1) * (b**2).sum(1))
 
 
+VERDICTS = ("significant", "leaning", "none")
+"""What a unit's row says of its top part: ``significant`` (specificity q below the
+threshold: the part is specific to the unit, counted among all units), ``leaning`` (the unit's
+own p-value is below the threshold but it does not survive the correction for testing every
+unit: a candidate, not a finding) and ``none`` (no part more than random directions give it)."""
+
+
+def verdicts(p: np.ndarray, q: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+    """``VERDICTS`` per unit from its specificity p- and q-value."""
+    return np.where(q < threshold, VERDICTS[0], np.where(p < threshold, VERDICTS[1],
+                                                         VERDICTS[2])).astype(object)
+
+
 def unit_summary(
     units: Sequence[int] | np.ndarray, scores: np.ndarray, test_scores: np.ndarray,
     null_scores: np.ndarray, parts: Sequence[str], q_threshold: float = 0.05,
@@ -248,8 +311,8 @@ def unit_summary(
     profiles on the null's samples; null_scores: [K, P] the null directions' profiles.
     Columns: unit, top_part, concentration (the top part's share of the profile),
     tuning_strength (the profile's sum), specificity_p (``top_part_specificity``),
-    specificity_q (``two_stage_q`` over units), significant (q < q_threshold), selective
-    (concentration in the top quarter of all units), score_<part>.
+    specificity_q (``two_stage_q`` over units), significant (q < q_threshold), verdict
+    (``verdicts``), selective (concentration in the top quarter of all units), score_<part>.
     """
     top_index = np.nanargmax(np.where(np.isnan(scores), -1, scores), axis=1)
     top = np.asarray(parts, dtype=object)[top_index]
@@ -265,6 +328,7 @@ def unit_summary(
         "specificity_q": q,
     })
     out["significant"] = out["specificity_q"] < q_threshold
+    out["verdict"] = verdicts(p, q, q_threshold)
     out["selective"] = out["concentration"] >= np.nanquantile(conc, 0.75)
     for j, part in enumerate(parts):
         out[f"score_{part}"] = scores[:, j]

@@ -1,64 +1,19 @@
 """Ground-truth validation of the selectivity pipeline on the toy world.
 
 Every toy image comes with the factors it was rendered from, so each classifier unit has a
-ground-truth part. The bundled classifier ships it, measured by intervention (each part
-factor moved, renderer -> classifier; ``toyworld.ground_truth``); for a classifier without it,
-``ground_truth_parts`` derives one from correlations within species. A unit the pipeline calls
-"ear-selective" should be one whose activation really responds to the ear factors.
+ground-truth part, measured by intervention (each part factor moved, renderer -> classifier;
+``toyworld.ground_truth``). A unit the pipeline calls "ear-selective" should be one whose
+activation really responds to the ear factors, and a unit it calls significant should be
+part-selective at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
-
-
-def within_class_correlation(r: torch.Tensor, factors: torch.Tensor,
-                             labels: torch.Tensor) -> np.ndarray:
-    """Pearson correlation of every unit with every factor after removing class means.
-
-    r: [N, D], factors: [N, F], labels: [N] -> [D, F] (NaN for constant units).
-    """
-    r, f = r.double().clone(), factors.double().clone()
-    for c in torch.unique(labels):
-        m = labels == c
-        r[m] -= r[m].mean(0)
-        f[m] -= f[m].mean(0)
-    num = r.T @ f
-    den = torch.outer(r.norm(dim=0), f.norm(dim=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (num / den).numpy()
-
-
-def ground_truth_parts(corr: np.ndarray, factor_names: Sequence[str],
-                       factor_parts: Mapping[str, str], units: Sequence[int],
-                       min_abs_corr: float = 0.3) -> pd.DataFrame:
-    """Correlational ground truth per unit: the part-specific factor with the largest
-    |correlation|, its part, and the part concentration of the largest |correlation| per part.
-    Units tracking no part factor with |r| >= min_abs_corr are not evaluated."""
-    cols = [i for i, name in enumerate(factor_names) if name in factor_parts]
-    sub = np.nan_to_num(np.abs(corr[:, cols]), nan=0.0)
-    best = sub.argmax(1)
-    names = [factor_names[cols[b]] for b in best]
-    part_names = sorted(set(factor_parts.values()))
-    per_part = np.stack([sub[:, [j for j, c in enumerate(cols)
-                                 if factor_parts[factor_names[c]] == p]].max(1)
-                         for p in part_names], axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        conc = per_part.max(1) / per_part.sum(1)
-    strength = sub[np.arange(len(sub)), best]
-    return pd.DataFrame({
-        "unit": np.asarray(units),
-        "gt_factor": names,
-        "gt_part": [factor_parts[n] for n in names],
-        "gt_abs_corr": strength,
-        "gt_concentration": conc,
-        "evaluated": strength >= min_abs_corr,
-    })
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -80,18 +35,44 @@ def _match(rows: pd.DataFrame, parts: Sequence[str]) -> tuple[float, float]:
     return float(rows["match"].mean()), float(chance)
 
 
+def _share(numerator: pd.Series, denominator: pd.Series) -> float:
+    """numerator.sum() / denominator.sum() (booleans), NaN for an empty denominator."""
+    n = int(denominator.sum())
+    return float(numerator[denominator].sum() / n) if n else float("nan")
+
+
+def significance_metrics(table: pd.DataFrame, suffix: str = "") -> dict[str, float]:
+    """What the significant units are, on rows of ``validate``'s per-unit table (a part's rows
+    for per-part figures). ``wrong_share_significant``: among significant units, the share
+    whose top part is not the ground-truth part; ``not_selective_share_significant``: the
+    share that is mixed by ground truth (concentration below ``mixed_concentration``);
+    ``power_selective``: among the part-selective units (ground truth), the share called
+    significant with the right part; counts ``n_significant``,
+    ``n_significant_not_selective`` and ``n_selective``."""
+    sig, sel = table["significant"].astype(bool), table["gt_selective"].astype(bool)
+    return {
+        f"n_significant{suffix}": float(sig.sum()),
+        f"n_significant_not_selective{suffix}": float((sig & table["gt_mixed"]).sum()),
+        f"n_selective{suffix}": float(sel.sum()),
+        f"wrong_share_significant{suffix}": _share(~table["match"], sig),
+        f"not_selective_share_significant{suffix}": _share(table["gt_mixed"], sig),
+        f"power_selective{suffix}": _share(sig & table["match"], sel),
+    }
+
+
 def validate(units: pd.DataFrame, truth: pd.DataFrame, parts: Sequence[str],
-             selective_concentration: float = 0.6,
+             selective_concentration: float = 0.6, mixed_concentration: float = 0.5,
              strong_quantile: float = 0.75) -> tuple[dict[str, float], pd.DataFrame]:
-    """Compare the pipeline's top part with the ground-truth part.
+    """Compare the pipeline's top part and verdict with the ground truth.
 
     units: the selectivity stage's unit summary (unit, top_part, concentration, significant,
     score_<part>, tuning_strength); truth: one row per unit with unit, gt_part, evaluated
     (whether the truth speaks about the unit at all, e.g. it responds to some part factor)
-    and gt_concentration (the ground truth's own part concentration; NaN if unknown).
+    and gt_concentration (the ground truth's own part concentration).
     Among the evaluated units, the strongly tuned ones are those whose measured selectivity is
     most concentrated (concentration at or above its ``strong_quantile``), the part-selective
-    ones those whose ground-truth concentration is at least ``selective_concentration``.
+    ones those whose ground-truth concentration is at least ``selective_concentration``, the
+    mixed ones those below ``mixed_concentration``.
     Returns (metrics, per-unit table). Metrics: ``match_rate_all`` / ``chance_all`` over the
     evaluated units (chance: the match rate if the pipeline's top parts were shuffled among
     them), ``match_rate`` / ``chance`` over the strongly tuned, ``match_rate_selective`` /
@@ -99,22 +80,29 @@ def validate(units: pd.DataFrame, truth: pd.DataFrame, parts: Sequence[str],
     part's ground-truth units that the pipeline gives that top part) with ``chance_<part>``
     (the share of all evaluated units it gives that top part); ``auc_<part>``: how well the
     pipeline's share of selectivity for that part ranks the part's ground-truth units above
-    the others (0.5 = chance), and ``mean_auc``; counts ``n_units``, ``n_strong``,
-    ``n_selective``, ``n_significant`` and ``n_selective_significant``.
+    the others (0.5 = chance), and ``mean_auc``; ``significance_metrics`` over all evaluated
+    units and, with the suffix ``_<part>``, over the units whose ground-truth part is the part
+    (power, mixed units) or whose top part is (wrong parts: ``wrong_share_significant_<part>``
+    is the share of the units called significant for the part that belong to another);
+    ``top_share_<part>`` / ``gt_share_<part>``: how often the part is the top part and the
+    ground-truth part; counts ``n_units``, ``n_strong``, ``n_mixed``,
+    ``n_selective_significant``.
     """
     table = units.merge(truth, on="unit", how="inner")
     table["match"] = table["top_part"] == table["gt_part"]
+    table["gt_selective"] = table["evaluated"] & (table["gt_concentration"]
+                                                  >= selective_concentration)
+    table["gt_mixed"] = table["evaluated"] & (table["gt_concentration"] < mixed_concentration)
     evaluated = table[table["evaluated"]]
     cut = evaluated["concentration"].quantile(strong_quantile) if len(evaluated) else np.inf
     strong = evaluated[evaluated["concentration"] >= cut]
-    selective = evaluated[evaluated["gt_concentration"] >= selective_concentration]
+    selective = evaluated[evaluated["gt_selective"]]
     table["strong"] = table["unit"].isin(strong["unit"])
-    table["gt_selective"] = table["unit"].isin(selective["unit"])
     metrics: dict[str, float] = {
         "n_units": float(len(evaluated)), "n_strong": float(len(strong)),
-        "n_selective": float(len(selective)),
-        "n_significant": float(table["significant"].sum()),
+        "n_mixed": float(evaluated["gt_mixed"].sum()),
         "n_selective_significant": float(selective["significant"].sum()),
+        **significance_metrics(evaluated),
     }
     metrics["match_rate"], metrics["chance"] = _match(strong, parts)
     metrics["match_rate_all"], metrics["chance_all"] = _match(evaluated, parts)
@@ -123,9 +111,16 @@ def validate(units: pd.DataFrame, truth: pd.DataFrame, parts: Sequence[str],
     aucs = []
     for part in parts:
         own = evaluated["gt_part"] == part
+        called = evaluated["top_part"] == part
         metrics[f"match_{part}"] = float(evaluated.loc[own, "match"].mean()) if own.any() \
             else float("nan")
-        metrics[f"chance_{part}"] = float((evaluated["top_part"] == part).mean())
+        metrics[f"chance_{part}"] = float(called.mean())
+        metrics[f"top_share_{part}"] = float(called.mean())
+        metrics[f"gt_share_{part}"] = float(own.mean())
+        per_part = significance_metrics(evaluated[own], f"_{part}")
+        per_part[f"wrong_share_significant_{part}"] = significance_metrics(
+            evaluated[called])["wrong_share_significant"]
+        metrics.update(per_part)
         col = f"score_{part}"
         if col not in evaluated:
             continue

@@ -34,7 +34,7 @@ STARTED = "_started.json"  # what a data folder held before leases: when its wri
 #: ``status`` look at these folders of a root and at nothing else.
 STAGE_NAMES: tuple[str, ...] = (
     "paired", "link", "ranges", "directions", "segmenter", "tune", "null", "selectivity",
-    "validation", "counterfactual",
+    "validation", "ground_truth", "counterfactual",
 )
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -240,15 +240,25 @@ def _validation_section(validation: Any) -> str:
         "count": [m["n_units"], m["n_strong"], m["n_selective"]],
         "match": [m["match_rate_all"], m["match_rate"], m["match_rate_selective"]],
         "chance": [m["chance_all"], m["chance"], m["chance_selective"]]})
-    per_part = pd.DataFrame({"part": parts, "match": [m[f"match_{p}"] for p in parts],
-                             "chance": [m[f"chance_{p}"] for p in parts],
-                             "AUC": [m[f"auc_{p}"] for p in parts]})
+    per_part = pd.DataFrame({
+        "part": [*parts, "all"],
+        "match": [*(m[f"match_{p}"] for p in parts), m["match_rate_all"]],
+        "chance": [*(m[f"chance_{p}"] for p in parts), m["chance_all"]],
+        "AUC": [*(m[f"auc_{p}"] for p in parts), m["mean_auc"]],
+        **{label: [*(m[f"{key}_{p}"] for p in parts), m[key]] for label, key in (
+            ("significant", "n_significant"),
+            ("wrong part among significant", "wrong_share_significant"),
+            ("mixed among significant", "not_selective_share_significant"),
+            ("power on part-selective", "power_selective"))}})
     return ("<h2>Validation against the toy world's ground truth</h2><p class=\"note\">match: "
             "share of units whose top part is their ground-truth part; chance: the same with "
             "the top parts shuffled; AUC: how well a part's share ranks its ground-truth units "
-            f"above the others. Mean AUC {m['mean_auc']:.3f}; "
-            f"{int(m['n_selective_significant'])} of {int(m['n_selective'])} part-selective "
-            "units significant.</p>" + _table(overall) + _table(per_part))
+            "above the others; wrong part: significant units whose top part is not their "
+            "ground-truth part (per part: among those called significant for it); mixed: "
+            "significant units that no part moves more than all others together (ground-truth "
+            "concentration below 0.5); power: part-selective units (ground-truth concentration "
+            "at least 0.6) called significant with the right part.</p>"
+            + _table(overall) + _table(per_part))
 
 
 def _parts_section(units: pd.DataFrame, shown: dict[str, list[int]], pages: set[int]) -> str:

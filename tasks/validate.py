@@ -1,9 +1,11 @@
-"""Toy-world task: compare the pipeline's selective parts with the toy world's ground truth.
+"""Toy-world task: compare the pipeline's selective parts with the classifier's ground truth.
 
-The ground truth is interventional and ships with the bundled classifier: every part factor
-moved by one within-species SD, renderer -> classifier (``toyworld.ground_truth``). A toy
-classifier checkpoint without it (an older weight file) falls back to the correlation of each
-unit with the factors on renderer images.
+The ground truth is interventional (``toyworld.ground_truth``): every part factor moved by one
+within-species SD, renderer -> classifier, and which part moves each unit. A toy classifier
+weight file (the bundled one, or ``classifier.weights`` written by ``linkstyle toy
+train-classifier``) stores it. Any other classifier of the toy species (a weight file without
+it, ``classifier.kind: python``) gets it measured here, once, and cached as a
+``ground_truth`` artifact keyed by the classifier's weights.
 """
 
 from __future__ import annotations
@@ -11,25 +13,27 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-import torch
-from prefect import task
+from prefect import get_run_logger, task
 
-from linkstyle_core.render import encode
-from linkstyle_core.toyworld.ground_truth import SELECTIVE_CONCENTRATION
-from linkstyle_core.validation import (
-    ground_truth_parts,
-    validate,
-    within_class_correlation,
+from linkstyle_core.config import AnalysisConfig
+from linkstyle_core.toyworld.ground_truth import (
+    MIXED_CONCENTRATION,
+    SELECTIVE_CONCENTRATION,
+    ground_truth_table,
+    measure_ground_truth,
 )
-from storage import content_key
+from linkstyle_core.validation import validate
+from storage import ArtifactStore, content_key
 from tasks.caching import GPU_TAG, by_content_key
 from tasks.context import Models, as_config, models_for, store_for
 
 STAGE = "validation"
-VERSION = "3"
-IMAGES_PER_CLASS, SEED, MIN_ABS_CORR = 400, 2024, 0.3
-PARAMS = {"images_per_class": IMAGES_PER_CLASS, "seed": SEED, "min_abs_corr": MIN_ABS_CORR,
-          "selective_concentration": SELECTIVE_CONCENTRATION}
+VERSION = "4"
+PARAMS = {"selective_concentration": SELECTIVE_CONCENTRATION,
+          "mixed_concentration": MIXED_CONCENTRATION}
+GROUND_TRUTH_STAGE = "ground_truth"
+GROUND_TRUTH_VERSION = "1"
+GROUND_TRUTH_PARAMS = {"n_per_class": 50, "seed": 4242}  # as stored with the bundled weights
 
 
 def validation_key(selectivity_key: str, models: Models) -> str:
@@ -37,61 +41,65 @@ def validation_key(selectivity_key: str, models: Models) -> str:
                        {"selectivity": selectivity_key, "classifier": models.classifier_key})
 
 
-@torch.no_grad()
-def _renderer_activations(models: Models, batch: int) -> tuple[torch.Tensor, ...]:
-    from linkstyle_core.toyworld.renderer import SPECIES, render, sample_factors
-
-    g = torch.Generator().manual_seed(SEED)
-    species = torch.arange(len(SPECIES)).repeat_interleave(IMAGES_PER_CLASS)
-    factors = sample_factors(species, g)
-    rs = []
-    for i in range(0, len(species), batch):
-        images = render(factors[i:i + batch]).images.to(models.device)
-        rs.append(encode(models.classifier, images)[0].cpu())
-    return torch.cat(rs), factors, species
+def ground_truth_key(models: Models) -> str:
+    return content_key(GROUND_TRUTH_STAGE, GROUND_TRUTH_VERSION, GROUND_TRUTH_PARAMS,
+                       {"classifier": models.classifier_key})
 
 
-def _truth(models: Models, batch: int, units: list[int]) -> tuple[pd.DataFrame, str,
-                                                                    dict[str, str]]:
-    """(ground truth per unit, its kind, factor -> part)."""
-    from linkstyle_core.toyworld.ground_truth import load_ground_truth
-    from linkstyle_core.toyworld.renderer import FACTOR_PARTS, FACTORS
+def stored_ground_truth(config: AnalysisConfig) -> dict[str, Any] | None:
+    """The ground truth stored in the toy classifier's weight file, or None (another kind of
+    classifier, or a weight file without one)."""
+    from linkstyle_core.models.toy import toy_classifier_file
+    from linkstyle_core.toyworld.checkpoint import read_ground_truth
 
+    if config.classifier.kind != "toy":
+        return None
     try:
-        truth = load_ground_truth()
-    except (KeyError, ValueError):  # a checkpoint without the interventional ground truth
-        truth = None
-    if truth is not None and len(truth) == models.classifier.feature_dim:
-        truth = truth[truth["unit"].isin(units)].copy()
-        truth["evaluated"] = truth["gt_sensitivity"] > 0
-        return truth, "interventional", FACTOR_PARTS
-    r, factors, species = _renderer_activations(models, batch)
-    corr = within_class_correlation(r[:, units], factors, species)
-    return (ground_truth_parts(corr, FACTORS, FACTOR_PARTS, units, MIN_ABS_CORR),
-            "correlational", FACTOR_PARTS)
+        return read_ground_truth(toy_classifier_file(config.classifier.weights))
+    except KeyError:
+        return None
+
+
+def ground_truth(config: AnalysisConfig, models: Models,
+                 store: ArtifactStore) -> tuple[pd.DataFrame, str]:
+    """(the ground-truth table of every unit, where it came from: ``weights`` or the key of
+    the ``ground_truth`` artifact it was measured into)."""
+    stored = stored_ground_truth(config)
+    if stored is not None and len(stored["gt_part"]) == models.classifier.feature_dim:
+        return ground_truth_table(stored), "weights"
+    key = ground_truth_key(models)
+    if not store.exists(GROUND_TRUTH_STAGE, key):
+        get_run_logger().info("measuring the classifier's ground truth by intervention "
+                              "(%d units; cached for later runs)", models.classifier.feature_dim)
+        measured = measure_ground_truth(models.classifier, **GROUND_TRUTH_PARAMS)
+        with store.writer(GROUND_TRUTH_STAGE, key, params=GROUND_TRUTH_PARAMS,
+                          code_version=GROUND_TRUTH_VERSION, inputs={}) as out:
+            out.write_table("units", ground_truth_table(measured))
+            out.info["classifier"] = models.classifier_key
+    return store.open(GROUND_TRUTH_STAGE, key).table("units"), key
 
 
 @task(name="validation", cache_key_fn=by_content_key, persist_result=True,
       task_run_name="validation", tags={GPU_TAG})
 def validate_units(config: dict[str, Any], key: str, selectivity_key: str) -> dict[str, Any]:
     cfg = as_config(config)
-    if cfg.generator.kind != "toy" or cfg.classifier.kind != "toy":
-        raise ValueError("ground-truth validation needs the toy world (generator.kind and "
-                         "classifier.kind 'toy'): only there are the true factors known")
     store = store_for(cfg)
     if store.exists(STAGE, key):
         return {"stage": STAGE, "key": key, "computed": False}
     models = models_for(cfg)
     selectivity = store.open("selectivity", selectivity_key)
     units = selectivity.table("units")
-    truth, kind, factor_parts = _truth(models, cfg.runtime.batch_size, units["unit"].tolist())
-    parts = [p for p in selectivity.info["scored_parts"] if p in set(factor_parts.values())]
-    metrics, table = validate(units, truth, parts, SELECTIVE_CONCENTRATION)
+    truth, source = ground_truth(cfg, models, store)
+    truth = truth[truth["unit"].isin(units["unit"])].copy()
+    truth["evaluated"] = truth["gt_sensitivity"] > 0
+    parts = list(selectivity.info["scored_parts"])
+    metrics, table = validate(units, truth, parts, SELECTIVE_CONCENTRATION, MIXED_CONCENTRATION)
     with store.writer(STAGE, key, params=PARAMS, code_version=VERSION,
                       inputs={"selectivity": selectivity_key,
                               "classifier": models.classifier_key}) as out:
         out.write_table("metrics", pd.DataFrame([metrics]))
         out.write_table("units", table)
         out.info.update(metrics)
-        out.info["ground_truth"] = kind
+        out.info["ground_truth"] = "interventional"
+        out.info["ground_truth_source"] = source
     return {"stage": STAGE, "key": key, "computed": True}

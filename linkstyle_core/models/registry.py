@@ -132,9 +132,24 @@ def _toy_generator(cfg: GeneratorConfig, device: torch.device, **_: Any) -> Gene
 
 
 def _toy_classifier(cfg: ClassifierConfig, device: torch.device) -> Classifier:
-    from linkstyle_core.models.toy import load_toy_classifier
+    """The bundled toy classifier, a bundled variant (``classifier.weights: mixed``), or the
+    toy classifier weight file ``classifier.weights`` (``linkstyle toy train-classifier --out
+    FILE``)."""
+    from linkstyle_core.models.toy import toy_classifier_file
+    from linkstyle_core.toyworld.checkpoint import load_classifier as load_toy_file
 
-    return load_toy_classifier(device)
+    path = toy_classifier_file(cfg.weights)
+    if not path.is_file():
+        raise ModelError(
+            f"classifier.weights: no toy classifier file at {path}; write one with `linkstyle "
+            f"toy train-classifier --out {path}`, or leave classifier.weights unset for the "
+            "bundled toy classifier ('mixed' for its bundled variant)"
+        )
+    try:
+        return load_toy_file(path, device)
+    except ValueError as exc:
+        raise ModelError(f"classifier.weights: {exc}; classifier.kind 'toy' reads weight "
+                         "files of `linkstyle toy train-classifier --out FILE`") from None
 
 
 def _python_model(cfg: GeneratorConfig | ClassifierConfig, device: torch.device, section: str):

@@ -18,6 +18,10 @@ from linkstyle_core.toyworld.generator import ToyGenerator
 
 GENERATOR_FILE = "generator.pt"
 CLASSIFIER_FILE = "classifier.pt"
+BUNDLED_CLASSIFIERS = {"mixed": "classifier-mixed.pt"}
+"""Other toy classifiers that ship with the package, by the name ``classifier.weights`` gives
+them: ``mixed`` was trained like the bundled one with invariance 0.1 (seed 7), so only about a
+quarter of its units follow one part (docs/toyworld.md)."""
 _WEIGHTS_PACKAGE = "linkstyle_core.toyworld"
 
 
@@ -46,6 +50,17 @@ def toy_generator_path() -> Path:
 def toy_classifier_path() -> Path:
     """Path of the bundled toy classifier weights (raises ``FileNotFoundError`` if missing)."""
     return _bundled(CLASSIFIER_FILE, "linkstyle toy train-classifier")
+
+
+def toy_classifier_file(weights: str | None) -> Path:
+    """The toy classifier weight file ``classifier.weights`` names: the bundled classifier
+    (None), a bundled variant by name (``BUNDLED_CLASSIFIERS``) or a file path."""
+    if not weights:
+        return toy_classifier_path()
+    if weights in BUNDLED_CLASSIFIERS:
+        return _bundled(BUNDLED_CLASSIFIERS[weights], "linkstyle toy train-classifier "
+                        f"--invariance 0.1 --seed 7 --out {BUNDLED_CLASSIFIERS[weights]}")
+    return Path(weights).expanduser()
 
 
 def load_toy_generator(device: str | torch.device = "cpu") -> ToyGenerator:

@@ -30,6 +30,7 @@ from linkstyle_core.toyworld.footprint import factor_footprints
 from linkstyle_core.toyworld.generator import ToyGenerator, ToyGeneratorConfig, one_hot
 from linkstyle_core.toyworld.ground_truth import (
     GROUND_TRUTH_PARTS,
+    MIXED_CONCENTRATION,
     SELECTIVE_CONCENTRATION,
     ground_truth_table,
     load_ground_truth,
@@ -66,6 +67,7 @@ __all__ = [
     "GROUND_TRUTH_PARTS",
     "SELECTIVE_CONCENTRATION",
     "LATENT_DIM",
+    "MIXED_CONCENTRATION",
     "NUISANCE_FACTORS",
     "PARTS",
     "PART_COLOURS",

@@ -46,6 +46,10 @@ to), in the column order of ``part_sensitivity``."""
 SELECTIVE_CONCENTRATION = 0.6
 """A unit is part-selective when its concentration reaches this value."""
 
+MIXED_CONCENTRATION = 0.5
+"""A unit is mixed (not part-selective) when its concentration stays below this value: no
+part moves it more than all the other parts together."""
+
 
 @torch.no_grad()
 def _features(classifier: Classifier, images: torch.Tensor, batch: int = 256) -> torch.Tensor:

@@ -300,6 +300,8 @@ def train_classifier(
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    if not invariance >= 0:
+        raise ValueError(f"invariance must be >= 0 (0: an ordinary classifier), got {invariance}")
     restore_threads = _with_threads(num_threads)
     try:
         torch.manual_seed(seed + _INIT_OFFSET)

@@ -211,6 +211,23 @@ def test_specificity_p_counts_the_null_at_or_above() -> None:
     assert np.isnan(p[3])
 
 
+def test_specificity_p_beyond_every_null_follows_their_tail() -> None:
+    """Beyond the nulls' upper quarter, p comes from an exponential fitted to their tail: a
+    unit far beyond every null gets a p-value far below the permutation floor 1 / (1 + K),
+    ordered by its distance, and the nulls' own leave-one-out p-values stay uniform."""
+    rng = np.random.default_rng(3)
+    null = rng.gumbel(size=256)  # skewed to the right, as the nulls' top-part z-scores
+    far = specificity_p(np.array([null.max() + 1.0, null.max() + 3.0]), null)
+    assert far[1] < far[0] < 1 / 257
+    loo = np.array([specificity_p(null[i:i + 1], np.delete(null, i))[0] for i in range(256)])
+    for alpha in (0.01, 0.05, 0.2):
+        assert abs((loo < alpha).mean() - alpha) <= 0.03
+    # continuous at the start of the tail: no jump between the two regimes
+    t = np.sort(null)[256 - 64 - 1]
+    below, above = specificity_p(np.array([t - 1e-9, t + 1e-9]), null)
+    assert above == pytest.approx(below, rel=0.05)
+
+
 def test_small_parts_are_masked_by_their_base_area() -> None:
     change = np.ones((2, 3, 2, len(ALL_MEASURES)))
     base_area = np.array([[0.1, 0.0005], [0.1, 0.01], [0.0001, 0.01]])  # [Ns, P]
