@@ -286,16 +286,20 @@ def _print_link_metrics(metrics: pd.DataFrame) -> None:
 def _print_top_units(units: pd.DataFrame, per_part: int = 5) -> None:
     from tasks.report import ranked_units
 
-    print("top units per part (significant ones by q, then the others by concentration, marked "
-          "*; unit (concentration, q)):")
+    mark = {"significant": "", "leaning": "~", "none": "*"}
+    print("top units per part (significant ones by q; then leaning ones, marked ~, by p; then "
+          "the others, marked *, by concentration; unit (concentration, q)):")
     for part, group in ranked_units(units).groupby("top_part", sort=True):
-        shown = ", ".join(f"{int(u)}{'' if sig else '*'} ({c:.2f}, {q:.2g})" for u, c, q, sig in
+        shown = ", ".join(f"{int(u)}{mark[v]} ({c:.2f}, {q:.2g})" for u, c, q, v in
                           zip(group["unit"][:per_part], group["concentration"][:per_part],
-                              group["specificity_q"][:per_part], group["significant"][:per_part],
+                              group["specificity_q"][:per_part], group["verdict"][:per_part],
                               strict=True))
         print(f"  {part:<10} {len(group):>4} units: {shown}")
-    print(f"  {int(units['significant'].sum())} of {len(units)} units give their top part a "
-          "larger share of their change than random directions give it (specificity q < 0.05)")
+    counts = units["verdict"].value_counts()
+    print(f"  of {len(units)} units, {counts.get('significant', 0)} give their top part a larger "
+          "share of their change than random directions give it (specificity q < 0.05), "
+          f"{counts.get('leaning', 0)} lean to it (their own p < 0.05, not significant among "
+          f"all units), {counts.get('none', 0)} have no such part")
     print(f"  tuning: median closed-loop gain {units['closed_loop_gain'].median():.2f} "
           f"(1 = the re-encoded unit follows the value set), median pixel change "
           f"{units['pixel_change'].median():.3f}, part labels changed "
@@ -450,10 +454,14 @@ def cmd_unit(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     row, parts, shares = view["row"], view["part_names"], view["shares"]
     beyond = shares > view["null_threshold"]
-    verdict = "significant" if row["significant"] else "not significant"
+    from tasks.report import VERDICT_TEXT
+
     print(f"unit {args.unit}: top part {row['top_part']} (concentration "
           f"{row['concentration']:.2f}); specificity p {row['specificity_p']:.3g}, q "
-          f"{row['specificity_q']:.3g}: {verdict}")
+          f"{row['specificity_q']:.3g}: {VERDICT_TEXT[row['verdict']]}")
+    if row["weak_label"]:
+        print(f"  a weak label: random directions make the {row['top_part']} their top part "
+              f"{row['null_top_share']:.0%} of the time")
     print(f"  closed loop: gain {row['closed_loop_gain']:.2f} (slope of re-encoded on set value), "
           f"rank {int(row['closed_loop_rank'])} among all units' standardised changes")
     print(f"  image change first -> last step: pixels {row['pixel_change']:.3f} (mean |delta| in "

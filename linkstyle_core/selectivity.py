@@ -300,6 +300,19 @@ def verdicts(p: np.ndarray, q: np.ndarray, threshold: float = 0.05) -> np.ndarra
                                                          VERDICTS[2])).astype(object)
 
 
+WEAK_LABEL_RATIO = 1.5
+"""A part that random directions make their top part at least this many times as often as
+chance (1 / parts) is a weak label for a unit that is not significant: its being the unit's top
+part says little (``unit_summary``'s ``weak_label``)."""
+
+
+def null_top_shares(null_scores: np.ndarray) -> np.ndarray:
+    """The share of the null directions whose top part is each part: [K, P] -> [P]."""
+    finite = np.isfinite(null_scores).any(1)
+    top = np.nanargmax(np.where(np.isnan(null_scores[finite]), -1, null_scores[finite]), axis=1)
+    return np.bincount(top, minlength=null_scores.shape[1]) / max(int(finite.sum()), 1)
+
+
 def unit_summary(
     units: Sequence[int] | np.ndarray, scores: np.ndarray, test_scores: np.ndarray,
     null_scores: np.ndarray, parts: Sequence[str], q_threshold: float = 0.05,
@@ -312,7 +325,10 @@ def unit_summary(
     Columns: unit, top_part, concentration (the top part's share of the profile),
     tuning_strength (the profile's sum), specificity_p (``top_part_specificity``),
     specificity_q (``two_stage_q`` over units), significant (q < q_threshold), verdict
-    (``verdicts``), selective (concentration in the top quarter of all units), score_<part>.
+    (``verdicts``), null_top_share (the share of the null directions whose top part is the
+    unit's: ``null_top_shares``), weak_label (not significant, and null_top_share at least
+    ``WEAK_LABEL_RATIO`` / parts), selective (concentration in the top quarter of all units),
+    score_<part>.
     """
     top_index = np.nanargmax(np.where(np.isnan(scores), -1, scores), axis=1)
     top = np.asarray(parts, dtype=object)[top_index]
@@ -329,6 +345,9 @@ def unit_summary(
     })
     out["significant"] = out["specificity_q"] < q_threshold
     out["verdict"] = verdicts(p, q, q_threshold)
+    out["null_top_share"] = null_top_shares(null_scores)[top_index]
+    out["weak_label"] = ~out["significant"] & (
+        out["null_top_share"] >= WEAK_LABEL_RATIO / len(parts))
     out["selective"] = out["concentration"] >= np.nanquantile(conc, 0.75)
     for j, part in enumerate(parts):
         out[f"score_{part}"] = scores[:, j]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from linkstyle_core.selectivity import VERDICTS
 from storage import ArtifactStore
 from storage.catalog import stage_of
 from tasks.unit_view import RunView
@@ -93,25 +94,33 @@ def _page(title: str, body: str, script: str = "") -> str:
             + (f"<script>{script}</script>" if script else "") + "</body></html>\n")
 
 
+VERDICT_TEXT = {
+    "significant": "significant: specific to it among all units (q < 0.05)",
+    "leaning": "leaning to it: its own p < 0.05, not significant among all units",
+    "none": "no part: not more specific than random directions",
+}
+"""What each of the ``verdict`` values of the units table says, in words."""
+
+
 def describe_unit(row: pd.Series) -> str:
     """One line on what a unit does, from its row of the ``units`` table."""
-    verdict = ("significantly specific to it" if row["significant"] else
-               "not more specific than random directions")
+    weak = (f"; a weak label: random directions make the {row['top_part']} their top part "
+            f"{row['null_top_share']:.0%} of the time" if row["weak_label"] else "")
     return (f"unit {int(row['unit'])}: tuning changes the {row['top_part']} most "
-            f"({row['concentration']:.0%} of its change profile, q {row['specificity_q']:.2g}: "
-            f"{verdict}); closed-loop gain {row['closed_loop_gain']:.2f}, pixel change "
-            f"{row['pixel_change']:.3f}")
+            f"({row['concentration']:.0%} of its change profile, p {row['specificity_p']:.2g}, "
+            f"q {row['specificity_q']:.2g}; {VERDICT_TEXT[row['verdict']]}{weak}); closed-loop "
+            f"gain {row['closed_loop_gain']:.2f}, pixel change {row['pixel_change']:.3f}")
 
 
 def ranked_units(units: pd.DataFrame) -> pd.DataFrame:
-    """Units ordered for showing: significant ones first, by q then concentration; the rest
-    after them by concentration (never ranked above a significant unit)."""
-    significant = units["significant"].astype(bool)
-    return pd.concat([
-        units[significant].sort_values(["specificity_q", "concentration"],
-                                       ascending=[True, False]),
-        units[~significant].sort_values("concentration", ascending=False),
-    ])
+    """Units ordered for showing: significant ones first (by q, then concentration), then the
+    leaning ones (by p), then the rest by concentration: a unit is never ranked above one with
+    a stronger verdict."""
+    by = {"significant": (["specificity_q", "concentration"], [True, False]),
+          "leaning": (["specificity_p", "concentration"], [True, False]),
+          "none": (["concentration"], [False])}
+    return pd.concat([units[units["verdict"] == v].sort_values(cols, ascending=asc)
+                      for v, (cols, asc) in by.items()])
 
 
 def _strip_png(images: np.ndarray) -> bytes:
@@ -153,7 +162,8 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
     link = store.open("link", keys["link"]).table("metrics")
 
     units_csv = pd.DataFrame({
-        "unit": units["unit"], "top_part": units["top_part"], "q": units["specificity_q"],
+        "unit": units["unit"], "top_part": units["top_part"], "verdict": units["verdict"],
+        "weak_label": units["weak_label"], "p": units["specificity_p"], "q": units["specificity_q"],
         "significant": units["significant"], "concentration": units["concentration"],
         "closed_loop_gain": units["closed_loop_gain"],
         "description": [describe_unit(r) for _, r in units.iterrows()],
@@ -201,7 +211,8 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
     if keys.get("validation") and store.exists("validation", keys["validation"]):
         sections.append(_validation_section(store.open("validation", keys["validation"])))
     sections.append(_parts_section(units, shown_top, set(pages)))
-    table = units[["unit", "top_part", "specificity_q", "significant", "concentration",
+    table = units[["unit", "top_part", "verdict", "weak_label", "specificity_p", "specificity_q",
+                   "concentration",
                    "closed_loop_gain", "pixel_change", "label_change"]]
     sections.append("<h2>All units</h2><p class=\"note\">Click a column to sort.</p>" + _table(
         table, sortable=True,
@@ -216,12 +227,15 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
 def _summary_section(store: ArtifactStore, keys: dict[str, str], selectivity: Any,
                      units: pd.DataFrame, class_names: Sequence[str]) -> str:
     info = selectivity.info
+    counts = units["verdict"].value_counts()
     rows = pd.DataFrame({"figure": [
-        "units tuned", "significant units (specificity q < 0.05)",
+        "units tuned", "significant units: specific to their top part (specificity q < 0.05)",
+        "leaning units: their own p < 0.05, not significant among all units",
+        "units with no part more specific than random directions give it",
         "median closed-loop gain (1: the re-encoded unit follows)",
         "median pixel change, first to last step (in [0, 1])",
         "median share of part labels changed", "null directions", "classes"],
-        "value": [str(len(units)), str(int(info["significant_units"])),
+        "value": [str(len(units)), *(str(int(counts.get(v, 0))) for v in VERDICTS),
                   f"{info['median_closed_loop_gain']:.2f}", f"{info['median_pixel_change']:.3f}",
                   f"{info['median_label_change']:.1%}", str(info["null_directions"]),
                   ", ".join(class_names)]})
@@ -264,7 +278,7 @@ def _validation_section(validation: Any) -> str:
 def _parts_section(units: pd.DataFrame, shown: dict[str, list[int]], pages: set[int]) -> str:
     by_unit = units.set_index("unit")
     out = ["<h2>Top units per part</h2><p class=\"note\">Significant units first (by q), then "
-           "the others by concentration. Each strip: one sample's tuning steps, then "
+           "the leaning ones (by p), then the others by concentration. Each strip: one sample's tuning steps, then "
            "|last - first| scaled to its maximum.</p>"]
     for part, unit_list in shown.items():
         out.append(f"<h3>{html.escape(part)}</h3>")
@@ -274,8 +288,9 @@ def _parts_section(units: pd.DataFrame, shown: dict[str, list[int]], pages: set[
                     else f"unit {unit}")
             out.append(f'<div class="top"><img class="strip" src="img/strip-{unit}.png" '
                        f'alt="tuning strip of unit {unit}"><span>{name}: concentration '
-                       f"{row['concentration']:.2f}, q {row['specificity_q']:.2g}"
-                       f"{'' if row['significant'] else ' (not significant)'}</span></div>")
+                       f"{row['concentration']:.2f}, p {row['specificity_p']:.2g}, q "
+                       f"{row['specificity_q']:.2g}, {row['verdict']}"
+                       f"{', weak label' if row['weak_label'] else ''}</span></div>")
     return "\n".join(out)
 
 

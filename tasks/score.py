@@ -26,7 +26,7 @@ from tasks.caching import by_content_key
 from tasks.context import as_config, store_for
 
 STAGE = "selectivity"
-VERSION = "7"
+VERSION = "8"
 MIN_MEDIAN_GAIN = 0.5  # below this the re-encoded units do not follow their tuning
 MIN_MEDIAN_PIXEL_CHANGE = 1 / 255  # below one grey level the images do not visibly change
 

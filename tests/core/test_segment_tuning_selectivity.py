@@ -140,7 +140,8 @@ def test_a_unit_that_moves_one_part_is_selective_for_it() -> None:
     summary = unit_summary([10, 11, 12, 13, 14, 15], scores, scores, null_scores,
                            parts).set_index("unit")
     assert summary.loc[12, "top_part"] == "ear" and bool(summary.loc[12, "significant"])
-    assert summary.loc[12, "specificity_p"] == pytest.approx(1 / 257)
+    # beyond every null: the exponential tail goes below the permutation floor 1 / 257
+    assert summary.loc[12, "specificity_p"] < 1 / 257
     assert summary.loc[12, "concentration"] > summary.drop(12)["concentration"].max()
     assert not summary.drop(12)["significant"].any()
     assert {f"score_{p}" for p in parts} <= set(summary.columns)
@@ -174,7 +175,7 @@ def test_a_part_is_compared_with_the_nulls_shares_of_that_part() -> None:
     like_null = np.array([[5.0, 1.0, 1.0, 1.0]])  # share 0.62 of part 0: common among nulls
     assert concentration(specific)[0] < np.median(concentration(null))
     p = top_part_specificity(np.concatenate([specific, like_null]), null)
-    assert p[0] == pytest.approx(1 / 257)
+    assert p[0] < 0.01  # just beyond every null (the exponential tail: 0.005)
     assert p[1] > 0.2
     # a null direction's p against the others is uniform: the procedure is calibrated
     loo = np.array([top_part_specificity(null[i:i + 1], np.delete(null, i, 0))[0]

@@ -17,7 +17,7 @@ from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.toyworld import SPECIES
 from storage import ArtifactStore
 from tasks.context import models_for
-from tasks.report import ranked_units
+from tasks.report import VERDICT_TEXT, ranked_units
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -119,14 +119,30 @@ def test_unit_pages_and_units_csv(report: dict[str, Any]) -> None:
     assert (report["dir"] / "img" / f"unit-{unit}.png").stat().st_size > 10_000
     assert dom.count("<tr>") == 1 + 6  # the per-part table: a header and the six parts
     table = pd.read_csv(report["out"]["units_csv"])
-    assert list(table.columns) == ["unit", "top_part", "q", "significant", "concentration",
-                                   "closed_loop_gain", "description"]
+    assert list(table.columns) == ["unit", "top_part", "verdict", "weak_label", "p", "q",
+                                   "significant", "concentration", "closed_loop_gain",
+                                   "description"]
     assert len(table) == 24 and table["description"].str.startswith("unit ").all()
     assert (table.set_index("unit")["top_part"] == units.set_index("unit")["top_part"]).all()
+    # three verdicts, each consistent with its p- and q-value, each described in words
+    assert set(table["verdict"]) <= {"significant", "leaning", "none"}
+    assert (table["significant"] == (table["verdict"] == "significant")).all()
+    leaning = table[table["verdict"] == "leaning"]
+    assert ((leaning["p"] < 0.05) & (leaning["q"] >= 0.05)).all()
+    assert (table.loc[table["verdict"] == "none", "p"] >= 0.05).all()
+    for verdict, description in zip(table["verdict"], table["description"], strict=True):
+        assert VERDICT_TEXT[verdict] in description
+    assert not (table["weak_label"] & table["significant"]).any()
+    weak = units[units["weak_label"]]  # labels that random directions favour, marked so
+    assert (weak["null_top_share"] >= 1.5 / 6).all()
+    assert table.loc[table["weak_label"], "description"].str.contains("a weak label").all()
 
 
-def test_units_are_never_ranked_above_a_significant_one() -> None:
-    units = pd.DataFrame({"unit": [1, 2, 3, 4], "significant": [False, True, True, False],
-                          "specificity_q": [1.0, 0.04, 0.01, 0.5],
-                          "concentration": [0.99, 0.5, 0.4, 0.3], "top_part": ["a"] * 4})
-    assert ranked_units(units)["unit"].tolist() == [3, 2, 1, 4]
+def test_units_are_never_ranked_above_a_stronger_verdict() -> None:
+    units = pd.DataFrame({"unit": [1, 2, 3, 4, 5, 6],
+                          "verdict": ["none", "significant", "significant", "none", "leaning",
+                                      "leaning"],
+                          "specificity_p": [0.5, 0.001, 0.0001, 0.9, 0.04, 0.01],
+                          "specificity_q": [1.0, 0.04, 0.01, 1.0, 0.2, 0.1],
+                          "concentration": [0.99, 0.5, 0.4, 0.3, 0.9, 0.2], "top_part": ["a"] * 6})
+    assert ranked_units(units)["unit"].tolist() == [3, 2, 6, 5, 1, 4]

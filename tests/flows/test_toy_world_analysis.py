@@ -85,16 +85,29 @@ def test_selective_parts_match_the_ground_truth(toy_run) -> None:
 
 def test_random_units_are_not_significant(tmp_path_factory) -> None:
     """Negative control: units replaced by random rotations of themselves are exactly what the
-    null directions are, so the specificity test calls at most 5% of them significant."""
+    null directions are, so the specificity test calls at most 5% of them significant.
+    `linkstyle validate` measures the ground truth of this classifier (it has no weight file
+    that stores one) by intervention, once, and caches it."""
     config = {**TOY_TEST_CONFIG,
               "artifact_root": str(tmp_path_factory.mktemp("control") / "artifacts"),
               "classifier": {"kind": "python",
                              "target": "linkstyle_core.models.controls:rotated_toy_classifier"},
               "tuning": {**TOY_TEST_CONFIG["tuning"], "units": "0-127"}}
-    units = tune_score_flow(config)["score"].extra["units"]
+    reports = validate_flow(config)
+    units = reports["score"].extra["units"]
     assert len(units) == 128
     assert units["significant"].mean() <= 0.05
     assert units["closed_loop_gain"].median() >= 0.7  # the control's tuning works as well
+    m = reports["validate"].extra["metrics"]
+    store = ArtifactStore(config["artifact_root"])
+    assert m["ground_truth_source"] in {a.key for a in store.list_artifacts("ground_truth")}
+    truth = store.open("ground_truth", m["ground_truth_source"]).table("units")
+    assert len(truth) == 192 and truth["gt_sensitivity"].gt(0).all()
+    # rotations mix the bundled units' parts: few of them stay part-selective
+    assert (truth["gt_concentration"] >= 0.6).mean() < 0.5
+    assert m["n_significant"] == units["significant"].sum()
+    assert validate_flow(config)["validate"].extra["metrics"]["ground_truth_source"] == \
+        m["ground_truth_source"]  # measured once
 
 
 def test_counterfactuals_flip_and_are_confirmed(toy_run) -> None:
