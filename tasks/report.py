@@ -278,8 +278,8 @@ def _validation_section(validation: Any) -> str:
 def _parts_section(units: pd.DataFrame, shown: dict[str, list[int]], pages: set[int]) -> str:
     by_unit = units.set_index("unit")
     out = ["<h2>Top units per part</h2><p class=\"note\">Significant units first (by q), then "
-           "the leaning ones (by p), then the others by concentration. Each strip: one sample's tuning steps, then "
-           "|last - first| scaled to its maximum.</p>"]
+           "the leaning ones (by p), then the others by concentration. Each strip: one "
+           "sample's tuning steps, then |last - first| scaled to its maximum.</p>"]
     for part, unit_list in shown.items():
         out.append(f"<h3>{html.escape(part)}</h3>")
         for unit in unit_list:

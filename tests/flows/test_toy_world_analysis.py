@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from flows.analysis import counterfactual_flow, tune_score_flow, validate_flow
+from flows.analysis import counterfactual_flow, validate_flow
 from linkstyle_core.models.toy import load_toy_classifier
 from linkstyle_core.toyworld import SPECIES
 from linkstyle_core.toyworld.ground_truth import load_ground_truth
