@@ -87,7 +87,7 @@ def scripted_user(images: int, export: int, steps: int,
         server, _ = start(session)
         per_image = []
         try:
-            with Browser(binary, 1100, 700) as browser:
+            with Browser(binary, 1100, 760) as browser:
                 user = PageUser(browser, res, res)
                 t0 = time.perf_counter()
                 browser.navigate(server.url)
@@ -100,9 +100,6 @@ def scripted_user(images: int, export: int, steps: int,
                     index = user.index()
                     if screenshots and k == 0:
                         _shot(browser, screenshots / "labels-empty.png")
-                    if screenshots and browser.evaluate("app.source") == "proposal" \
-                            and not (screenshots / "labels-prefill.png").exists():
-                        _shot(browser, screenshots / "labels-prefill.png")
                     took = user.label_like(targets[index])
                     per_image.append({"image": index, **{key: (round(v, 1) if isinstance(
                         v, float) else v) for key, v in took.items()}})
@@ -113,7 +110,7 @@ def scripted_user(images: int, export: int, steps: int,
                     browser.wait_for("app.state.prefill.status === 'ready'", timeout=1800)
                     browser.evaluate("app.open(app.state.prefill.least_sure[0])")
                     user.wait_idle()
-                    _shot(browser, screenshots / "labels-heldout.png")
+                    _shot(browser, screenshots / "labels-prefill.png")
                     state = browser.evaluate("app.state.prefill")
         finally:
             stop_server(server)
@@ -131,9 +128,9 @@ def _shot(browser, path: Path) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    browser.screenshot(path, clip={"x": 0, "y": 0, "width": 1100, "height": 640})
+    browser.screenshot(path, clip={"x": 0, "y": 0, "width": 1100, "height": 760})
     image = Image.open(path).convert("RGB")
-    image.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,9 @@ def add_labels_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
                    help="only print the address, do not open a browser")
     p.add_argument("--no-prefill", action="store_true",
                    help="do not load the generator; paint without proposals")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="training steps of the pre-fill's segmenter (default: segment.steps; "
+                        "fewer answer sooner on a slow CPU)")
     p = add("import", cmd_labels_import, "check labelled masks against the part list", lsub)
     with_config(p)
     p.add_argument("folder", metavar="DIR")
@@ -140,10 +143,12 @@ def cmd_labels_open(args: argparse.Namespace) -> int:
                              f"parts.json {parts}; make them agree")
         generator = _load_generator(config, folder)
         device, seg = resolve_device(config.runtime.device), config.segment
+    if args.steps is not None and not 1 <= args.steps <= 100_000:
+        raise UsageError(f"--steps must be between 1 and 100000, got {args.steps}")
     session = LabellingSession(
         folder, generator, device=device,
-        **({"steps": seg.steps, "seed": seg.seed, "hidden": seg.hidden, "kernel": seg.kernel}
-           if seg is not None else {}))
+        **({"steps": args.steps or seg.steps, "seed": seg.seed, "hidden": seg.hidden,
+            "kernel": seg.kernel} if seg is not None else {}))
     try:
         server, thread = start(session, args.port)
     except OSError as exc:

@@ -153,3 +153,28 @@ def test_paint_fill_save_reload_and_prefill(tmp_path, toy_generator, capsys) -> 
         assert f"{part}" in out and str(count) in out
     previews = sorted(p.name for p in (folder / "preview").iterdir())
     assert previews == ["0000.png", "0001.png", "0002.png"]
+
+
+@pytest.mark.slow
+def test_a_scripted_new_user_labels_eight_images_with_prefill(tmp_path) -> None:
+    """benchmarks/labelling.py's scripted user through the real server and page: eight toy
+    images labelled to the renderer's label maps, later ones starting from proposals. With
+    LINKSTYLE_LABEL_SCREENSHOTS=DIR it also writes the screenshots of docs/real-models.md."""
+    import json
+    import subprocess
+    import sys
+
+    chromium_or_skip()
+    root = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "benchmarks/labelling.py", "user", "--images", "8", "--export",
+            "12", "--steps", "100", "--json"]
+    shots = os.environ.get("LINKSTYLE_LABEL_SCREENSHOTS")
+    if shots:
+        argv += ["--screenshots", shots]
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert out["masks_equal_targets"] and len(out["per_image"]) == 8
+    assert any(p["source"] == "proposal" for p in out["per_image"])
+    assert out["heldout_at_end"] is not None

@@ -142,3 +142,29 @@ def test_the_prefill_proposes_after_two_labels(served) -> None:
     assert sorted(prefill["least_sure"]) == [2, 3]  # the unlabelled ones
     status, raw = _call(server, "GET", "/api/proposal/2")
     assert status == 200 and len(raw) == RES * RES and max(raw) < 3
+
+
+def _wait(server, condition, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = json.loads(_call(server, "GET", "/api/state")[1])
+        if condition(state["prefill"]):
+            return state
+        assert time.monotonic() < deadline, state["prefill"]
+        time.sleep(0.1)
+
+
+def test_a_new_label_abandons_a_stale_training(served) -> None:
+    """The first training would take 10**6 steps; the third save must stop it and start one on
+    all three labels, which finishes."""
+    _, server = served
+    session = server.session
+    session.settings["steps"] = 10**6
+    for index in (0, 1):
+        assert _call(server, "PUT", f"/api/mask/{index}", _mask().tobytes())[0] == 200
+    _wait(server, lambda p: p["status"] == "training" and p["training_on"] == [0, 1])
+    session.settings["steps"] = 20
+    assert _call(server, "PUT", "/api/mask/2", _mask(2).tobytes())[0] == 200
+    prefill = _wait(server, lambda p: p["status"] in ("ready", "error"))["prefill"]
+    assert prefill["status"] == "ready" and prefill["trained_on"] == [0, 1, 2]
+    assert prefill["heldout"]["folds"] == 3
