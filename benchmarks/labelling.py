@@ -14,9 +14,11 @@ labelled images that the page shows (``loo_miou``), and the seconds of one train
 exported folder of ``--export`` toy images through the real server and page in headless
 Chromium: the first image from scratch, then the next unlabelled image until the pre-fill has
 proposals, then the least-sure one (U), correcting whatever the page shows until it equals the
-renderer's label map, and saving. It does not wait for the pre-fill. Reported: the wall-clock
-seconds for all images, and per image where its mask came from (empty or proposal), how many
-pixels were wrong when it opened and how many strokes corrected them. ``--screenshots DIR``
+renderer's label map, and saving. From the third image on it first waits until the proposals
+come from every image labelled so far (``--no-wait``: it does not). Reported: the wall-clock
+seconds for all images (``seconds``, waits included; ``waited_for_prefill_s``), the strokes,
+and per image where its mask came from (empty or proposal), how many pixels were wrong when it
+opened and how many strokes corrected them. ``--screenshots DIR``
 writes the page's pictures for docs/real-models.md.
 """
 
@@ -64,8 +66,8 @@ def measure_miou(counts: list[int], n_eval: int, steps: int) -> dict[str, object
     return {"eval_images": n_eval, "steps": steps, "rows": rows}
 
 
-def scripted_user(images: int, export: int, steps: int,
-                  screenshots: Path | None) -> dict[str, object]:
+def scripted_user(images: int, export: int, steps: int, screenshots: Path | None,
+                  wait_prefill: bool = True) -> dict[str, object]:
     from flows.labelling.server import LabellingSession, start, stop_server
     from linkstyle_core.labels import export_latents, toy_labelled
     from linkstyle_core.models.toy import load_toy_generator
@@ -92,7 +94,15 @@ def scripted_user(images: int, export: int, steps: int,
                 t0 = time.perf_counter()
                 browser.navigate(server.url)
                 user.wait_ready()
+                waited = 0.0
                 for k in range(images):
+                    if k > 0 and wait_prefill and k >= 2:
+                        # proposals from every image labelled so far, as a person would wait
+                        # for them before opening the next image
+                        t_wait = time.perf_counter()
+                        browser.wait_for(f"(app.state.prefill.trained_on || []).length === {k}",
+                                         timeout=3600)
+                        waited += time.perf_counter() - t_wait
                     if k > 0:
                         has_proposals = browser.evaluate("!!app.state.prefill.trained_on")
                         user.key("u" if has_proposals else "n")
@@ -119,6 +129,8 @@ def scripted_user(images: int, export: int, steps: int,
         exact = all(np.array_equal(m, targets[p["image"]])
                     for m, p in zip(saved, per_image, strict=True))
     return {"images": images, "seconds": round(total, 1), "steps": steps,
+            "waited_for_prefill_s": round(waited, 1),
+            "strokes": sum(p["strokes"] for p in per_image),
             "masks_equal_targets": exact, "per_image": per_image,
             "heldout_at_end": state.get("heldout")}
 
@@ -146,13 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=int, default=16)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--screenshots", type=Path)
+    p.add_argument("--no-wait", action="store_true",
+                   help="do not wait for proposals from every labelled image before the next")
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     if args.what == "miou":
         out = measure_miou([int(c) for c in args.counts.split(",")], args.eval, args.steps)
     else:
-        out = scripted_user(args.images, args.export, args.steps, args.screenshots)
+        out = scripted_user(args.images, args.export, args.steps, args.screenshots,
+                            wait_prefill=not args.no_wait)
     print(json.dumps(out, indent=None if args.json else 1))
     return 0
 
