@@ -310,7 +310,7 @@ function renderList() {
     for (let i = 0; i < app.state.count; i++) {
       const a = document.createElement("a");
       a.title = pad(i);
-      a.innerHTML = `<img alt="${pad(i)}" loading="lazy" src="api/image/${i}.png">`;
+      a.innerHTML = `<img alt="${pad(i)}" src="api/image/${i}.png">`;
       a.addEventListener("click", () => open(i));
       nav.appendChild(a);
     }
