@@ -86,7 +86,8 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     summary = import_folder(Path(args.folder), models_for(config).generator.resolution)
     print(f"{args.folder}: {summary['images']} labelled images, parts {summary['parts']}")
-    pixels, images = summary["pixels_per_part"], summary["images_per_part"]
+    pixels: dict[str, int] = summary["pixels_per_part"]  # type: ignore[assignment]
+    images: dict[str, int] = summary["images_per_part"]  # type: ignore[assignment]
     total = sum(pixels.values()) or 1
     width = max(len(p) for p in pixels)
     print(f"  {'part':<{width}}  {'pixels':>10}  {'share':>6}  images")
@@ -132,7 +133,8 @@ def cmd_labels_open(args: argparse.Namespace) -> int:
     check_export_folder(folder)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
-    generator, device, seg = None, "cpu", None
+    generator, seg = None, None
+    device: Any = "cpu"
     if not args.no_prefill:
         from linkstyle_core.runtime import resolve_device
 

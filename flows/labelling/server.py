@@ -221,6 +221,7 @@ class LabellingSession:
             self._set(status="waiting", need=MIN_LABELLED - len(labelled))
             return
         if self._features is None:
+            assert self.generator is not None  # the worker runs only with a generator
             self._set(status="features")
             ws = torch.from_numpy(np.load(self.folder / "latents.npy")).to(self.device)
             self._features = generator_features(self.generator, ws, self.batch_size)
