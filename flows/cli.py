@@ -514,42 +514,6 @@ def cmd_counterfactual(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_labels_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from linkstyle_core.labels import export_folder
-    from tasks.context import models_for
-
-    if not 1 <= args.count <= 100_000:
-        raise UsageError(f"--count must be between 1 and 100000 images, got {args.count}")
-    config = load_config(args.config)
-    parts = list(config.segment.parts or [])
-    if len(parts) < 2:
-        raise UsageError("set segment.parts in the config (background first) before exporting")
-    models = models_for(config)
-    export_folder(models.generator, Path(args.out), args.count, parts, args.seed,
-                  config.data.truncation, models.device)
-    print(f"wrote {args.count} images to {args.out}/images; paint index masks into "
-          f"{args.out}/labels (value i = parts[i] of {parts}), then "
-          f"`linkstyle labels import {args.out}"
-          + (f" --config {args.config}`" if args.config else "`"))
-    return 0
-
-
-def cmd_labels_import(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from linkstyle_core.labels import import_folder
-    from tasks.context import models_for
-
-    config = load_config(args.config)
-    summary = import_folder(Path(args.folder), models_for(config).generator.resolution)
-    print(f"{args.folder}: {summary['images']} labelled images, parts {summary['parts']}")
-    print(f"  pixels per part: {summary['pixels_per_part']}")
-    print(f"set `segment: {{labels: {args.folder}}}` in your config to train the segmenter")
-    return 0
-
-
 def _toy_models():
     from linkstyle_core.models.toy import load_toy_classifier, load_toy_generator
 
@@ -671,17 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-selectivity", action="store_true",
                    help="skip stages 3-4 (no overlap with part-selective units)")
 
-    labels = sub.add_parser("labels", help="label generated images for the part segmenter")
-    lsub = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
-    p = add("export", cmd_labels_export,
-            "write generated images, their latents and empty masks to label", lsub)
-    with_config(p)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--count", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p = add("import", cmd_labels_import, "check labelled masks against the part list", lsub)
-    with_config(p)
-    p.add_argument("folder", metavar="DIR")
+    from flows.cli_labels import add_labels_commands  # labels export|open|import
+
+    add_labels_commands(sub, add, with_config)
 
     toy = sub.add_parser("toy", help="the bundled toy world: train, evaluate, picture")
     tsub = toy.add_subparsers(dest="toy_command", required=True, metavar="ACTION")

@@ -7,9 +7,12 @@ by a person::
     DIR/latents.npy         ws [N, num_ws, w_dim] float32 of the exported images
     DIR/images/0000.png     the generated images, to label
     DIR/labels/0000.png     index masks (mode "L" or "P"), same size as the images
+    DIR/preview/0000.png    the image with its mask overlaid in the part colours, to check
+                            labels without a paint program (rewritten on every save)
 
-``linkstyle labels import DIR`` checks every mask against the part list and writes
-``DIR/labels.npz`` (ws, labels, parts), which the segmenter stage reads.
+``linkstyle labels open DIR`` paints the masks in a browser; ``linkstyle labels import DIR``
+checks every mask against the part list and writes ``DIR/labels.npz`` (ws, labels, parts),
+which the segmenter stage reads.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ from linkstyle_core.models.protocols import Generator
 from linkstyle_core.render import synthesize
 
 LABELS_FILE = "labels.npz"
+# One colour per part, label 0 (background) first: distinct on the screen and in print
+# (Tableau-like hues), cycled with darker shades past the first 16 parts.
+_COLOURS = np.array([
+    [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+    [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
+], dtype=np.uint8)
 
 
 class LabelError(ValueError):
@@ -52,26 +62,118 @@ def toy_labelled(generator: Generator, n: int, seed: int,
 
 def export_folder(generator: Generator, out: Path, count: int, parts: list[str], seed: int,
                   truncation: float, device: torch.device | str = "cpu") -> None:
-    """Write generated images, their latents, empty label masks and the part list."""
-    from PIL import Image
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(exist_ok=True)
-    (out / "labels").mkdir(exist_ok=True)
+    """Write generated images, their latents, empty label masks, their previews and the part
+    list."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(count, generator.z_dim, generator=g)
     c = torch.nn.functional.one_hot(torch.arange(count) % generator.c_dim,
                                     generator.c_dim).float()
     with torch.no_grad():
         ws = generator.mapping(z.to(device), c.to(device), truncation)
+    export_latents(generator, out, ws, parts)
+
+
+def export_latents(generator: Generator, out: Path, ws: torch.Tensor, parts: list[str]) -> None:
+    """Write a label folder for given latents ws [N, num_ws, w_dim]: images, latents, empty
+    masks, their previews and the part list."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "labels", "preview"):
+        (out / sub).mkdir(exist_ok=True)
+    with torch.no_grad():
         images = synthesize(generator, ws[:, 0])
     np.save(out / "latents.npy", ws.cpu().numpy().astype(np.float32))
     (out / "parts.json").write_text(json.dumps(parts, indent=1))
     pixels = ((images.cpu().permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255)
     for i, img in enumerate(pixels.to(torch.uint8).numpy()):
         Image.fromarray(img).save(out / "images" / f"{i:04d}.png")
-        mask = Image.fromarray(np.zeros(img.shape[:2], np.uint8), mode="L")
-        mask.save(out / "labels" / f"{i:04d}.png")
+        mask = np.zeros(img.shape[:2], np.uint8)
+        Image.fromarray(mask, mode="L").save(out / "labels" / f"{i:04d}.png")
+        write_preview(out, i, img, mask)
+
+
+def part_colours(num_parts: int) -> np.ndarray:
+    """[num_parts, 3] uint8 RGB, one colour per part (background black)."""
+    reps = -(-num_parts // len(_COLOURS))
+    shades = [(_COLOURS * (1.0 - 0.35 * k)).astype(np.uint8) for k in range(reps)]
+    colours = np.concatenate(shades)[:num_parts]
+    colours[0] = 0
+    return colours
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, num_parts: int,
+            opacity: float = 0.55) -> np.ndarray:
+    """image [H, W, 3] uint8, mask [H, W] int -> the image with every labelled pixel tinted in
+    its part's colour [H, W, 3] uint8 (background pixels unchanged)."""
+    colours = part_colours(max(num_parts, int(mask.max()) + 1)).astype(np.float32)
+    tinted = image.astype(np.float32) * (1 - opacity) + colours[mask] * opacity
+    out = np.where((mask > 0)[..., None], tinted, image.astype(np.float32))
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def write_preview(folder: Path, index: int, image: np.ndarray | None = None,
+                  mask: np.ndarray | None = None) -> Path:
+    """Write ``DIR/preview/NNNN.png``: image ``index`` with its mask overlaid (read from the
+    folder where not given). Atomic: a reader sees the old preview or the new one."""
+    from PIL import Image
+
+    name = f"{index:04d}.png"
+    if image is None:
+        image = np.asarray(Image.open(folder / "images" / name).convert("RGB"))
+    if mask is None:
+        mask = np.asarray(Image.open(folder / "labels" / name))
+    out = folder / "preview"
+    out.mkdir(exist_ok=True)
+    path = out / name
+    _atomic_png(Image.fromarray(overlay(image, mask, len(read_parts(folder)))), path)
+    return path
+
+
+def _atomic_png(image: object, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(image)}.tmp")
+    try:
+        image.save(tmp, format="PNG")  # type: ignore[attr-defined]
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def image_count(folder: Path) -> int:
+    """How many images the folder exports (``images/0000.png`` ... without gaps)."""
+    n = 0
+    while (folder / "images" / f"{n:04d}.png").is_file():
+        n += 1
+    return n
+
+
+def save_mask(folder: Path, index: int, mask: np.ndarray) -> Path:
+    """Save the index mask [H, W] of exported image ``index`` as ``DIR/labels/NNNN.png`` and
+    its preview. Checked first: the image exists, the mask has its size and only labels of
+    parts.json. Atomic (a temporary file in the same folder, then ``os.replace``), so a reader
+    or a crash never sees half a mask, and only this image's mask is written."""
+    from PIL import Image
+
+    parts = read_parts(folder)
+    if not isinstance(index, int) or index < 0 or index >= image_count(folder):
+        raise LabelError(f"{folder} has no exported image {index}; masks are saved for images "
+                         f"0-{image_count(folder) - 1} only")
+    name = f"{index:04d}.png"
+    with Image.open(folder / "images" / name) as img:
+        width, height = img.size
+    mask = np.asarray(mask)
+    if mask.shape != (height, width):
+        raise LabelError(f"the mask for {name} is {mask.shape[1] if mask.ndim > 1 else '?'}x"
+                         f"{mask.shape[0]}, the image is {width}x{height}")
+    if mask.size and (int(mask.min()) < 0 or int(mask.max()) >= len(parts)):
+        raise LabelError(f"the mask for {name} uses label {int(mask.max())} but parts.json "
+                         f"names only {len(parts)} parts (0-{len(parts) - 1})")
+    mask = mask.astype(np.uint8)
+    (folder / "labels").mkdir(exist_ok=True)
+    path = folder / "labels" / name
+    _atomic_png(Image.fromarray(mask, mode="L"), path)
+    write_preview(folder, index, mask=mask)
+    return path
 
 
 def import_folder(folder: Path, resolution: int | None = None) -> dict[str, object]:
@@ -115,12 +217,23 @@ def import_folder(folder: Path, resolution: int | None = None) -> dict[str, obje
     if unlabelled:
         raise LabelError(f"{len(unlabelled)} masks contain only background (first: "
                          f"{unlabelled[0]}); label them or remove them with their latents")
+    present = np.bincount(stacked.ravel(), minlength=len(parts))
+    missing = [(i, p) for i, p in enumerate(parts) if present[i] == 0]
+    if missing:
+        i, part = missing[0]
+        more = f" (and {len(missing) - 1} more: {[p for _, p in missing[1:]]})" \
+            if len(missing) > 1 else ""
+        raise LabelError(f"part {part!r} (label {i}) is labelled in none of the {len(stacked)} "
+                         f"masks{more}; label it where it shows, or remove it from parts.json "
+                         "and segment.parts")
+    in_images = (stacked.reshape(len(stacked), -1)[:, :, None]
+                 == np.arange(len(parts))).any(1).sum(0)
     tmp = folder / f".{LABELS_FILE}.tmp.npz"
     np.savez_compressed(tmp, ws=ws, labels=stacked, parts=np.asarray(parts))
     os.replace(tmp, folder / LABELS_FILE)
-    present = np.bincount(stacked.ravel(), minlength=len(parts))
     return {"images": len(stacked), "parts": parts,
-            "pixels_per_part": dict(zip(parts, present.tolist(), strict=True))}
+            "pixels_per_part": dict(zip(parts, present.tolist(), strict=True)),
+            "images_per_part": dict(zip(parts, in_images.tolist(), strict=True))}
 
 
 def read_parts(folder: Path) -> list[str]:

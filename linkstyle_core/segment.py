@@ -12,7 +12,7 @@ labelled images) at nine times the cost, hence ``kernel=1`` by default.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,12 +80,15 @@ def train_segmenter(
     seed: int = 0,
     batch_size: int = 8,
     kernel: int = 1,
+    check: Callable[[], None] = stop.check,
 ) -> FewShotSegmenter:
     """Fit a segmenter on a few labelled images.
 
     features: the generator's feature maps of the labelled images (list of [N, C_i, H_i, W_i]);
     labels: [N, H, W] int64 in [0, num_parts). Class-balanced cross-entropy, so thin parts
     (legs, ears, tails) are not drowned by the background. Deterministic for a given seed.
+    ``check`` is called once per step and may raise to abandon the training (default: the
+    process-wide stop of ``linkstyle_core.stop``).
     """
     if labels.min() < 0 or labels.max() >= num_parts:
         raise ValueError(f"labels must lie in [0, {num_parts}), found "
@@ -102,7 +105,7 @@ def train_segmenter(
     gen = torch.Generator().manual_seed(seed)
     n = labels.shape[0]
     for _ in range(steps):
-        stop.check()
+        check()
         idx = torch.randperm(n, generator=gen)[:batch_size].to(device)
         logits = model([f[idx].float() for f in features])
         loss = F.cross_entropy(logits, labels[idx], weight=weight)

@@ -104,3 +104,40 @@ def test_config_validate_checks_the_file_and_with_models_the_models(tmp_path, ca
     assert "--models also loads the models" in capsys.readouterr().out
     assert main(["config", "validate", str(path), "--models"]) == 2
     assert "missing.pkl" in capsys.readouterr().err
+
+
+def test_labels_open_serves_on_localhost_until_ctrl_c(tmp_path) -> None:
+    """`linkstyle labels open` as a person runs it: the address printed, the page served from
+    127.0.0.1, a clean stop on Ctrl-C (SIGINT) with the masks kept."""
+    import json
+    import os
+    import re
+    import signal
+    import urllib.request
+
+    from tests.fixtures.tiny_models import TINY_CONFIG, tiny_label_folder
+
+    folder = tiny_label_folder(tmp_path / "labels", count=3)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(TINY_CONFIG))  # JSON is YAML
+    env = {**os.environ, "DISPLAY": "", "WAYLAND_DISPLAY": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "labels", "open", "--config", str(config), folder],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.search(r"at (http://127\.0\.0\.1:(\d+)/)", first)
+        assert match, first + proc.stderr.read()
+        assert "3 images, 3 labelled" in first
+        assert "open that address in a browser" in proc.stdout.readline()
+        with urllib.request.urlopen(match.group(1) + "api/state", timeout=60) as response:
+            state = json.load(response)
+        assert state["labelled"] == [0, 1, 2] and state["parts"][1] == "bright"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped; 3 of 3 images labelled" in out and "Traceback" not in err

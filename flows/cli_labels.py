@@ -1,0 +1,176 @@
+"""``linkstyle labels ...``: export images to label, paint them in the browser, import them.
+
+    linkstyle labels export --out DIR     images, latents, empty masks, previews, parts.json
+    linkstyle labels open DIR             the labelling page (127.0.0.1, pre-filled masks)
+    linkstyle labels import DIR           check the masks, count pixels per part, labels.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flows.cli import UsageError, load_config
+
+
+def add_labels_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
+                        with_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``labels export|open|import`` under the command line's subparsers ``sub``."""
+    labels = sub.add_parser("labels", help="label generated images for the part segmenter")
+    lsub = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    p = add("export", cmd_labels_export,
+            "write generated images, their latents and empty masks to label", lsub)
+    with_config(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--count", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p = add("open", cmd_labels_open,
+            "paint the masks of an exported folder in the browser, pre-filled by a segmenter "
+            "trained on the images labelled so far", lsub)
+    with_config(p)
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--port", type=int, default=0,
+                   help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-browser", action="store_true",
+                   help="only print the address, do not open a browser")
+    p.add_argument("--no-prefill", action="store_true",
+                   help="do not load the generator; paint without proposals")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="training steps of the pre-fill's segmenter (default: segment.steps; "
+                        "fewer answer sooner on a slow CPU)")
+    p = add("import", cmd_labels_import, "check labelled masks against the part list", lsub)
+    with_config(p)
+    p.add_argument("folder", metavar="DIR")
+
+
+def _parts_for(config: Any) -> list[str]:
+    """segment.parts, or the toy world's parts for the toy generator."""
+    parts = list(config.segment.parts or [])
+    if not parts and config.generator.kind == "toy":
+        from linkstyle_core.toyworld.renderer import PARTS
+
+        parts = list(PARTS)
+    return parts
+
+
+def cmd_labels_export(args: argparse.Namespace) -> int:
+    from linkstyle_core.labels import export_folder
+    from tasks.context import models_for
+
+    if not 1 <= args.count <= 100_000:
+        raise UsageError(f"--count must be between 1 and 100000 images, got {args.count}")
+    config = load_config(args.config)
+    parts = _parts_for(config)
+    if len(parts) < 2:
+        raise UsageError("set segment.parts in the config (background first) before exporting")
+    models = models_for(config)
+    export_folder(models.generator, Path(args.out), args.count, parts, args.seed,
+                  config.data.truncation, models.device)
+    config_arg = f" --config {args.config}" if args.config else ""
+    print(f"wrote {args.count} images to {args.out}/images (overlays in {args.out}/preview); "
+          f"label them with `linkstyle labels open {args.out}{config_arg}` (or paint index "
+          f"masks into {args.out}/labels, value i = parts[i] of {parts}), then "
+          f"`linkstyle labels import {args.out}{config_arg}`")
+    return 0
+
+
+def cmd_labels_import(args: argparse.Namespace) -> int:
+    from linkstyle_core.labels import import_folder
+    from tasks.context import models_for
+
+    config = load_config(args.config)
+    summary = import_folder(Path(args.folder), models_for(config).generator.resolution)
+    print(f"{args.folder}: {summary['images']} labelled images, parts {summary['parts']}")
+    pixels: dict[str, int] = summary["pixels_per_part"]  # type: ignore[assignment]
+    images: dict[str, int] = summary["images_per_part"]  # type: ignore[assignment]
+    total = sum(pixels.values()) or 1
+    width = max(len(p) for p in pixels)
+    print(f"  {'part':<{width}}  {'pixels':>10}  {'share':>6}  images")
+    for part, count in pixels.items():
+        print(f"  {part:<{width}}  {count:>10}  {count / total:>6.1%}  {images[part]}")
+    print(f"set `segment: {{labels: {args.folder}}}` in your config to train the segmenter")
+    return 0
+
+
+def _can_open_browser() -> bool:
+    """A graphical browser can be shown: macOS, Windows, or a display on Linux (a text browser
+    in the same terminal would hide the server's output)."""
+    return sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _load_generator(config: Any, folder: Path) -> Any:
+    import fsspec
+    import numpy as np
+
+    from linkstyle_core.labels import LabelError
+    from linkstyle_core.models.registry import load_generator
+    from linkstyle_core.runtime import resolve_device
+
+    generator = load_generator(config.generator, resolve_device(config.runtime.device),
+                               open_uri=fsspec.open)
+    shape = np.load(folder / "latents.npy", mmap_mode="r").shape
+    if tuple(shape[1:]) != (generator.num_ws, generator.w_dim):
+        raise LabelError(f"{folder}/latents.npy holds latents [N, {shape[1]}, {shape[2]}] but "
+                         f"the config's generator takes [N, {generator.num_ws}, "
+                         f"{generator.w_dim}]; pass the config the folder was exported with "
+                         "(--config FILE), or --no-prefill")
+    return generator
+
+
+def cmd_labels_open(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from flows.labelling.server import LabellingSession, check_export_folder, start, stop_server
+    from linkstyle_core.labels import read_parts
+
+    folder = Path(args.folder)
+    check_export_folder(folder)
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
+    generator, seg = None, None
+    device: Any = "cpu"
+    if not args.no_prefill:
+        from linkstyle_core.runtime import resolve_device
+
+        config = load_config(args.config)
+        parts = read_parts(folder)
+        if config.segment.parts and list(config.segment.parts) != parts:
+            raise UsageError(f"segment.parts {config.segment.parts} differ from {folder}/"
+                             f"parts.json {parts}; make them agree")
+        generator = _load_generator(config, folder)
+        device, seg = resolve_device(config.runtime.device), config.segment
+    if args.steps is not None and not 1 <= args.steps <= 100_000:
+        raise UsageError(f"--steps must be between 1 and 100000, got {args.steps}")
+    session = LabellingSession(
+        folder, generator, device=device,
+        **({"steps": args.steps or seg.steps, "seed": seg.seed, "hidden": seg.hidden,
+            "kernel": seg.kernel} if seg is not None else {}))
+    try:
+        server, thread = start(session, args.port)
+    except OSError as exc:
+        session.close()
+        raise UsageError(f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); choose "
+                         "another --port, or leave it out for a free one") from None
+    print(f"labelling {folder} ({session.count} images, {len(session.labelled)} labelled) at "
+          f"{server.url}", flush=True)
+    if args.no_browser or not _can_open_browser() or not webbrowser.open(server.url):
+        print("open that address in a browser on this machine (from another one: "
+              f"ssh -L {server.server_address[1]}:127.0.0.1:{server.server_address[1]} HOST)",
+              flush=True)
+    print("Ctrl-C stops the server; saved masks are kept", flush=True)
+    try:
+        while thread.is_alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(server)
+    print(f"stopped; {len(session.labelled)} of {session.count} images labelled in "
+          f"{folder}/labels", flush=True)
+    return 0

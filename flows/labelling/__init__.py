@@ -1,0 +1,1 @@
+"""The labelling page of `linkstyle labels open` (server.py and its static page)."""
