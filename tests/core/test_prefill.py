@@ -87,7 +87,6 @@ def _toy_miou(labelled: int, steps: int) -> float:
     return mean_iou(proposal.labels[labelled:], labels_eval, len(PARTS))[0]
 
 
-@pytest.mark.slow
 def test_toy_prefill_from_three_painted_images_reaches_the_stated_miou() -> None:
     """The renderer's label maps of 3 toy images stand in for a person's painted masks."""
     assert _toy_miou(3, steps=300) >= TOY_MIOU_3
