@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from linkstyle_core.toyworld import SPECIES
 from storage import ArtifactStore
 from tasks.context import models_for
 from tasks.report import VERDICT_TEXT, ranked_units
+from tests.fixtures.cdp import chromium_or_skip
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -30,31 +29,10 @@ SMALL_TOY: dict[str, Any] = {
 }
 
 
-def chromium() -> str:
-    """The headless browser: Debian's ``chromium``, installed when missing and possible."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and cannot be installed here (needs root and "
-                    "apt-get): apt-get install chromium")
-    try:
-        for command in (["apt-get", "update", "-qq"],
-                        ["apt-get", "install", "-y", "-qq", "chromium"]):
-            subprocess.run(command, check=True, capture_output=True, timeout=600,
-                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    except (subprocess.SubprocessError, OSError) as exc:
-        pytest.skip(f"chromium could not be installed ({exc}); apt-get install chromium")
-    found = shutil.which("chromium")
-    if not found:
-        pytest.skip("apt-get installed no chromium binary")
-    return found
-
-
 def rendered_dom(page: Path) -> str:
     """The page's DOM after its scripts ran, as headless Chromium sees it from disk."""
     result = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+        [chromium_or_skip(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
          page.as_uri()], capture_output=True, text=True, timeout=120, check=True)
     return result.stdout
 
