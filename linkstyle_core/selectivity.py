@@ -216,31 +216,6 @@ def top_part_specificity(scores: np.ndarray, null_scores: np.ndarray,
     return specificity_p(unit_stat, null_stat)
 
 
-def effect_profiles(change: np.ndarray, mean0: np.ndarray, sd0: np.ndarray,
-                    parts: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Part profiles (``part_scores``) of the directions' mean changes as effect sizes against
-    the null (mean ``mean0``, spread ``sd0``): change [K, Ns, P, M'] -> [K, len(parts)]."""
-    return part_scores((direction_means(change) - mean0) / sd0)[:, parts]
-
-
-def bootstrap_shares(change: np.ndarray, mean0: np.ndarray, sd0: np.ndarray,
-                     parts: Sequence[int] | np.ndarray, top: np.ndarray, n_boot: int = 200,
-                     seed: int = 0) -> np.ndarray:
-    """The share of part ``top[u]`` in unit u's profile, recomputed on ``n_boot`` bootstrap
-    resamples of the tuning samples (the same resample for every unit: they were tuned on the
-    same samples): change [U, Ns, P, M'] -> [U, n_boot]."""
-    rng = np.random.default_rng(seed)
-    n_samples = change.shape[1]
-    rows = np.arange(len(top))
-    out = np.empty((len(top), n_boot))
-    for b in range(n_boot):
-        scores = effect_profiles(change[:, rng.integers(0, n_samples, n_samples)], mean0, sd0,
-                                 parts)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, b] = scores[rows, top] / scores.sum(1)
-    return out
-
-
 def selectivity_table(
     units: Sequence[int] | np.ndarray, change: np.ndarray, null_change: np.ndarray,
     parts: Sequence[str],

@@ -36,7 +36,8 @@ def _match(rows: pd.DataFrame, parts: Sequence[str]) -> tuple[float, float]:
 
 
 def _share(numerator: pd.Series, denominator: pd.Series) -> float:
-    """numerator.sum() / denominator.sum() (booleans), NaN for an empty denominator."""
+    """The share of the rows selected by ``denominator`` on which ``numerator`` holds (both
+    boolean), NaN when it selects none."""
     n = int(denominator.sum())
     return float(numerator[denominator].sum() / n) if n else float("nan")
 
