@@ -42,9 +42,10 @@ PARTS_N = 7
 def measure_miou(counts: list[int], n_eval: int, steps: int) -> dict[str, object]:
     from linkstyle_core.labels import toy_labelled
     from linkstyle_core.models.toy import load_toy_generator
-    from linkstyle_core.prefill import generator_features, leave_one_out, propose
+    from linkstyle_core.prefill import leave_one_out, propose
     from linkstyle_core.segment import mean_iou
     from linkstyle_core.toyworld.renderer import PARTS
+    from linkstyle_core.tuning import generator_features
 
     generator = load_toy_generator()
     ws, labels = toy_labelled(generator, max(counts), 0)

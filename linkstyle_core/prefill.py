@@ -2,7 +2,7 @@
 labelled so far, proposes masks for the rest (DESIGN.md "4. Score"; docs/real-models.md).
 
 The segmenter and its inputs are exactly those of the segmenter stage: ``train_segmenter`` on
-the generator's feature maps (one synthesis pass, ``render_with_features``). Three answers:
+the generator's feature maps (``tuning.generator_features``). Three answers:
 
 - proposals for every image (``Proposal.labels``), which the labelling page shows as the mask
   of an image not labelled yet, for the person to correct;
@@ -21,9 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from linkstyle_core import stop
-from linkstyle_core.models.protocols import Generator
 from linkstyle_core.segment import mean_iou, train_segmenter
-from linkstyle_core.tuning import render_with_features
 
 MIN_LABELLED = 2  # fewest labelled images to train on (leave-one-out needs one to hold out)
 
@@ -56,15 +54,6 @@ class HeldOut:
 
 
 @torch.no_grad()
-def generator_features(generator: Generator, ws: torch.Tensor,
-                       batch_size: int = 64) -> list[torch.Tensor]:
-    """ws [N, num_ws, w_dim] -> the generator's feature maps (list of [N, C_i, H_i, W_i]), as the
-    segmenter stage computes them, batch by batch."""
-    chunks = [render_with_features(generator, ws[i:i + batch_size])[1]
-              for i in range(0, len(ws), batch_size)]
-    return [torch.cat(level) for level in zip(*chunks, strict=True)]
-
-
 def _select(features: Sequence[torch.Tensor], idx: Sequence[int]) -> list[torch.Tensor]:
     index = torch.as_tensor(list(idx), dtype=torch.long)
     return [f[index.to(f.device)] for f in features]

@@ -219,6 +219,15 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def generator_features(generator: Generator, ws: torch.Tensor,
+                       batch_size: int = 64) -> list[torch.Tensor]:
+    """ws [N, num_ws, w_dim] -> the generator's feature maps (list of [N, C_i, H_i, W_i]), the
+    segmenter's input, rendered batch by batch."""
+    chunks = [render_with_features(generator, ws[i:i + batch_size])[1]
+              for i in range(0, len(ws), batch_size)]
+    return [torch.cat(level) for level in zip(*chunks, strict=True)]
+
+
 def base_images(generator: Generator, classifier: Classifier, segmenter: FewShotSegmenter,
                 w0: torch.Tensor, batch_size: int = 256,
                 precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:

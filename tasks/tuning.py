@@ -31,10 +31,10 @@ from linkstyle_core.tuning import (
     base_images,
     calibrated_scale,
     centre,
+    generator_features,
     latent_directions,
     measured_gains,
     null_directions,
-    render_with_features,
     reverse_map,
     select_samples,
     step_values,
@@ -221,12 +221,6 @@ def load_segmenter(artifact: Artifact, device: torch.device) -> FewShotSegmenter
 
 
 @torch.no_grad()
-def _features(models: Models, ws: torch.Tensor, batch: int) -> list[torch.Tensor]:
-    chunks = [render_with_features(models.generator, ws[i:i + batch])[1]
-              for i in range(0, len(ws), batch)]
-    return [torch.cat(level) for level in zip(*chunks, strict=True)]
-
-
 @task(name="segmenter", cache_key_fn=by_content_key, persist_result=True,
       task_run_name="segmenter", tags={GPU_TAG})
 def fit_segmenter(config: dict[str, Any], key: str) -> dict[str, Any]:
@@ -238,11 +232,11 @@ def fit_segmenter(config: dict[str, Any], key: str) -> dict[str, Any]:
     models = models_for(cfg)
     ws, labels, ws_eval, labels_eval, parts = _labelled(cfg, models)
     t0 = time.perf_counter()
-    feats = _features(models, ws, cfg.runtime.batch_size)
+    feats = generator_features(models.generator, ws, cfg.runtime.batch_size)
     seg = train_segmenter(feats, labels, len(parts), steps=cfg.segment.steps,
                           hidden=cfg.segment.hidden, seed=cfg.segment.seed,
                           kernel=cfg.segment.kernel)
-    pred = seg.predict(_features(models, ws_eval, cfg.runtime.batch_size))
+    pred = seg.predict(generator_features(models.generator, ws_eval, cfg.runtime.batch_size))
     miou, per_part = mean_iou(pred, labels_eval, len(parts))
     with store.writer("segmenter", key, params=segmenter_params(cfg),
                       inputs=segmenter_inputs(cfg, models),

@@ -215,7 +215,8 @@ class LabellingSession:
     def _prefill_once(self, labelled: list[int], check: Any) -> None:
         import torch
 
-        from linkstyle_core.prefill import MIN_LABELLED, generator_features, leave_one_out, propose
+        from linkstyle_core.prefill import MIN_LABELLED, leave_one_out, propose
+        from linkstyle_core.tuning import generator_features
 
         if len(labelled) < MIN_LABELLED:
             self._set(status="waiting", need=MIN_LABELLED - len(labelled))

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from linkstyle_core.labels import toy_labelled
-from linkstyle_core.prefill import Proposal, generator_features, leave_one_out, propose
+from linkstyle_core.prefill import Proposal, leave_one_out, propose
 from linkstyle_core.segment import mean_iou
+from linkstyle_core.tuning import generator_features
 from tests.fixtures.tiny_models import RES, tiny_generator
 
 # docs/real-models.md, "Pre-fill": held-out mIoU on 64 fresh toy images after 3 labelled
