@@ -220,7 +220,6 @@ def load_segmenter(artifact: Artifact, device: torch.device) -> FewShotSegmenter
     return model.to(device).eval().requires_grad_(False)
 
 
-@torch.no_grad()
 @task(name="segmenter", cache_key_fn=by_content_key, persist_result=True,
       task_run_name="segmenter", tags={GPU_TAG})
 def fit_segmenter(config: dict[str, Any], key: str) -> dict[str, Any]:
