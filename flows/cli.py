@@ -442,19 +442,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_unit(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
-    from flows.analysis import analysis_keys
+    from flows.results import RunNotFound, run_keys
     from linkstyle_core.figures import unit_figure
-    from tasks.context import models_for
-    from tasks.unit_view import unit_view
+    from tasks.unit_view import VERDICT_TEXT, unit_view
 
+    # the newest run of this config in the catalog: no models to load, no stage code to import
+    # (a few seconds at start-up); without one, the keys this code would compute
     try:
-        view = unit_view(ArtifactStore(config.artifact_root),
-                         analysis_keys(config, models_for(config)), args.unit, args.samples)
+        _, keys = run_keys(config, "latest", needs="selectivity")
+    except RunNotFound:
+        from flows.analysis import analysis_keys
+        from tasks.context import models_for
+
+        keys = analysis_keys(config, models_for(config))
+    try:
+        view = unit_view(ArtifactStore(config.artifact_root), keys, args.unit, args.shown)
     except ValueError as exc:  # a unit that was not tuned, a run without images
         raise UsageError(str(exc)) from None
     row, parts, shares = view["row"], view["part_names"], view["shares"]
     beyond = shares > view["null_threshold"]
-    from tasks.report import VERDICT_TEXT
 
     print(f"unit {args.unit}: top part {row['top_part']} (concentration "
           f"{row['concentration']:.2f}); specificity p {row['specificity_p']:.3g}, q "
@@ -623,7 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("unit", type=int, metavar="U", help="unit index")
     p.add_argument("--out", metavar="FILE.png", help="where to write the figure "
                    "(default: unit-U.png)")
-    p.add_argument("--samples", type=int, default=4, help="samples shown (default: 4)")
+    # dest "shown": --samples of `counterfactual` is a config override, this one is not
+    p.add_argument("--samples", dest="shown", type=int, default=4,
+                   help="samples shown (default: 4)")
 
     p = add("counterfactual", cmd_counterfactual,
             "move samples of one class across the decision boundary to another")

@@ -20,7 +20,7 @@ import pandas as pd
 from linkstyle_core.selectivity import VERDICTS
 from storage import ArtifactStore
 from storage.catalog import stage_of
-from tasks.unit_view import RunView
+from tasks.unit_view import VERDICT_TEXT, RunView
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em auto; max-width: 70em; color: #222; }
@@ -30,8 +30,15 @@ th { background: #eee; cursor: pointer; }
 td.text, th.text { text-align: left; }
 img.strip { height: 64px; image-rendering: pixelated; vertical-align: middle; }
 img.figure { max-width: 100%; }
+img.strips { image-rendering: pixelated; }
 .note { color: #555; font-size: 0.9em; }
 .top { display: flex; align-items: center; gap: 0.8em; margin: 0.3em 0; }
+.bar { display: flex; align-items: center; gap: 0.6em; margin: 0.15em 0; font-size: 0.9em; }
+.bar .name { width: 5em; }
+.bar .track { position: relative; width: 20em; height: 0.9em; background: #f1f1f1; }
+.bar .fill { position: absolute; left: 0; top: 0; bottom: 0; }
+.bar .tick { position: absolute; top: -0.2em; bottom: -0.2em; width: 2px; background: #c33; }
+.filters { display: flex; gap: 1em; align-items: center; margin: 0.5em 0; font-size: 0.9em; }
 """
 
 # sorts a table when a header cell is clicked: numbers as numbers, the rest as text
@@ -52,6 +59,52 @@ document.querySelectorAll("table.sortable th").forEach((th, col) => {
 """
 
 
+# filters the units table (id "units") by part, verdict and unit numbers; counts what is shown
+_FILTER_SCRIPT = """
+(() => {
+  const table = document.getElementById("units");
+  if (!table) return;
+  const head = Array.from(table.tHead.rows[0].cells).map(c => c.textContent);
+  const col = name => head.indexOf(name);
+  const part = document.getElementById("filter-part"), verdict =
+    document.getElementById("filter-verdict"), which = document.getElementById("filter-units");
+  const shown = document.getElementById("filter-count");
+  const wanted = text => {
+    const sets = text.split(",").map(t => t.trim()).filter(t => t).map(t => {
+      const [a, b] = t.split("-").map(Number); return [a, isNaN(b) ? a : b]; });
+    return sets.length ? u => sets.some(([a, b]) => u >= a && u <= b) : () => true; };
+  const apply = () => {
+    const keep = wanted(which.value);
+    let n = 0;
+    for (const row of table.tBodies[0].rows) {
+      const ok = (!part.value || row.cells[col("top_part")].textContent === part.value)
+        && (!verdict.value || row.cells[col("verdict")].textContent === verdict.value)
+        && keep(Number(row.cells[col("unit")].textContent));
+      row.style.display = ok ? "" : "none";
+      n += ok;
+    }
+    shown.textContent = `${n} of ${table.tBodies[0].rows.length} units`;
+  };
+  [part, verdict, which].forEach(el => el.addEventListener("input", apply));
+  apply();
+})();
+"""
+
+
+def _filters(units: pd.DataFrame) -> str:
+    """The controls of ``_FILTER_SCRIPT``."""
+    def select(name: str, values: Sequence[str]) -> str:
+        options = "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>'
+                          for v in values)
+        return (f'<label>{name} <select id="filter-{name}"><option value="">all</option>'
+                f"{options}</select></label>")
+
+    return ('<div class="filters">' + select("part", sorted(units["top_part"].astype(str).unique()))
+            + select("verdict", [v for v in VERDICTS if (units["verdict"] == v).any()])
+            + '<label>units <input id="filter-units" size="14" placeholder="e.g. 12, 40-47">'
+            '</label><span id="filter-count"></span></div>')
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
@@ -63,7 +116,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _table(frame: pd.DataFrame, sortable: bool = False,
-           links: dict[str, Callable[[Any], str]] | None = None) -> str:
+           links: dict[str, Callable[[Any], str]] | None = None, table_id: str = "") -> str:
     """An HTML table of ``frame``; ``links`` maps a column to a function giving each cell's
     link target."""
     links = links or {}
@@ -82,7 +135,7 @@ def _table(frame: pd.DataFrame, sortable: bool = False,
             cells.append(f'<td class="{"text" if column in text else ""}"{sort_value}>'
                          f"{shown}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    cls = ' class="sortable"' if sortable else ""
+    cls = (' class="sortable"' if sortable else "") + (f' id="{table_id}"' if table_id else "")
     return (f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
             "</table>")
 
@@ -92,14 +145,6 @@ def _page(title: str, body: str, script: str = "") -> str:
             f"{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
             f"<h1>{html.escape(title)}</h1>\n{body}\n"
             + (f"<script>{script}</script>" if script else "") + "</body></html>\n")
-
-
-VERDICT_TEXT = {
-    "significant": "significant: specific to it among all units (q < 0.05)",
-    "leaning": "leaning to it: its own p < 0.05, not significant among all units",
-    "none": "no part: not more specific than random directions",
-}
-"""What each of the ``verdict`` values of the units table says, in words."""
 
 
 def describe_unit(row: pd.Series) -> str:
@@ -138,6 +183,42 @@ def _strip_png(images: np.ndarray) -> bytes:
     buffer = BytesIO()
     Image.fromarray(strip).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _strips_png(images: np.ndarray) -> bytes:
+    """Every shown sample's strip (``_strip_png``), one under the other: images [Ns, S, 3, H,
+    W] uint8 -> a PNG."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    rows = [np.asarray(Image.open(BytesIO(_strip_png(sample)))) for sample in images]
+    buffer = BytesIO()
+    Image.fromarray(np.concatenate(rows, axis=0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_width(png: bytes) -> int:
+    return int.from_bytes(png[16:20], "big")  # the IHDR chunk's width
+
+
+def _share_bars(view: dict[str, Any]) -> str:
+    """The unit's share of its change profile per part as bars, with the null directions' 95th
+    percentile of that share as a tick (the figure's right panel, in HTML)."""
+    rows = []
+    for part, share, limit, lit in zip(view["part_names"], view["shares"],
+                                       view["null_threshold"], view["highlighted"], strict=True):
+        width = 0.0 if not math.isfinite(float(share)) else 100.0 * float(share)
+        tick = 0.0 if not math.isfinite(float(limit)) else 100.0 * float(limit)
+        colour = "#3b6fb6" if lit else "#999"
+        rows.append(
+            f'<div class="bar"><span class="name">{html.escape(str(part))}</span><span '
+            f'class="track"><span class="fill" style="width:{width:.1f}%;background:{colour}">'
+            f'</span><span class="tick" style="left:{tick:.1f}%"></span></span>'
+            f"<span>{_fmt(share, 2)}</span></div>")
+    return ("<h2>Share of the change per part</h2><p class=\"note\">The tick: 95% of random "
+            "directions give the part a smaller share; coloured when the unit is significant "
+            "and beyond it.</p>" + "".join(rows))
 
 
 def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
@@ -182,25 +263,42 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
     else:
         pages = list(unit_pages)
     run = RunView(store, keys)
-    for unit in sorted(set(pages) | {u for us in shown_top.values() for u in us}):
+    parts_by_unit = ({int(u): g.drop(columns="unit") for u, g in parts_long.groupby("unit")}
+                     if parts_long is not None else {})
+    figured = {u for us in shown_top.values() for u in us}
+    for unit in sorted(set(pages) | figured):
         view = run.unit(int(unit))
-        (out / "img" / f"strip-{unit}.png").write_bytes(_strip_png(view["images"][0]))
+        if unit in figured:
+            (out / "img" / f"strip-{unit}.png").write_bytes(_strip_png(view["images"][0]))
         if unit not in pages:
             continue
         row = view["row"].copy()
         row["unit"] = unit
         labels = [f"{class_names[c]} (class {c})" for c in view["sample_class"]]
-        (out / "img" / f"unit-{unit}.png").write_bytes(unit_figure(
-            view["images"], view["parts"], view["set_value"], view["response"], view["shares"],
-            view["part_names"], view["highlighted"], view["null_threshold"],
-            describe_unit(row), row_labels=labels))
-        per_part_rows = (parts_long[parts_long["unit"] == unit].drop(columns="unit")
-                         if parts_long is not None else pd.DataFrame({
-                             "part": view["part_names"], "share": view["shares"]}))
+        if unit in figured:  # the units the index shows: the full figure (about 1 s each)
+            picture = unit_figure(
+                view["images"], view["parts"], view["set_value"], view["response"],
+                view["shares"], view["part_names"], view["highlighted"],
+                view["null_threshold"], describe_unit(row), row_labels=labels)
+            caption = ""
+        else:  # every other unit: its strips, in milliseconds (thousands of pages)
+            picture = _strips_png(view["images"])
+            caption = (f"<p class=\"note\">One row per sample ({html.escape(', '.join(labels))}"
+                       "): the tuning steps, then |last - first| scaled to its maximum. "
+                       f"<code>linkstyle unit {unit}</code> draws the full figure (part "
+                       "outlines, closed loop).</p>")
+        (out / "img" / f"unit-{unit}.png").write_bytes(picture)
+        # strips shown at twice their size, pixels kept sharp
+        image = ('class="figure"' if unit in figured
+                 else f'class="figure strips" width="{2 * _png_width(picture)}"')
+
+        per_part_rows = parts_by_unit.get(int(unit), pd.DataFrame({
+            "part": view["part_names"], "share": view["shares"]}))
         body = (f'<p><a href="../index.html">back to the report</a></p>'
                 f"<p>{html.escape(describe_unit(row))}"
-                f"</p><img class=\"figure\" src=\"../img/unit-{unit}.png\" alt=\"unit {unit}\">"
-                "<h2>Per part</h2><p class=\"note\">share: the part's share of the unit's "
+                f'</p><img {image} src="../img/unit-{unit}.png" alt="unit {unit}">'
+                + caption + _share_bars(view)
+                + "<h2>Per part</h2><p class=\"note\">share: the part's share of the unit's "
                 "change profile; z: that share against random directions' shares of the same "
                 "part; q: the specificity test, on the top part's row.</p>"
                 + _table(per_part_rows))
@@ -214,12 +312,14 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
     table = units[["unit", "top_part", "verdict", "weak_label", "specificity_p", "specificity_q",
                    "concentration",
                    "closed_loop_gain", "pixel_change", "label_change"]]
-    sections.append("<h2>All units</h2><p class=\"note\">Click a column to sort.</p>" + _table(
-        table, sortable=True,
-        links={"unit": lambda u: f"units/unit-{u}.html"} if pages else None))
+    sections.append("<h2>All units</h2><p class=\"note\">Click a column to sort; choose a part "
+                    "or a verdict, or type unit numbers (e.g. 12, 40-47), to filter.</p>"
+                    + _filters(units) + _table(
+                        table, sortable=True, table_id="units",
+                        links={"unit": lambda u: f"units/unit-{u}.html"} if pages else None))
     sections.append(_counterfactual_section(store, keys, out))
     index = out / "index.html"
-    index.write_text(_page(title, "\n".join(sections), _SORT_SCRIPT))
+    index.write_text(_page(title, "\n".join(sections), _SORT_SCRIPT + _FILTER_SCRIPT))
     return {"index": str(index), "units_csv": str(out / "units.csv"),
             "unit_pages": len(pages)}
 

@@ -14,6 +14,15 @@ import numpy as np
 
 from storage import Artifact, ArtifactStore
 
+VERDICT_TEXT = {
+    "significant": "significant: specific to it among all units (q < 0.05)",
+    "leaning": "leaning to it: its own p < 0.05, not significant among all units",
+    "none": "no part: not more specific than random directions",
+}
+"""What each of the ``verdict`` values of the units table says, in words (the keys are
+``linkstyle_core.selectivity.VERDICTS``; kept here, away from the modules that need torch, so
+that ``linkstyle unit`` starts fast)."""
+
 
 class RunView:
     """A finished run's tuning and selectivity, opened once.

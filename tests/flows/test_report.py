@@ -57,7 +57,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     units = ArtifactStore(cfg.artifact_root).open("selectivity", keys["selectivity"]).table("units")
     out = {"index": str(root / "report" / "index.html"),
            "units_csv": str(root / "report" / "units.csv")}
-    return {"out": out, "units": units, "dir": root / "report"}
+    return {"out": out, "units": units, "dir": root / "report",
+            "store": ArtifactStore(cfg.artifact_root), "keys": keys}
 
 
 def test_report_opens_offline_and_shows_the_run(report: dict[str, Any]) -> None:
@@ -67,7 +68,7 @@ def test_report_opens_offline_and_shows_the_run(report: dict[str, Any]) -> None:
     dom = rendered_dom(index)
     units = report["units"]
     # every unit is a row of the sortable table, linked to its page when it has one
-    body = re.search(r'<table class="sortable">.*?<tbody>(.*?)</tbody>', dom, re.S)
+    body = re.search(r'<table class="sortable" id="units">.*?<tbody>(.*?)</tbody>', dom, re.S)
     assert body is not None
     assert body.group(1).count("<tr>") == len(units) == 24
     for part in set(units["top_part"]):
@@ -114,6 +115,55 @@ def test_unit_pages_and_units_csv(report: dict[str, Any]) -> None:
     weak = units[units["weak_label"]]  # labels that random directions favour, marked so
     assert (weak["null_top_share"] >= 1.5 / 6).all()
     assert table.loc[table["weak_label"], "description"].str.contains("a weak label").all()
+
+
+def test_every_unit_gets_a_page_and_the_units_table_filters(report: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    """--pages all: the units the index shows get the full figure, every other unit a page
+    with its strips and share bars; the units table filters by part, verdict and unit."""
+    from PIL import Image
+
+    from tasks.report import build_report
+    from tests.fixtures.cdp import Browser
+
+    units = report["units"]
+    store, keys = report["store"], report["keys"]
+    out = build_report(store, keys, tmp_path / "all", class_names=SPECIES, unit_pages="all")
+    assert out["unit_pages"] == 24
+    top = set(ranked_units(units).groupby("top_part").head(5)["unit"])
+    light = sorted(set(units["unit"]) - top)
+    assert light  # 24 units, at most 5 shown per part
+    for unit in light[:3]:
+        dom = rendered_dom(tmp_path / "all" / "units" / f"unit-{unit}.html")
+        assert "figure strips" in dom and f"linkstyle unit {unit}" in dom
+        assert dom.count('class="bar"') == 6 and dom.count('class="tick"') == 6
+        strips = Image.open(tmp_path / "all" / "img" / f"unit-{unit}.png")
+        assert strips.size == (4 * 64, 4 * 64)  # 4 samples x (3 steps and the difference)
+    # the full figure only where the index shows the unit
+    assert not any((tmp_path / "all" / "units" / f"unit-{u}.html").read_text().count(
+        "figure strips") for u in top)
+
+    with Browser(chromium_or_skip()) as browser:
+        browser.navigate((tmp_path / "all" / "index.html").as_uri())
+        count = "document.getElementById('filter-count').textContent"
+        visible = ("Array.from(document.querySelectorAll('#units tbody tr'))"
+                   ".filter(r => r.style.display !== 'none').map(r => r.cells[0].textContent)")
+        assert browser.evaluate(count) == "24 of 24 units"
+
+        def choose(control: str, value: str) -> list[int]:
+            browser.evaluate(f"(() => {{ const el = document.getElementById('filter-{control}');"
+                             f" el.value = {value!r}; el.dispatchEvent(new Event('input')); }})()")
+            return sorted(int(u) for u in browser.evaluate(visible))
+
+        part = str(units["top_part"].value_counts().index[0])
+        assert choose("part", part) == sorted(units.loc[units["top_part"] == part, "unit"])
+        verdict = str(units["verdict"].iloc[0])
+        both = units[(units["top_part"] == part) & (units["verdict"] == verdict)]
+        assert choose("verdict", verdict) == sorted(both["unit"])
+        choose("part", "")
+        choose("verdict", "")
+        assert choose("units", "3, 10-12") == [3, 10, 11, 12]
+        assert browser.evaluate(count) == "4 of 24 units"
 
 
 def test_units_are_never_ranked_above_a_stronger_verdict() -> None:
