@@ -1,7 +1,7 @@
 """What an analysis costs as the number of units grows: stages 1-4, validate and the report.
 
     python benchmarks/scale.py [--units 192,512,1024,2048] [--config configs/toy-2048.yaml]
-                               [--root DIR] [--plot FILE.png] [--json] [--tiny]
+                               [--root DIR] [--plot FILE.png] [--nulls K] [--json] [--tiny]
 
 One artifact root for all sizes. A warm-up analysis of a few units (at most half the smallest
 size) first computes everything that does not depend on how many units are analysed (paired
@@ -21,6 +21,8 @@ peak memory is its own), with its own temporary Prefect server:
 - the three DuckDB queries of docs/tables.md on the run's views (``duckdb_s``; None without
   the duckdb extra) and ``linkstyle unit U`` as a user runs it, a new process (``unit_s``).
 
+``--nulls K`` then reruns the largest size with K null directions (its tuning is a cache hit)
+and reports how many of its significant units agree with the default's (``null_check``).
 ``--json`` prints everything as one object; otherwise a table. The warm-up's stage times are
 the fixed costs (``fixed``). ``--tiny`` runs a small version (the bundled classifier, 4 classes,
 few samples, 20 null directions) for the test suite. docs/scale.md records a full run.
@@ -48,6 +50,10 @@ STAGES = ("paired", "link", "ranges", "directions", "segmenter", "tune", "null",
 PER_UNIT_STAGES = ("tune", "selectivity", "validation")
 """The stages whose artifacts hold one entry per analysed unit (the others are fixed costs)."""
 WARM_UP_UNITS = 16
+VALIDATION_FIGURES = ("n_units", "n_significant", "n_selective", "n_mixed",
+                      "wrong_share_significant", "n_significant_not_selective",
+                      "not_selective_share_significant", "power_selective",
+                      "match_rate_selective", "match_rate_all")
 TINY = {
     "data": {"classes": [0, 1, 2, 3], "samples_per_class": 60, "test_samples_per_class": 15},
     "tuning": {"samples_per_class": 1, "null_samples_per_class": 1, "null_directions": 20,
@@ -138,7 +144,12 @@ def worker(config_file: Path, units: int, out_file: Path, report: bool) -> None:
         result["files_per_unit"]["report"] = files / units
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["duckdb_s"] = _duckdb_queries(config_file)
-    result["significant"] = int(reports["score"].extra["units"]["significant"].sum())
+    summary = reports["score"].extra["units"]
+    result["significant"] = int(summary["significant"].sum())
+    result["significant_units"] = [int(u) for u in summary.loc[summary["significant"], "unit"]]
+    if "validate" in reports:  # the toy world: the statistics against the ground truth
+        metrics = reports["validate"].extra["metrics"]
+        result["validation"] = {k: metrics[k] for k in VALIDATION_FIGURES if k in metrics}
     out_file.write_text(json.dumps(result))
 
 
@@ -173,15 +184,15 @@ def _environment(home: Path) -> dict[str, str]:
     }
 
 
-def run_size(config: dict[str, Any], units: int, work: Path, report: bool = True
-             ) -> dict[str, Any]:
+def run_size(config: dict[str, Any], units: int, work: Path, report: bool = True,
+             tag: str = "") -> dict[str, Any]:
     """One size in a fresh process (its own Prefect home and temporary server)."""
     import yaml
 
-    config_file = work / f"config-{units}.yaml"
+    config_file = work / f"config-{units}{tag}.yaml"
     tuning = {**config.get("tuning", {}), "units": f"0-{units - 1}"}
     config_file.write_text(yaml.safe_dump({**config, "tuning": tuning}))
-    out_file = work / f"result-{units}.json"
+    out_file = work / f"result-{units}{tag}.json"
     home = Path(tempfile.mkdtemp(prefix="prefect-", dir=work))
     done = subprocess.run(
         [sys.executable, __file__, "--worker", str(units), "--config-file", str(config_file),
@@ -203,19 +214,18 @@ def run_size(config: dict[str, Any], units: int, work: Path, report: bool = True
     return result
 
 
-def per_unit_ratios(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Per stage that grows with the units (and the report): time per unit at the largest size
-    over time per unit at the second largest."""
-    if len(results) < 2:
-        return {}
-    small, large = results[-2], results[-1]
-    out = {}
-    for stage in PER_UNIT_STAGES:
-        a, b = small["stages_s"].get(stage), large["stages_s"].get(stage)
-        if a and b:
-            out[stage] = (b / large["units"]) / (a / small["units"])
-    if small.get("report_s") and large.get("report_s"):
-        out["report"] = (large["report_s"] / large["units"]) / (small["report_s"] / small["units"])
+def per_unit_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per smaller size and stage that grows with the units (and the report): the time per
+    unit at the largest size over the time per unit at that size (1: linear cost)."""
+    large = results[-1]
+    out: dict[str, dict[str, float]] = {}
+    for small in results[:-1]:
+        times_small = {**small["stages_s"], "report": small.get("report_s")}
+        times_large = {**large["stages_s"], "report": large.get("report_s")}
+        out[str(small["units"])] = {
+            stage: (times_large[stage] / large["units"]) / (times_small[stage] / small["units"])
+            for stage in (*PER_UNIT_STAGES, "report")
+            if times_small.get(stage) and times_large.get(stage)}
     return out
 
 
@@ -253,6 +263,8 @@ def main() -> None:
     parser.add_argument("--plot", help="write the time-per-stage plot here (PNG)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--nulls", type=int, help="then rerun the largest size with this many "
+                        "null directions and compare its significant units with the default's")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config-file", help=argparse.SUPPRESS)
     parser.add_argument("--out-file", help=argparse.SUPPRESS)
@@ -280,10 +292,22 @@ def main() -> None:
         for n in sizes:
             results.append(run_size(config, n, work))
             print(f"{n} units done", file=sys.stderr, flush=True)
+        if args.nulls:  # the largest size again, its tuning a cache hit, with more nulls
+            more = {**config, "tuning": {**config.get("tuning", {}),
+                                         "null_directions": args.nulls}}
+            check = run_size(more, sizes[-1], work, report=False, tag=f"-nulls{args.nulls}")
+            a, b = set(results[-1]["significant_units"]), set(check["significant_units"])
+            null_check = {"null_directions": args.nulls, "significant": len(b),
+                          "agreement": len(a & b) / max(len(a | b), 1),
+                          "only_default": len(a - b), "only_more": len(b - a),
+                          "null_s": check["stages_s"].get("null"),
+                          "validation": check.get("validation")}
         out = {"fixed_stages_s": fixed, "sizes": results,
-               "time_per_unit_ratio_largest": per_unit_ratios(results),
+               "time_per_unit_ratio": per_unit_ratios(results),
                "peak_rss_ratio_largest_smallest":
                    results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"]}
+        if args.nulls:
+            out["null_check"] = null_check
         if args.plot:
             plot(results, fixed, Path(args.plot))
     if args.json:
@@ -301,8 +325,14 @@ def main() -> None:
             f"{sum(r['bytes_per_unit'].values()):.0f}", f"{sum(r['files_per_unit'].values()):.1f}",
             f"{r['duckdb_s']:.3f}" if r["duckdb_s"] is not None else "-",
             f"{r.get('unit_s', 0):.1f}"]))
-    print("time per unit, largest over second largest size: " + ", ".join(
-        f"{s} {v:.2f}" for s, v in out["time_per_unit_ratio_largest"].items()))
+    if "null_check" in out:
+        c = out["null_check"]
+        print(f"with {c['null_directions']} null directions: {c['significant']} significant, "
+              f"agreement with the default {c['agreement']:.3f} ({c['only_default']} only with "
+              f"the default, {c['only_more']} only with more)")
+    for n, ratios in out["time_per_unit_ratio"].items():
+        print(f"time per unit at {sizes[-1]} units over that at {n}: " + ", ".join(
+            f"{s} {v:.2f}" for s, v in ratios.items()))
 
 
 if __name__ == "__main__":
