@@ -24,8 +24,10 @@ peak memory is its own), with its own temporary Prefect server:
 ``--nulls K`` then reruns the largest size with K null directions (its tuning is a cache hit)
 and reports how many of its significant units agree with the default's (``null_check``).
 ``--json`` prints everything as one object; otherwise a table. The warm-up's stage times are
-the fixed costs (``fixed``). ``--tiny`` runs a small version (the bundled classifier, 4 classes,
-few samples, 20 null directions) for the test suite. docs/scale.md records a full run.
+the fixed costs (``fixed_stages_s``; the null directions are computed again for every size,
+since their step sizes come from the tuned units' ranges). ``--tiny`` runs a small version (the
+bundled classifier, 4 classes, few samples, 20 null directions) for the test suite.
+docs/scale.md records a full run.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ STAGES = ("paired", "link", "ranges", "directions", "segmenter", "tune", "null",
           "validation")
 PER_UNIT_STAGES = ("tune", "selectivity", "validation")
 """The stages whose artifacts hold one entry per analysed unit (the others are fixed costs)."""
+PER_RUN_STAGES = ("null",)
+"""Fixed per run, not per unit, but computed again for every set of units: the null
+directions' step sizes come from the tuned units' ranges."""
 WARM_UP_UNITS = 16
 VALIDATION_FIGURES = ("n_units", "n_significant", "n_selective", "n_mixed",
                       "wrong_share_significant", "n_significant_not_selective",
@@ -237,7 +242,8 @@ def plot(results: list[dict[str, Any]], fixed: dict[str, float], path: Path) -> 
 
     units = [r["units"] for r in results]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = {s: [r["stages_s"].get(s, 0.0) for r in results] for s in PER_UNIT_STAGES}
+    series = {s: [r["stages_s"].get(s, 0.0) for r in results]
+              for s in (*PER_UNIT_STAGES, *PER_RUN_STAGES)}
     series["report"] = [r.get("report_s", 0.0) for r in results]
     for name, values in series.items():
         ax.plot(units, values, marker="o", label=name)
@@ -287,7 +293,8 @@ def main() -> None:
         config["artifact_root"] = str(work / "artifacts")
         # fewer units than the smallest size: its tuning is never a cache hit of a size's
         warm = run_size(config, max(1, min(WARM_UP_UNITS, sizes[0] // 2)), work, report=False)
-        fixed = {s: t for s, t in warm["stages_s"].items() if s not in PER_UNIT_STAGES}
+        fixed = {s: t for s, t in warm["stages_s"].items()
+                 if s not in (*PER_UNIT_STAGES, *PER_RUN_STAGES)}
         results = []
         for n in sizes:
             results.append(run_size(config, n, work))

@@ -168,34 +168,34 @@ def ranked_units(units: pd.DataFrame) -> pd.DataFrame:
                       for v, (cols, asc) in by.items()])
 
 
-def _strip_png(images: np.ndarray) -> bytes:
-    """One sample's tuning steps side by side, then |last - first| in grey levels:
-    images [S, 3, H, W] uint8 -> a PNG."""
-    from PIL import Image
-
+def _strip(images: np.ndarray) -> np.ndarray:
+    """One sample's tuning steps side by side, then |last - first| in grey levels scaled to its
+    maximum: images [S, 3, H, W] uint8 -> [H, (S + 1) W, 3] uint8."""
     diff = np.abs(images[-1].astype(np.int16) - images[0].astype(np.int16)).mean(0)
     scale = 255.0 / max(float(diff.max()), 1.0)
     diff_rgb = np.repeat((diff * scale).clip(0, 255).astype(np.uint8)[None], 3, axis=0)
-    tiles = [*images, diff_rgb]
-    strip = np.concatenate([t.transpose(1, 2, 0) for t in tiles], axis=1)
-    from io import BytesIO
-
-    buffer = BytesIO()
-    Image.fromarray(strip).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return np.concatenate([t.transpose(1, 2, 0) for t in [*images, diff_rgb]], axis=1)
 
 
-def _strips_png(images: np.ndarray) -> bytes:
-    """Every shown sample's strip (``_strip_png``), one under the other: images [Ns, S, 3, H,
-    W] uint8 -> a PNG."""
+def _png(picture: np.ndarray) -> bytes:
     from io import BytesIO
 
     from PIL import Image
 
-    rows = [np.asarray(Image.open(BytesIO(_strip_png(sample)))) for sample in images]
     buffer = BytesIO()
-    Image.fromarray(np.concatenate(rows, axis=0)).save(buffer, format="PNG")
+    Image.fromarray(picture).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _strip_png(images: np.ndarray) -> bytes:
+    """``_strip`` as a PNG: images [S, 3, H, W] uint8."""
+    return _png(_strip(images))
+
+
+def _strips_png(images: np.ndarray) -> bytes:
+    """Every shown sample's strip, one under the other: images [Ns, S, 3, H, W] uint8 -> a
+    PNG."""
+    return _png(np.concatenate([_strip(sample) for sample in images], axis=0))
 
 
 def _png_width(png: bytes) -> int:
@@ -351,7 +351,7 @@ def _validation_section(validation: Any) -> str:
     parts = [k.removeprefix("auc_") for k in m if k.startswith("auc_")]
     overall = pd.DataFrame({
         "units": ["all evaluated", "strongly tuned", "part-selective (ground truth)"],
-        "count": [m["n_units"], m["n_strong"], m["n_selective"]],
+        "count": [int(m[k]) for k in ("n_units", "n_strong", "n_selective")],
         "match": [m["match_rate_all"], m["match_rate"], m["match_rate_selective"]],
         "chance": [m["chance_all"], m["chance"], m["chance_selective"]]})
     per_part = pd.DataFrame({

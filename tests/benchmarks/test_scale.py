@@ -22,13 +22,16 @@ def test_tiny_scale_run_measures_every_size(tmp_path: Path) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
-    # the warm-up computed the stages that do not grow with the units, once
-    assert {"paired", "link", "segmenter", "null"} <= set(out["fixed_stages_s"])
+    # the warm-up computed the stages that do not grow with the units, once; the null
+    # directions are computed for every size (their steps follow the tuned units' ranges)
+    assert {"paired", "link", "segmenter"} <= set(out["fixed_stages_s"])
+    assert "null" not in out["fixed_stages_s"]
     sizes = out["sizes"]
     assert [s["units"] for s in sizes] == [2, 4]
     for size in sizes:
         # each size tuned, scored and validated its own units (no cache hit of the warm-up's)
-        assert all(size["stages_s"][s] > 0 for s in ("tune", "selectivity", "validation"))
+        assert all(size["stages_s"][s] > 0
+                   for s in ("tune", "null", "selectivity", "validation"))
         assert size["tune_images"] == size["units"] * 4 * 3  # 4 classes x 1 sample, 3 steps
         assert math.isfinite(size["tune_img_s"]) and size["tune_img_s"] > 0
         assert size["task_runs"] > 0 and size["log_lines"] > 0
