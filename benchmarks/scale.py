@@ -85,14 +85,8 @@ def _read_all(read: Any) -> list[Any]:
         offset += len(page)
 
 
-def _written(root: Path, stage: str, key: str) -> tuple[int, int]:
-    """(bytes, files) of one committed artifact, shards included."""
-    folder = root / stage / key
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files), len(files)
-
-
 def _folder_size(folder: Path) -> tuple[int, int]:
+    """(bytes, files) under a folder: an artifact with its shards, or a report."""
     files = [p for p in folder.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files), len(files)
 
@@ -134,7 +128,7 @@ def worker(config_file: Path, units: int, out_file: Path, report: bool) -> None:
     result["tune_images"] = images  # the tuning trajectories (not the calibration renders)
     if stages.get("tune"):
         result["tune_img_s"] = images / stages["tune"]
-    per_unit = {stage: _written(root, stage, keys[stage]) for stage in PER_UNIT_STAGES
+    per_unit = {stage: _folder_size(root / stage / keys[stage]) for stage in PER_UNIT_STAGES
                 if stage in keys}
     result["bytes_per_unit"] = {s: b / units for s, (b, _) in per_unit.items()}
     result["files_per_unit"] = {s: f / units for s, (_, f) in per_unit.items()}
