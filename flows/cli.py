@@ -444,7 +444,7 @@ def cmd_unit(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     from flows.results import RunNotFound, run_keys
     from linkstyle_core.figures import unit_figure
-    from tasks.unit_view import VERDICT_TEXT, unit_view
+    from tasks.unit_view import VERDICT_TEXT, unit_view, weak_label_text
 
     # the newest run of this config in the catalog: no models to load, no stage code to import
     # (a few seconds at start-up); without one, the keys this code would compute
@@ -466,8 +466,7 @@ def cmd_unit(args: argparse.Namespace) -> int:
           f"{row['concentration']:.2f}); specificity p {row['specificity_p']:.3g}, q "
           f"{row['specificity_q']:.3g}: {VERDICT_TEXT[row['verdict']]}")
     if row["weak_label"]:
-        print(f"  a weak label: random directions make the {row['top_part']} their top part "
-              f"{row['null_top_share']:.0%} of the time")
+        print(f"  {weak_label_text(row)}")
     print(f"  closed loop: gain {row['closed_loop_gain']:.2f} (slope of re-encoded on set value), "
           f"rank {int(row['closed_loop_rank'])} among all units' standardised changes")
     print(f"  image change first -> last step: pixels {row['pixel_change']:.3f} (mean |delta| in "

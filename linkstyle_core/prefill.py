@@ -53,7 +53,6 @@ class HeldOut:
     folds: int
 
 
-@torch.no_grad()
 def _select(features: Sequence[torch.Tensor], idx: Sequence[int]) -> list[torch.Tensor]:
     index = torch.as_tensor(list(idx), dtype=torch.long)
     return [f[index.to(f.device)] for f in features]

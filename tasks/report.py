@@ -20,7 +20,7 @@ import pandas as pd
 from linkstyle_core.selectivity import VERDICTS
 from storage import ArtifactStore
 from storage.catalog import stage_of
-from tasks.unit_view import VERDICT_TEXT, RunView
+from tasks.unit_view import VERDICT_TEXT, RunView, weak_label_text
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em auto; max-width: 70em; color: #222; }
@@ -30,14 +30,8 @@ th { background: #eee; cursor: pointer; }
 td.text, th.text { text-align: left; }
 img.strip { height: 64px; image-rendering: pixelated; vertical-align: middle; }
 img.figure { max-width: 100%; }
-img.strips { image-rendering: pixelated; }
 .note { color: #555; font-size: 0.9em; }
 .top { display: flex; align-items: center; gap: 0.8em; margin: 0.3em 0; }
-.bar { display: flex; align-items: center; gap: 0.6em; margin: 0.15em 0; font-size: 0.9em; }
-.bar .name { width: 5em; }
-.bar .track { position: relative; width: 20em; height: 0.9em; background: #f1f1f1; }
-.bar .fill { position: absolute; left: 0; top: 0; bottom: 0; }
-.bar .tick { position: absolute; top: -0.2em; bottom: -0.2em; width: 2px; background: #c33; }
 .filters { display: flex; gap: 1em; align-items: center; margin: 0.5em 0; font-size: 0.9em; }
 """
 
@@ -149,8 +143,7 @@ def _page(title: str, body: str, script: str = "") -> str:
 
 def describe_unit(row: pd.Series) -> str:
     """One line on what a unit does, from its row of the ``units`` table."""
-    weak = (f"; a weak label: random directions make the {row['top_part']} their top part "
-            f"{row['null_top_share']:.0%} of the time" if row["weak_label"] else "")
+    weak = f"; {weak_label_text(row)}" if row["weak_label"] else ""
     return (f"unit {int(row['unit'])}: tuning changes the {row['top_part']} most "
             f"({row['concentration']:.0%} of its change profile, p {row['specificity_p']:.2g}, "
             f"q {row['specificity_q']:.2g}; {VERDICT_TEXT[row['verdict']]}{weak}); closed-loop "
@@ -168,57 +161,20 @@ def ranked_units(units: pd.DataFrame) -> pd.DataFrame:
                       for v, (cols, asc) in by.items()])
 
 
-def _strip(images: np.ndarray) -> np.ndarray:
-    """One sample's tuning steps side by side, then |last - first| in grey levels scaled to its
-    maximum: images [S, 3, H, W] uint8 -> [H, (S + 1) W, 3] uint8."""
-    diff = np.abs(images[-1].astype(np.int16) - images[0].astype(np.int16)).mean(0)
-    scale = 255.0 / max(float(diff.max()), 1.0)
-    diff_rgb = np.repeat((diff * scale).clip(0, 255).astype(np.uint8)[None], 3, axis=0)
-    return np.concatenate([t.transpose(1, 2, 0) for t in [*images, diff_rgb]], axis=1)
-
-
-def _png(picture: np.ndarray) -> bytes:
+def _strip_png(images: np.ndarray) -> bytes:
+    """One sample's tuning steps side by side, then |last - first| in grey levels:
+    images [S, 3, H, W] uint8 -> a PNG."""
     from io import BytesIO
 
     from PIL import Image
 
+    diff = np.abs(images[-1].astype(np.int16) - images[0].astype(np.int16)).mean(0)
+    scale = 255.0 / max(float(diff.max()), 1.0)
+    diff_rgb = np.repeat((diff * scale).clip(0, 255).astype(np.uint8)[None], 3, axis=0)
+    strip = np.concatenate([t.transpose(1, 2, 0) for t in [*images, diff_rgb]], axis=1)
     buffer = BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
+    Image.fromarray(strip).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _strip_png(images: np.ndarray) -> bytes:
-    """``_strip`` as a PNG: images [S, 3, H, W] uint8."""
-    return _png(_strip(images))
-
-
-def _strips_png(images: np.ndarray) -> bytes:
-    """Every shown sample's strip, one under the other: images [Ns, S, 3, H, W] uint8 -> a
-    PNG."""
-    return _png(np.concatenate([_strip(sample) for sample in images], axis=0))
-
-
-def _png_width(png: bytes) -> int:
-    return int.from_bytes(png[16:20], "big")  # the IHDR chunk's width
-
-
-def _share_bars(view: dict[str, Any]) -> str:
-    """The unit's share of its change profile per part as bars, with the null directions' 95th
-    percentile of that share as a tick (the figure's right panel, in HTML)."""
-    rows = []
-    for part, share, limit, lit in zip(view["part_names"], view["shares"],
-                                       view["null_threshold"], view["highlighted"], strict=True):
-        width = 0.0 if not math.isfinite(float(share)) else 100.0 * float(share)
-        tick = 0.0 if not math.isfinite(float(limit)) else 100.0 * float(limit)
-        colour = "#3b6fb6" if lit else "#999"
-        rows.append(
-            f'<div class="bar"><span class="name">{html.escape(str(part))}</span><span '
-            f'class="track"><span class="fill" style="width:{width:.1f}%;background:{colour}">'
-            f'</span><span class="tick" style="left:{tick:.1f}%"></span></span>'
-            f"<span>{_fmt(share, 2)}</span></div>")
-    return ("<h2>Share of the change per part</h2><p class=\"note\">The tick: 95% of random "
-            "directions give the part a smaller share; coloured when the unit is significant "
-            "and beyond it.</p>" + "".join(rows))
 
 
 def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
@@ -231,7 +187,7 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
     units shown per part) or a list of units.
     Returns {"index": path of index.html, "units_csv": path, "unit_pages": count}.
     """
-    from linkstyle_core.figures import unit_figure
+    from linkstyle_core.figures import unit_charts_svg, unit_figure, unit_strips_png
 
     out = Path(out)
     (out / "units").mkdir(parents=True, exist_ok=True)
@@ -280,24 +236,23 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
                 view["images"], view["parts"], view["set_value"], view["response"],
                 view["shares"], view["part_names"], view["highlighted"],
                 view["null_threshold"], describe_unit(row), row_labels=labels)
-            caption = ""
-        else:  # every other unit: its strips, in milliseconds (thousands of pages)
-            picture = _strips_png(view["images"])
+            image, caption = 'class="figure"', ""
+        else:  # every other unit: the same panels without matplotlib, in milliseconds
+            picture = unit_strips_png(view["images"], view["parts"])
+            image = 'class="figure strips"'
             caption = (f"<p class=\"note\">One row per sample ({html.escape(', '.join(labels))}"
-                       "): the tuning steps, then |last - first| scaled to its maximum. "
-                       f"<code>linkstyle unit {unit}</code> draws the full figure (part "
-                       "outlines, closed loop).</p>")
+                       "): the tuning steps with the part outlines, then |last - first| "
+                       "scaled to the unit's largest difference; <code>linkstyle unit "
+                       f"{unit}</code> draws the same as one figure.</p>" + unit_charts_svg(
+                           view["set_value"], view["response"], view["shares"],
+                           view["part_names"], view["highlighted"], view["null_threshold"]))
         (out / "img" / f"unit-{unit}.png").write_bytes(picture)
-        # strips shown at twice their size, pixels kept sharp
-        image = ('class="figure"' if unit in figured
-                 else f'class="figure strips" width="{2 * _png_width(picture)}"')
-
         per_part_rows = parts_by_unit.get(int(unit), pd.DataFrame({
             "part": view["part_names"], "share": view["shares"]}))
         body = (f'<p><a href="../index.html">back to the report</a></p>'
                 f"<p>{html.escape(describe_unit(row))}"
                 f'</p><img {image} src="../img/unit-{unit}.png" alt="unit {unit}">'
-                + caption + _share_bars(view)
+                + caption
                 + "<h2>Per part</h2><p class=\"note\">share: the part's share of the unit's "
                 "change profile; z: that share against random directions' shares of the same "
                 "part; q: the specificity test, on the top part's row.</p>"

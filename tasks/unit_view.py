@@ -24,6 +24,12 @@ VERDICT_TEXT = {
 that ``linkstyle unit`` starts fast)."""
 
 
+def weak_label_text(row: Any) -> str:
+    """What a unit's ``weak_label`` means, in words, from its row of the ``units`` table."""
+    return (f"a weak label: random directions make the {row['top_part']} their top part "
+            f"{row['null_top_share']:.0%} of the time")
+
+
 class RunView:
     """A finished run's tuning and selectivity, opened once.
 

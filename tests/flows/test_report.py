@@ -120,7 +120,8 @@ def test_unit_pages_and_units_csv(report: dict[str, Any]) -> None:
 def test_every_unit_gets_a_page_and_the_units_table_filters(report: dict[str, Any],
                                                              tmp_path: Path) -> None:
     """--pages all: the units the index shows get the full figure, every other unit a page
-    with its strips and share bars; the units table filters by part, verdict and unit."""
+    with the same panels made without matplotlib; the units table filters by part, verdict
+    and unit."""
     from PIL import Image
 
     from tasks.report import build_report
@@ -136,9 +137,13 @@ def test_every_unit_gets_a_page_and_the_units_table_filters(report: dict[str, An
     for unit in light[:3]:
         dom = rendered_dom(tmp_path / "all" / "units" / f"unit-{unit}.html")
         assert "figure strips" in dom and f"linkstyle unit {unit}" in dom
-        assert dom.count('class="bar"') == 6 and dom.count('class="tick"') == 6
+        # the closed loop (a line per sample) and a bar and a tick per part, as inline SVG
+        svg = dom[dom.index("<svg"):dom.index("</svg>")]
+        assert svg.count("<polyline") == 4 and svg.count("<rect") == 6
+        assert svg.count('stroke-width="2"') == 6
         strips = Image.open(tmp_path / "all" / "img" / f"unit-{unit}.png")
-        assert strips.size == (4 * 64, 4 * 64)  # 4 samples x (3 steps and the difference)
+        # 4 samples x (3 steps and the difference), 64 px tiles 2 px apart, shown twice
+        assert strips.size == (2 * (4 * 64 + 3 * 2), 2 * (4 * 64 + 3 * 2))
     # the full figure only where the index shows the unit
     assert not any((tmp_path / "all" / "units" / f"unit-{u}.html").read_text().count(
         "figure strips") for u in top)
