@@ -296,8 +296,8 @@ def _print_top_units(units: pd.DataFrame, per_part: int = 5) -> None:
                               strict=True))
         print(f"  {part:<10} {len(group):>4} units: {shown}")
     counts = units["verdict"].value_counts()
-    print(f"  of {len(units)} units, {counts.get('significant', 0)} give their top part a larger "
-          "share of their change than random directions give it (specificity q < 0.05), "
+    print(f"  of {len(units)} units, {counts.get('significant', 0)} respond to their top part more "
+          "exclusively than random read-outs of r do (specificity q < 0.05), "
           f"{counts.get('leaning', 0)} lean to it (their own p < 0.05, not significant among "
           f"all units), {counts.get('none', 0)} have no such part")
     print(f"  tuning: median closed-loop gain {units['closed_loop_gain'].median():.2f} "
@@ -472,7 +472,7 @@ def cmd_unit(args: argparse.Namespace) -> int:
     print(f"  image change first -> last step: pixels {row['pixel_change']:.3f} (mean |delta| in "
           f"[0, 1]), part labels {row['label_change']:.1%}")
     ranked = sorted(zip(shares, parts, beyond, strict=True), reverse=True)
-    print("  share of the change per part (* beyond 95% of random directions): "
+    print("  what the unit responds to, share per part (* beyond 95% of random read-outs): "
           + ", ".join(f"{p} {s:.2f}{'*' if b else ''}" for s, p, b in ranked))
     out = args.out or f"unit-{args.unit}.png"
     title = (f"unit {args.unit}: top part {row['top_part']}, concentration "

@@ -190,7 +190,7 @@ def resolve_units(spec: Any, feature_dim: int) -> list[int]:
     return sorted({u for lo, hi in ranges for u in range(lo, hi + 1)})
 
 
-#: the fewest null directions with which a p-value can fall below 0.05 (1 / (1 + 20) < 0.05)
+#: the fewest null directions (the probes every unit's sensitivity profile is regressed on)
 MIN_NULL_DIRECTIONS = 20
 
 
@@ -235,8 +235,8 @@ class TuningConfig(_Section):
     shard_size: int = Field(64, ge=1, le=MAX_COUNT,
                             description="units per shard (each commits on its own; at most 10**6)")
     null_directions: int = Field(
-        256, le=MAX_SAMPLES, description="random r-space directions of the null control "
-        f"(the specificity test's p-values cannot go below 1 / (1 + null_directions); "
+        1024, le=MAX_SAMPLES, description="random r-space directions tuned as probes: every "
+        "unit's sensitivity profile is regressed on their part changes (docs/tuning.md; "
         f"{MIN_NULL_DIRECTIONS} to 100000)",
     )
     null_samples_per_class: int = Field(
@@ -249,7 +249,8 @@ class TuningConfig(_Section):
     )
     store_images: bool = Field(True, description="keep the tuned images (uint8) in the store")
     seed: int = Field(0, ge=0, le=MAX_SEED,
-                      description="seed of the null-control random directions (0 to 2**32-1)")
+                      description="seed of the null directions and of the random read-outs "
+                      "(0 to 2**32-1)")
 
     @field_validator("units")
     @classmethod
@@ -262,10 +263,10 @@ class TuningConfig(_Section):
     def _null_directions(cls, v: int) -> int:
         if v < MIN_NULL_DIRECTIONS:
             raise ValueError(
-                f"must be at least {MIN_NULL_DIRECTIONS}, got {v}: a unit's specificity "
-                "p-value is its rank among the null directions, at least 1 / (1 + "
-                f"null_directions), so with fewer than {MIN_NULL_DIRECTIONS} no unit can reach "
-                "p < 0.05; raise it (the default is 256)")
+                f"must be at least {MIN_NULL_DIRECTIONS}, got {v}: the null directions are "
+                "the probes every unit's sensitivity profile is regressed on, and with fewer "
+                f"than {MIN_NULL_DIRECTIONS} the profiles are noise; raise it (the default "
+                "is 1024)")
         return v
 
     @model_validator(mode="after")

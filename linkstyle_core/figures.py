@@ -76,9 +76,9 @@ def unit_figure(images: np.ndarray, parts: np.ndarray, set_values: np.ndarray,
 
     images: [Ns, S, 3, H, W] uint8 tuning strips of Ns samples; parts: [Ns, S, H, W] their part
     label maps (outlined on the images); set_values: [Ns, S] the values the unit was set to;
-    response: [Ns, S] the re-encoded unit; shares: [P] each part's share of the unit's change
+    response: [Ns, S] the re-encoded unit; shares: [P] each part's share of the unit's sensitivity
     profile; highlighted: [P] parts drawn in colour (the others grey); null_threshold: [P] the
-    null directions' 95th percentile of that share (a tick on each bar).
+    random read-outs' 95th percentile of that share (a tick on each bar).
     Left: one row per sample, the steps and |last - first| (the difference map, in grey
     levels); right: the closed-loop curve (set against re-encoded; the diagonal is gain 1) and
     the per-part bars.
@@ -124,15 +124,14 @@ def unit_figure(images: np.ndarray, parts: np.ndarray, set_values: np.ndarray,
     colours = ["#c44e52" if h else "#b0b0b0" for h in highlighted]
     y = np.arange(len(part_names))[::-1]
     bars.barh(y, shares, color=colours)
-    bars.scatter(null_threshold, y, marker="|", color="black", s=90,
-                 label="random directions, 95th percentile")
+    bars.scatter(null_threshold, y, marker="|", color="black", s=90)
     bars.set_yticks(y, list(part_names), fontsize=7)
     bars.tick_params(labelsize=6)
     bars.set_xlim(0, max(1.0, float(np.nanmax(shares))) if len(shares) else 1.0)
-    bars.set_xlabel("share of the unit's change profile", fontsize=7)
-    bars.set_title("where the change goes (coloured: significant unit, beyond random)",
+    bars.set_xlabel("share of the unit's sensitivity (tick: random read-outs' 95th percentile)",
+                    fontsize=7)
+    bars.set_title("what the unit responds to (coloured: significant, beyond random)",
                    fontsize=8)
-    bars.legend(fontsize=6, loc="upper right")
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 
@@ -232,9 +231,10 @@ def unit_charts_svg(set_values: np.ndarray, response: np.ndarray, shares: Sequen
             f'<text x="10" y="{(h - pad) / 2:.0f}" font-size="10" text-anchor="middle" '
             f'transform="rotate(-90 10 {(h - pad) / 2:.0f})">re-encoded</text>')
     bar_h, top = 16, h + 42
-    bars = [f'<text x="{pad}" y="{top - 20}" font-size="10">share of the change per part</text>'
+    bars = [f'<text x="{pad}" y="{top - 20}" font-size="10">what the unit responds to, share '
+            "per part</text>"
             f'<text x="{pad}" y="{top - 8}" font-size="9" fill="#555">coloured: significant '
-            "unit, beyond random; tick: random directions' 95th percentile</text>"]
+            "unit, beyond random; tick: random read-outs' 95th percentile</text>"]
     for k, (name, share, hot, tick) in enumerate(zip(part_names, shares, highlighted,
                                                     null_threshold, strict=True)):
         yy = top + k * (bar_h + 4)

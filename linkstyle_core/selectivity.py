@@ -9,14 +9,16 @@ first step, which let large parts win everything). A part that covers less than 
 in a sample's base image is not scored there. Averaged over measures, the squared effect sizes
 give each direction a profile over parts; its top part is where the change concentrates.
 
-Significance is asked once per unit (DESIGN.md "Tuning that moves the unit"): does the unit
-give its top part a larger share of its profile than random directions in r-space, tuned and
-measured the same way, give that part? Random directions have parts they favour (small parts
-have few measurable cells and noisier shares), so the top part's share is a z-score among the
-nulls' shares of the same part; each null direction gets the same statistic against the other
-nulls, the p-value is the unit's rank among them, and the two-stage Benjamini-Krieger-Yekutieli
-procedure (Benjamini-Hochberg with the number of units without an effect estimated) runs over
-units. The per-cell effect sizes against the null are kept as descriptive columns.
+Which part a unit reads is measured the other way round (docs/tuning.md, "On classifiers that
+are not built to be part-selective"): the null directions are random probes that change the
+image, and for each one the re-encoded units' change is known. A ridge regression of a unit's
+change on the probes' part changes (each part's own appearance: area, colour, texture, shape)
+credits each part with the response it explains: the unit's sensitivity profile, whose top part
+is the unit's part. Significance is asked once per unit: is the profile more concentrated on
+its top part than the profiles of random read-out directions in r-space, measured from the same
+probes? The p-value is the unit's rank among 4000 such read-outs, and the two-stage
+Benjamini-Krieger-Yekutieli procedure runs over units. The tuning profile (what each unit's own
+tuning images change) and the per-cell effect sizes are kept as descriptive columns.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 from linkstyle_core.measure import MEASURES
 
@@ -133,38 +136,85 @@ def concentration(scores: np.ndarray) -> np.ndarray:
         return np.where(total > 0, scores.max(-1) / np.where(total > 0, total, 1), np.nan)
 
 
-TAIL_FRACTION = 0.25
-"""The share of the null directions whose statistics fit the exponential tail of
-``specificity_p``."""
+SENSITIVITY_MEASURES = ("area", "luminance", "red_green", "yellow_blue", "entropy", "width",
+                        "height", "eccentricity")
+"""The measures of a part's own appearance: what changes when the part itself changes. A
+part's position, angle and motion are left out of the sensitivity profile: they also change
+when an attached part moves (a longer body carries the legs, tail and head along), and with
+them the profile credited the parts around the one a unit reads (docs/tuning.md)."""
+
+SENSITIVITY_RIDGE = 0.3
+"""Ridge penalty of the sensitivity regression, as a fraction of the number of probes (the
+design's columns are standardized, so its Gram matrix has the probe count on its diagonal)."""
+
+RANDOM_READOUTS = 4000
+"""Random read-out directions in r-space whose sensitivity profiles are the specificity test's
+null: the p-values cannot go below 1 / (1 + RANDOM_READOUTS)."""
 
 
-def specificity_p(stat: np.ndarray, null_stat: np.ndarray,
-                  tail_fraction: float = TAIL_FRACTION) -> np.ndarray:
-    """One-sided p-value of each unit's statistic against the null directions' statistics.
+def probe_design(null_means: np.ndarray, mean0: np.ndarray, sd0: np.ndarray,
+                 parts: Sequence[int],
+                 measures: Sequence[str] = SENSITIVITY_MEASURES) -> tuple[np.ndarray, np.ndarray]:
+    """The null directions as probes of what changes in the image: their mean changes of the
+    ``parts`` (indices into the part axis) and ``measures`` as effect sizes against the null,
+    [K, P_all, M'] -> (design [K, F] with standardized columns, part [F]: the position in
+    ``parts`` of each column's part). A part not measured in a probe counts as unchanged; a
+    column that no probe varies is dropped."""
+    cols = [ALL_MEASURES.index(m) for m in measures]
+    effect = ((null_means - mean0) / sd0)[:, list(parts)][..., cols]  # [K, P, M]
+    k, n_parts, n_measures = effect.shape
+    x = np.nan_to_num(effect.reshape(k, n_parts * n_measures))
+    part = np.repeat(np.arange(n_parts), n_measures)
+    sd = x.std(0)
+    keep = sd > 0
+    return (x[:, keep] - x[:, keep].mean(0)) / sd[keep], part[keep]
 
-    Below the nulls' upper ``tail_fraction`` quantile t: the permutation p-value
-    (1 + #{null >= stat}) / (1 + K). Above t: the tail is an exponential fitted to the nulls'
-    exceedances over t (its scale is their mean), p = (n_tail / (1 + K)) exp(-(stat - t) /
-    scale). The permutation p-value cannot go below 1 / (1 + K), so with K = 256 nulls no
-    unit could pass Benjamini-Hochberg over 192 units unless at least 15 sat at that floor,
-    and at 2048 units 160: the verdict was all or nothing. The exponential tail lets a unit
-    far beyond every null get a p-value that says so (docs/tuning.md measures it: the nulls'
-    own leave-one-out p-values stay uniform). An exponential is the conservative choice among
-    the generalized Pareto tails when the statistics' tail is bounded or light, as it is here.
-    stat [U], null_stat [K] -> [U] (NaN where stat is NaN)."""
+
+def sensitivity_profiles(design: np.ndarray, column_part: np.ndarray, n_parts: int,
+                         responses: np.ndarray, readouts: np.ndarray | None = None,
+                         ridge: float = SENSITIVITY_RIDGE) -> np.ndarray:
+    """What each read-out responds to, part by part: [C, n_parts].
+
+    design [K, F] and column_part [F] from ``probe_design``; responses [K, C]: how much each of
+    C read-outs (a unit, or a direction in r-space) of the re-encoded tuned images changed along
+    each probe; with ``readouts`` [C, R]: the profiles of those R directions in the space of
+    the C read-outs instead (their responses are responses @ readouts). A ridge regression
+    (penalty ``ridge`` times K) of the responses on the probes' part changes gives every
+    (part, measure) a coefficient; a part's entry is the sum of its squared coefficients.
+    Random probes change several parts at once, and the regression credits each part with the
+    response it explains beyond the others: the data-driven counterpart of moving one part's
+    factors at a time (the toy world's ground truth).
+
+    Computed on one BLAS thread: a multi-threaded product sums in another order, and the same
+    run on a Dask or Ray worker would then write tables that differ in the last bits.
+    """
+    k = len(design)
+    with threadpool_limits(limits=1):
+        if readouts is not None:
+            responses = responses @ readouts
+        gram = design.T @ design
+        gram[np.diag_indices_from(gram)] += ridge * k
+        coef = np.linalg.solve(gram, design.T @ (responses - responses.mean(0)))  # [F, C]
+    out = np.zeros((responses.shape[1], n_parts))
+    np.add.at(out.T, column_part, coef**2)
+    return out
+
+
+def random_readouts(dim: int, count: int = RANDOM_READOUTS, seed: int = 0) -> np.ndarray:
+    """``count`` random unit-norm directions in r-space (in units of the training SDs), [dim,
+    count]: read-outs that mix every unit, the null of the specificity test."""
+    n = np.random.default_rng(seed).standard_normal((dim, count))
+    return n / np.linalg.norm(n, axis=0)
+
+
+def specificity_p(stat: np.ndarray, null_stat: np.ndarray) -> np.ndarray:
+    """One-sided permutation p-value of each unit's statistic among the null's:
+    (1 + #{null >= stat}) / (1 + K). stat [U], null_stat [K] -> [U] (NaN where stat is NaN).
+    The floor 1 / (1 + K) is why the null is many cheap random read-outs, not a few rendered
+    directions (docs/tuning.md)."""
     null = np.sort(null_stat[np.isfinite(null_stat)])
-    k = len(null)
-    above = k - np.searchsorted(null, stat, side="left")
-    p = (1.0 + above) / (1.0 + k)
-    n_tail = int(round(tail_fraction * k))
-    if n_tail >= 10 and n_tail < k:
-        t = null[k - n_tail - 1]
-        scale = float((null[k - n_tail:] - t).mean())
-        if scale > 0:
-            with np.errstate(over="ignore", invalid="ignore"):
-                tail = n_tail / (1.0 + k) * np.exp(-(stat - t) / scale)
-            p = np.where(stat > t, tail, p)
-    return np.where(np.isfinite(stat), p, np.nan)
+    above = len(null) - np.searchsorted(null, stat, side="left")
+    return np.where(np.isfinite(stat), (1.0 + above) / (1.0 + len(null)), np.nan)
 
 
 def _logit_shares(scores: np.ndarray) -> np.ndarray:
@@ -178,42 +228,15 @@ def _logit_shares(scores: np.ndarray) -> np.ndarray:
     return np.log(share / (1 - share))
 
 
-def share_z(scores: np.ndarray, null_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every part's share of a profile as a z-score among the null directions' shares of that
+def share_z(scores: np.ndarray, null_scores: np.ndarray) -> np.ndarray:
+    """Every part's share of a profile as a z-score among the null read-outs' shares of that
     part, on the logit scale (``_logit_shares``): how much more the profile favours the part
-    than random directions favour it. scores [U, P], null_scores [K, P] -> (z [U, P], null
-    z [K', P]), where each (finite) null direction is scored against the other K' - 1 (their
-    mean and standard deviation), so that the nulls' z come from the procedure the units go
-    through. NaN rows for all-zero profiles."""
-    unit, null = _logit_shares(scores), _logit_shares(null_scores)
+    than random read-outs favour it. scores [U, P], null_scores [K, P] -> z [U, P] (NaN rows
+    for all-zero profiles); descriptive, the specificity test is ``specificity_p``."""
+    null = _logit_shares(null_scores)
     null = null[np.isfinite(null).all(1)]
-    k = len(null)
-    mean, sd = null.mean(0), null.std(0, ddof=1)
-    loo_mean = (null.sum(0) - null) / (k - 1)
-    loo_var = ((null**2).sum(0) - null**2 - (k - 1) * loo_mean**2) / (k - 2)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a part no null direction varies
-        return (unit - mean) / sd, (null - loo_mean) / np.sqrt(loo_var)
-
-
-def top_part_specificity(scores: np.ndarray, null_scores: np.ndarray,
-                         top: np.ndarray | None = None) -> np.ndarray:
-    """p-value of each profile's top-part share against the null directions'.
-
-    scores [U, P], null_scores [K, P] -> p [U]. A profile's statistic is its top part's
-    ``share_z``; a null direction's is the same for its own top part, and ``specificity_p``
-    ranks the units among the nulls. ``top`` [U]: the units' top parts when they were chosen
-    on more samples than ``scores`` holds (default: the largest share in ``scores``); a part
-    chosen on other samples is not the one with the largest z by construction, so the test
-    stays valid. NaN for an all-zero profile.
-    """
-    z, null_z = share_z(scores, null_scores)
-    finite = np.isfinite(z).all(1)
-    if top is None:
-        top = np.argmax(np.where(finite[:, None], scores, 0.0), axis=1)
-    unit_stat = np.where(finite, z[np.arange(len(z)), top], np.nan)
-    null_scores = null_scores[np.isfinite(_logit_shares(null_scores)).all(1)]
-    null_stat = null_z[np.arange(len(null_z)), np.argmax(null_scores, axis=1)]
-    return specificity_p(unit_stat, null_stat)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a part no read-out varies
+        return (_logit_shares(scores) - null.mean(0)) / null.std(0, ddof=1)
 
 
 def selectivity_table(
@@ -266,7 +289,7 @@ VERDICTS = ("significant", "leaning", "none")
 """What a unit's row says of its top part: ``significant`` (specificity q below the
 threshold: the part is specific to the unit, counted among all units), ``leaning`` (the unit's
 own p-value is below the threshold but it does not survive the correction for testing every
-unit: a candidate, not a finding) and ``none`` (no part more than random directions give it)."""
+unit: a candidate, not a finding) and ``none`` (no more concentrated than random read-outs)."""
 
 
 def verdicts(p: np.ndarray, q: np.ndarray, threshold: float = 0.05) -> np.ndarray:
@@ -276,9 +299,11 @@ def verdicts(p: np.ndarray, q: np.ndarray, threshold: float = 0.05) -> np.ndarra
 
 
 WEAK_LABEL_RATIO = 1.5
-"""A part that random directions make their top part at least this many times as often as
-chance (1 / parts) is a weak label for a unit that is not significant: its being the unit's top
-part says little (``unit_summary``'s ``weak_label``)."""
+"""A unit that is not significant has a weak label (``unit_summary``'s ``weak_label``) when
+random read-outs make its top part theirs at least this many times as often as chance (1 /
+parts), or when its verdict is ``none``: its profile is no more concentrated than random
+read-outs', so its top part is only the largest of near-equal parts (on the ordinary toy
+classifier, docs/tuning.md)."""
 
 
 def null_top_shares(null_scores: np.ndarray) -> np.ndarray:
@@ -289,32 +314,32 @@ def null_top_shares(null_scores: np.ndarray) -> np.ndarray:
 
 
 def unit_summary(
-    units: Sequence[int] | np.ndarray, scores: np.ndarray, test_scores: np.ndarray,
-    null_scores: np.ndarray, parts: Sequence[str], q_threshold: float = 0.05,
+    units: Sequence[int] | np.ndarray, scores: np.ndarray, null_scores: np.ndarray,
+    parts: Sequence[str], tuning_scores: np.ndarray, q_threshold: float = 0.05,
 ) -> pd.DataFrame:
-    """One row per unit: which part its tuning changes most, and is that specific?
+    """One row per unit: which part it responds to, and is that specific?
 
-    scores: [U, P] part profiles (``part_scores``) over the foreground ``parts`` (background
-    left out: it changes whenever a foreground part moves); test_scores: [U, P] the same
-    profiles on the null's samples; null_scores: [K, P] the null directions' profiles.
+    scores: [U, P] the units' sensitivity profiles (``sensitivity_profiles``) over the
+    foreground ``parts`` (background left out: it changes whenever a foreground part moves);
+    null_scores: [R, P] the same for random read-outs (``random_readouts``); tuning_scores:
+    [U, P] what each unit's own tuning changes (``part_scores`` of its tuning, the pictures).
     Columns: unit, top_part, concentration (the top part's share of the profile),
-    tuning_strength (the profile's sum), specificity_p (``top_part_specificity``),
+    specificity_p (``specificity_p`` of the concentration among the random read-outs'),
     specificity_q (``two_stage_q`` over units), significant (q < q_threshold), verdict
-    (``verdicts``), null_top_share (the share of the null directions whose top part is the
-    unit's: ``null_top_shares``), weak_label (not significant, and null_top_share at least
-    ``WEAK_LABEL_RATIO`` / parts), selective (concentration in the top quarter of all units),
-    score_<part>.
+    (``verdicts``), null_top_share (the share of the random read-outs whose top part is the
+    unit's: ``null_top_shares``), weak_label (not significant, and either null_top_share at
+    least ``WEAK_LABEL_RATIO`` / parts or verdict ``none``), selective (concentration in the
+    top quarter of all units), tuning_strength (the tuning profile's sum), score_<part>,
+    tuning_<part>.
     """
     top_index = np.nanargmax(np.where(np.isnan(scores), -1, scores), axis=1)
-    top = np.asarray(parts, dtype=object)[top_index]
-    p = top_part_specificity(test_scores, null_scores, top_index)
-    q = two_stage_q(p, q_threshold)
     conc = concentration(scores)
+    p = specificity_p(conc, concentration(null_scores))
+    q = two_stage_q(p, q_threshold)
     out = pd.DataFrame({
         "unit": np.asarray(units),
-        "top_part": top,
+        "top_part": np.asarray(parts, dtype=object)[top_index],
         "concentration": conc,
-        "tuning_strength": scores.sum(1),
         "specificity_p": p,
         "specificity_q": q,
     })
@@ -322,25 +347,29 @@ def unit_summary(
     out["verdict"] = verdicts(p, q, q_threshold)
     out["null_top_share"] = null_top_shares(null_scores)[top_index]
     out["weak_label"] = ~out["significant"] & (
-        out["null_top_share"] >= WEAK_LABEL_RATIO / len(parts))
+        (out["null_top_share"] >= WEAK_LABEL_RATIO / len(parts)) | (out["verdict"] == "none"))
     out["selective"] = out["concentration"] >= np.nanquantile(conc, 0.75)
+    out["tuning_strength"] = tuning_scores.sum(1)
     for j, part in enumerate(parts):
         out[f"score_{part}"] = scores[:, j]
+    for j, part in enumerate(parts):
+        out[f"tuning_{part}"] = tuning_scores[:, j]
     return out
 
 
-def unit_parts_table(summary: pd.DataFrame, test_scores: np.ndarray, null_scores: np.ndarray,
+def unit_parts_table(summary: pd.DataFrame, null_scores: np.ndarray,
                      parts: Sequence[str]) -> pd.DataFrame:
     """The per-part columns of ``unit_summary`` in long format, one row per (unit, part), so
     that the schema does not depend on the part list. Columns: unit, part, score (the
-    profile's ``score_<part>``), share (score / the profile's sum), z (``share_z`` on the
-    null's samples: the specificity test's statistic when the part is the top part), top (the
+    sensitivity profile's ``score_<part>``), share (score / the profile's sum), z (``share_z``:
+    the share against the random read-outs' shares of the same part, descriptive), top (the
     unit's top part), q (the unit's ``specificity_q`` on its top part's row, NaN on the
-    others: significance is tested for the top part only)."""
+    others: the test asks whether the top part's share, whatever the part, exceeds a random
+    read-out's)."""
     scores = summary[[f"score_{p}" for p in parts]].to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = scores / scores.sum(1, keepdims=True)
-    z, _ = share_z(test_scores, null_scores)
+    z = share_z(scores, null_scores)
     top = summary["top_part"].to_numpy()[:, None] == np.asarray(parts, dtype=object)[None, :]
     q = np.where(top, summary["specificity_q"].to_numpy()[:, None], np.nan)
     n_units, n_parts = scores.shape

@@ -67,7 +67,7 @@ def validate(units: pd.DataFrame, truth: pd.DataFrame, parts: Sequence[str],
     """Compare the pipeline's top part and verdict with the ground truth.
 
     units: the selectivity stage's unit summary (unit, top_part, concentration, significant,
-    score_<part>, tuning_strength); truth: one row per unit with unit, gt_part, evaluated
+    score_<part>); truth: one row per unit with unit, gt_part, evaluated
     (whether the truth speaks about the unit at all, e.g. it responds to some part factor)
     and gt_concentration (the ground truth's own part concentration).
     Among the evaluated units, the strongly tuned ones are those whose measured selectivity is
@@ -108,7 +108,8 @@ def validate(units: pd.DataFrame, truth: pd.DataFrame, parts: Sequence[str],
     metrics["match_rate"], metrics["chance"] = _match(strong, parts)
     metrics["match_rate_all"], metrics["chance_all"] = _match(evaluated, parts)
     metrics["match_rate_selective"], metrics["chance_selective"] = _match(selective, parts)
-    strength = evaluated["tuning_strength"].replace(0, np.nan)
+    score_cols = [f"score_{part}" for part in parts if f"score_{part}" in evaluated]
+    strength = evaluated[score_cols].sum(1).replace(0, np.nan)
     aucs = []
     for part in parts:
         own = evaluated["gt_part"] == part

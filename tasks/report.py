@@ -144,8 +144,8 @@ def _page(title: str, body: str, script: str = "") -> str:
 def describe_unit(row: pd.Series) -> str:
     """One line on what a unit does, from its row of the ``units`` table."""
     weak = f"; {weak_label_text(row)}" if row["weak_label"] else ""
-    return (f"unit {int(row['unit'])}: tuning changes the {row['top_part']} most "
-            f"({row['concentration']:.0%} of its change profile, p {row['specificity_p']:.2g}, "
+    return (f"unit {int(row['unit'])}: responds to the {row['top_part']} most "
+            f"({row['concentration']:.0%} of its sensitivity, p {row['specificity_p']:.2g}, "
             f"q {row['specificity_q']:.2g}; {VERDICT_TEXT[row['verdict']]}{weak}); closed-loop "
             f"gain {row['closed_loop_gain']:.2f}, pixel change {row['pixel_change']:.3f}")
 
@@ -254,7 +254,7 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
                 f'</p><img {image} src="../img/unit-{unit}.png" alt="unit {unit}">'
                 + caption
                 + "<h2>Per part</h2><p class=\"note\">share: the part's share of the unit's "
-                "change profile; z: that share against random directions' shares of the same "
+                "sensitivity; z: that share against random read-outs' shares of the same "
                 "part; q: the specificity test, on the top part's row.</p>"
                 + _table(per_part_rows))
         (out / "units" / f"unit-{unit}.html").write_text(_page(f"Unit {unit}", body))
@@ -286,10 +286,10 @@ def _summary_section(store: ArtifactStore, keys: dict[str, str], selectivity: An
     rows = pd.DataFrame({"figure": [
         "units tuned", "significant units: specific to their top part (specificity q < 0.05)",
         "leaning units: their own p < 0.05, not significant among all units",
-        "units with no part more specific than random directions give it",
+        "units no more concentrated on a part than random read-outs",
         "median closed-loop gain (1: the re-encoded unit follows)",
         "median pixel change, first to last step (in [0, 1])",
-        "median share of part labels changed", "null directions", "classes"],
+        "median share of part labels changed", "null directions (probes)", "classes"],
         "value": [str(len(units)), *(str(int(counts.get(v, 0))) for v in VERDICTS),
                   f"{info['median_closed_loop_gain']:.2f}", f"{info['median_pixel_change']:.3f}",
                   f"{info['median_label_change']:.1%}", str(info["null_directions"]),
@@ -333,8 +333,10 @@ def _validation_section(validation: Any) -> str:
 def _parts_section(units: pd.DataFrame, shown: dict[str, list[int]], pages: set[int]) -> str:
     by_unit = units.set_index("unit")
     out = ["<h2>Top units per part</h2><p class=\"note\">Significant units first (by q), then "
-           "the leaning ones (by p), then the others by concentration. Each strip: one "
-           "sample's tuning steps, then |last - first| scaled to its maximum.</p>"]
+           "the leaning ones (by p), then the others by concentration. p: the unit's own "
+           "test against random read-outs; q: the two-stage false discovery rate over all "
+           "units, which passes units with p above 0.05 when most units have an effect. Each "
+           "strip: one sample's tuning steps, then |last - first| scaled to its maximum.</p>"]
     for part, unit_list in shown.items():
         out.append(f"<h3>{html.escape(part)}</h3>")
         for unit in unit_list:

@@ -17,7 +17,10 @@ from linkstyle_core.selectivity import (
     mask_small_parts,
     null_reference,
     part_scores,
+    probe_design,
+    random_readouts,
     selectivity_table,
+    sensitivity_profiles,
     unit_parts_table,
     unit_summary,
 )
@@ -26,7 +29,7 @@ from tasks.caching import by_content_key
 from tasks.context import as_config, store_for
 
 STAGE = "selectivity"
-VERSION = "8"
+VERSION = "11"
 MIN_MEDIAN_GAIN = 0.5  # below this the re-encoded units do not follow their tuning
 MIN_MEDIAN_PIXEL_CHANGE = 1 / 255  # below one grey level the images do not visibly change
 
@@ -64,7 +67,7 @@ def tuning_warnings(units: pd.DataFrame) -> list[str]:
 @task(name="selectivity", cache_key_fn=by_content_key, persist_result=True,
       task_run_name="selectivity")
 def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) -> dict:
-    """Part profiles, the per-unit specificity test against the null, closed-loop figures."""
+    """Sensitivity and tuning profiles, the per-unit specificity test, closed-loop figures."""
     cfg = as_config(config)
     store = store_for(cfg)
     if store.exists(STAGE, key):
@@ -81,17 +84,15 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
 
     null_means = direction_means(null_change)
     mean0, sd0 = null_reference(null_means)
-
-    def profile(means: np.ndarray) -> np.ndarray:  # [K, P, M'] -> [K, foreground parts]
-        return part_scores((means - mean0) / sd0)[:, fg]
-
-    scores = profile(direction_means(change))
-    # the test compares like with like: the units' profiles on the null's samples
-    tuned_samples = tuned.load_common("sample_index")
-    shared = np.isin(tuned_samples, null.load("sample_index"))
-    test_scores = profile(direction_means(change[:, shared]))
-    null_scores = profile(null_means)
-    summary = unit_summary(units, scores, test_scores, null_scores, parts)
+    # what each unit's tuning changes: the pictures' profile, descriptive
+    tuning_scores = part_scores((direction_means(change) - mean0) / sd0)[:, fg]
+    # what each unit responds to: regressed on the null probes' part changes
+    design, column_part = probe_design(null_means, mean0, sd0, fg)
+    responses = null.load("reencoded_change")  # [K, D], in training SDs
+    scores = sensitivity_profiles(design, column_part, len(fg), responses[:, units])
+    readouts = random_readouts(responses.shape[1], seed=cfg.tuning.seed)
+    null_scores = sensitivity_profiles(design, column_part, len(fg), responses, readouts)
+    summary = unit_summary(units, scores, null_scores, parts, tuning_scores)
 
     set_value, response = tuned.load("set_value"), tuned.load("response")
     logit, top1 = tuned.load("logit_change"), tuned.load("top1")
@@ -118,10 +119,9 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
                       inputs={"tune": tune_key, "null": null_key}, code_version=VERSION) as out:
         out.write_table("selectivity", table)
         out.write_table("units", summary)
-        out.write_table("unit_parts", unit_parts_table(summary, test_scores, null_scores, parts))
+        out.write_table("unit_parts", unit_parts_table(summary, null_scores, parts))
         out.write_table("null_profiles", pd.DataFrame(
-            {"direction": null.load("direction"), "concentration": concentration(null_scores),
-             "closed_loop_gain": _slopes(null.load("set_value"), null.load("response")),
+            {"readout": np.arange(len(null_scores)), "concentration": concentration(null_scores),
              **{f"score_{p}": null_scores[:, j] for j, p in enumerate(parts)}}))
         out.info.update({
             "parts": all_parts, "scored_parts": parts, "warnings": warnings,
@@ -129,7 +129,7 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
             "median_pixel_change": float(summary["pixel_change"].median()),
             "median_label_change": float(summary["label_change"].median()),
             "significant_units": int(summary["significant"].sum()),
-            "null_directions": len(null_scores),
+            "null_directions": len(design), "random_readouts": len(null_scores),
         })
     return {"stage": STAGE, "key": key, "computed": True}
 

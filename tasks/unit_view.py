@@ -17,7 +17,7 @@ from storage import Artifact, ArtifactStore
 VERDICT_TEXT = {
     "significant": "significant: specific to it among all units (q < 0.05)",
     "leaning": "leaning to it: its own p < 0.05, not significant among all units",
-    "none": "no part: not more specific than random directions",
+    "none": "no part: not more concentrated than random read-outs of r",
 }
 """What each of the ``verdict`` values of the units table says, in words (the keys are
 ``linkstyle_core.selectivity.VERDICTS``; kept here, away from the modules that need torch, so
@@ -26,7 +26,10 @@ that ``linkstyle unit`` starts fast)."""
 
 def weak_label_text(row: Any) -> str:
     """What a unit's ``weak_label`` means, in words, from its row of the ``units`` table."""
-    return (f"a weak label: random directions make the {row['top_part']} their top part "
+    if row["verdict"] == "none":
+        return (f"a weak label: the {row['top_part']} only leads near-equal parts (the profile "
+                "is no more concentrated than random read-outs')")
+    return (f"a weak label: random read-outs make the {row['top_part']} their top part "
             f"{row['null_top_share']:.0%} of the time")
 
 
@@ -81,7 +84,7 @@ class RunView:
         """One unit: images [n, S, 3, H, W] and parts [n, S, H, W] of the shown samples (one per
         class first), set values and re-encoded values [n, S], its row of the ``units`` table,
         the scored part names, its profile (``scores``), each part's share of it (``shares``),
-        the null directions' 95th percentile of that share (``null_threshold``) and whether
+        the random read-outs' 95th percentile of that share (``null_threshold``) and whether
         the unit is significant and its share beyond that (``highlighted``)."""
         if unit not in self._where or unit not in self._rows.index:
             raise ValueError(f"unit {unit} was not tuned in this run; tuned units: "

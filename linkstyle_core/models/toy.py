@@ -18,10 +18,12 @@ from linkstyle_core.toyworld.generator import ToyGenerator
 
 GENERATOR_FILE = "generator.pt"
 CLASSIFIER_FILE = "classifier.pt"
-BUNDLED_CLASSIFIERS = {"mixed": "classifier-mixed.pt"}
+BUNDLED_CLASSIFIERS = {"mixed": ("classifier-mixed.pt", 0.1),
+                       "ordinary": ("classifier-ordinary.pt", 0.0)}
 """Other toy classifiers that ship with the package, by the name ``classifier.weights`` gives
-them: ``mixed`` was trained like the bundled one with invariance 0.1 (seed 7), so only about a
-quarter of its units follow one part (docs/toyworld.md)."""
+them, with the invariance they were trained with (800 steps, seed 7): ``mixed`` (0.1), of whose
+units only about a quarter follow one part, and ``ordinary`` (0), trained without any pull
+towards part-selective units, none of whose units is part-selective (docs/toyworld.md)."""
 _WEIGHTS_PACKAGE = "linkstyle_core.toyworld"
 
 
@@ -58,8 +60,9 @@ def toy_classifier_file(weights: str | None) -> Path:
     if not weights:
         return toy_classifier_path()
     if weights in BUNDLED_CLASSIFIERS:
-        return _bundled(BUNDLED_CLASSIFIERS[weights], "linkstyle toy train-classifier "
-                        f"--invariance 0.1 --seed 7 --out {BUNDLED_CLASSIFIERS[weights]}")
+        name, invariance = BUNDLED_CLASSIFIERS[weights]
+        return _bundled(name, f"linkstyle toy train-classifier --invariance {invariance} "
+                        f"--seed 7 --out {name}")
     return Path(weights).expanduser()
 
 

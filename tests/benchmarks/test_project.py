@@ -19,11 +19,11 @@ def test_projection_of_the_dogs_config_counts_every_stage_image(tmp_path: Path) 
     out = json.loads(done.stdout)
     # configs/resnet50-stylegan-xl-dogs.yaml: 5 classes, 500 + 100 samples per class; 2048
     # units x 4 samples per class x 3 steps, one calibration sample per class (2 renders);
-    # 256 null directions x 2 samples per class x 2 steps, calibrated alike
+    # 1024 null directions x 2 samples per class x 2 steps, calibrated alike
     assert out["images"] == {"paired": 5 * 600, "tune": 2048 * 5 * (4 * 3 + 2),
-                             "null": 256 * 5 * (2 * 2 + 2)}
+                             "null": 1024 * 5 * (2 * 2 + 2)}
     assert out["seconds"]["tune"] == out["images"]["tune"] / 50.0
-    assert abs(out["hours"] - (3000 / 100 + (143360 + 7680) / 50) / 3600) < 1e-9
+    assert abs(out["hours"] - (3000 / 100 + (143360 + 30720) / 50) / 3600) < 1e-9
     # a config over all classes needs their number
     toy = tmp_path / "toy.yaml"
     toy.write_text("data: {classes: all}\n")

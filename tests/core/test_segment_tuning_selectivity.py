@@ -14,15 +14,16 @@ from linkstyle_core.selectivity import (
     ALL_MEASURES,
     benjamini_hochberg,
     closed_loop_spearman,
-    concentration,
     direction_means,
     first_last_change,
     mask_small_parts,
     null_reference,
     part_scores,
+    probe_design,
+    random_readouts,
     selectivity_table,
+    sensitivity_profiles,
     specificity_p,
-    top_part_specificity,
     two_stage_q,
     unit_parts_table,
     unit_summary,
@@ -122,66 +123,98 @@ def _profiles(change: np.ndarray, null_change: np.ndarray) -> tuple[np.ndarray, 
     return scores, null_scores
 
 
-def test_a_unit_that_moves_one_part_is_selective_for_it() -> None:
+PARTS = ["ear", "tail", "leg", "head", "body", "eye"]
+
+
+def _probes(rng: np.random.Generator, k: int = 256, samples: int = 10) -> np.ndarray:
+    """Changes [K, Ns, P, M'] of K random probes: every part's appearance and position move."""
+    per_probe = rng.normal(0, 1, (k, 1, len(PARTS), len(ALL_MEASURES)))
+    return per_probe + rng.normal(0, 0.3, (k, samples, len(PARTS), len(ALL_MEASURES)))
+
+
+def _sensitivity(change: np.ndarray, responses: np.ndarray, readouts: int = 2000):
+    means = direction_means(change)
+    design, column_part = probe_design(means, *null_reference(means), range(len(PARTS)))
+    scores = sensitivity_profiles(design, column_part, len(PARTS), responses)
+    null = random_readouts(responses.shape[1], readouts, seed=1)
+    return scores, sensitivity_profiles(design, column_part, len(PARTS), responses, null)
+
+
+def _appearance(means: np.ndarray, part: str) -> np.ndarray:
+    """A response to one part's appearance (area and colour), [K]."""
+    j = PARTS.index(part)
+    return sum(means[:, j, ALL_MEASURES.index(m)] for m in ("area", "red_green", "width"))
+
+
+def test_a_unit_that_reads_one_part_is_significant_for_it_and_mixtures_are_not() -> None:
     rng = np.random.default_rng(0)
-    parts = ["ear", "tail", "leg", "head", "body", "eye"]
-    # a random direction is a mixture of many units: it moves every part by a similar amount
-    amplitude = 1 + 0.3 * rng.normal(0, 1, (256 + 6, 1, len(parts), 1))
-    directions = amplitude * rng.choice([-1, 1], (256 + 6, 1, 1, len(ALL_MEASURES)))
-    change = directions + rng.normal(0, 0.2, (256 + 6, 30, len(parts), len(ALL_MEASURES)))
-    change[:6] *= 0.2
-    change[2, :, 0] += 3.0  # unit 2 changes the ear a lot, and nothing else beyond random
-    units, null = change[:6], change[6:]
-    table = selectivity_table([10, 11, 12, 13, 14, 15], units, null, parts)
-    assert len(table) == 6 * len(parts) * len(ALL_MEASURES)
-    hit = table[(table.unit == 12) & (table.part == "ear")]
-    assert (hit.effect_size > 2).all()
-    scores, null_scores = _profiles(units, null)
-    summary = unit_summary([10, 11, 12, 13, 14, 15], scores, scores, null_scores,
-                           parts).set_index("unit")
-    assert summary.loc[12, "top_part"] == "ear" and bool(summary.loc[12, "significant"])
-    # beyond every null: the exponential tail goes below the permutation floor 1 / 257
-    assert summary.loc[12, "specificity_p"] < 1 / 257
-    assert summary.loc[12, "concentration"] > summary.drop(12)["concentration"].max()
-    assert not summary.drop(12)["significant"].any()
-    assert {f"score_{p}" for p in parts} <= set(summary.columns)
-    long = unit_parts_table(summary.reset_index(), scores, null_scores, parts)
-    assert len(long) == 6 * len(parts)
+    change = _probes(rng)
+    means = direction_means(change)
+    # 24 units: 12 read one part each (two per part), 12 read every part about equally
+    own = [_appearance(means, PARTS[i % 6]) for i in range(12)]
+    mixed = [sum(rng.uniform(0.7, 1.3) * _appearance(means, p) for p in PARTS)
+             for _ in range(12)]
+    responses = np.stack(own + mixed, 1) + rng.normal(0, 0.5, (len(means), 24))
+    scores, null_scores = _sensitivity(change, responses)
+    table = selectivity_table(np.arange(24), change[:24], change, PARTS)
+    assert len(table) == 24 * len(PARTS) * len(ALL_MEASURES)
+    np.testing.assert_allclose(table["null_mean"].to_numpy().reshape(24, len(PARTS), -1)[0],
+                               null_reference(means)[0])
+    tuning = rng.uniform(0, 1, scores.shape)
+    summary = unit_summary(np.arange(24), scores, null_scores, PARTS, tuning)
+    assert summary["top_part"][:12].tolist() == [PARTS[i % 6] for i in range(12)]
+    assert summary["significant"][:12].all() and not summary["significant"][12:].any()
+    assert summary["specificity_p"][:12].max() < 0.01
+    assert (summary["concentration"][:12] > 0.9).all()
+    assert set(summary["verdict"][12:]) <= {"leaning", "none"}
+    np.testing.assert_allclose(summary["tuning_strength"], tuning.sum(1))
+    assert {f"score_{p}" for p in PARTS} | {f"tuning_{p}" for p in PARTS} <= set(summary)
+    long = unit_parts_table(summary, null_scores, PARTS)
+    assert len(long) == 24 * len(PARTS)
     np.testing.assert_allclose(long.groupby("unit")["share"].sum(), 1.0)
     assert (long.groupby("unit")["top"].sum() == 1).all()
-    hit = long[(long.unit == 12) & (long.part == "ear")].iloc[0]
-    assert hit.top and hit.q == pytest.approx(summary.loc[12, "specificity_q"])
-    assert hit.z > 3 and long.loc[~long.top, "q"].isna().all()
+    hit = long[(long.unit == 4) & (long.part == "body")].iloc[0]
+    assert hit.top and hit.q == pytest.approx(summary.loc[4, "specificity_q"])
+    assert long.loc[~long.top, "q"].isna().all()
 
 
-def test_random_mixtures_are_not_significant() -> None:
-    # units that are themselves random directions: p-values uniform, BH calls almost none
+def test_random_readouts_are_not_significant() -> None:
+    # units that are themselves random mixtures of the representation: p-values uniform
     rng = np.random.default_rng(1)
-    mixtures = rng.normal(0, 1, (256 + 128, 1, 6, len(ALL_MEASURES)))
-    change = mixtures + rng.normal(0, 0.3, (256 + 128, 10, 6, len(ALL_MEASURES)))
-    scores, null_scores = _profiles(change[:128], change[128:])
-    summary = unit_summary(np.arange(128), scores, scores, null_scores, list("abcdef"))
+    change = _probes(rng)
+    means = direction_means(change)
+    basis = np.stack([_appearance(means, p) for p in PARTS], 1)  # six part features
+    representation = basis @ rng.normal(0, 1, (6, 64)) + rng.normal(0, 0.5, (len(means), 64))
+    responses = representation @ random_readouts(64, 128, seed=7)
+    scores, null_scores = _sensitivity(change, representation)
+    units_scores = sensitivity_profiles(
+        *probe_design(means, *null_reference(means), range(len(PARTS))), len(PARTS), responses)
+    summary = unit_summary(np.arange(128), units_scores, null_scores, PARTS,
+                           np.ones_like(units_scores))
     assert summary["significant"].mean() <= 0.05
     assert 0.3 < summary["specificity_p"].median() < 0.7
+    assert scores.shape == (64, len(PARTS))
 
 
-def test_a_part_is_compared_with_the_nulls_shares_of_that_part() -> None:
-    # random directions favour part 0 (a small part with noisy measures): their concentration
-    # is often high there, while part 1 never gets more than a third of their profile
+def test_the_profile_credits_the_part_read_not_the_parts_it_carries_along() -> None:
+    # a longer body carries the legs along: their positions follow the body's width in every
+    # probe, and the legs' appearance changes a little with it. A body unit is a body unit.
     rng = np.random.default_rng(2)
-    null = rng.uniform(0.5, 1.5, (256, 4))
-    null[:, 0] *= rng.uniform(1, 8, 256)
-    specific = np.array([[1.0, 2.2, 1.0, 1.0]])  # share 0.42 of part 1: above every null's
-    like_null = np.array([[5.0, 1.0, 1.0, 1.0]])  # share 0.62 of part 0: common among nulls
-    assert concentration(specific)[0] < np.median(concentration(null))
-    p = top_part_specificity(np.concatenate([specific, like_null]), null)
-    assert p[0] < 0.01  # just beyond every null (the exponential tail: 0.005)
-    assert p[1] > 0.2
-    # a null direction's p against the others is uniform: the procedure is calibrated
-    loo = np.array([top_part_specificity(null[i:i + 1], np.delete(null, i, 0))[0]
-                    for i in range(256)])
-    assert 0.02 < (loo <= 0.05).mean() < 0.09 and 0.4 < np.median(loo) < 0.6
-    assert np.isnan(top_part_specificity(np.zeros((1, 4)), null)[0])
+    change = _probes(rng)
+    body, leg = PARTS.index("body"), PARTS.index("leg")
+    width = ALL_MEASURES.index("width")
+    for m in ("cx", "cy", "motion"):
+        change[:, :, leg, ALL_MEASURES.index(m)] = 2 * change[:, :, body, width]
+    change[:, :, leg, ALL_MEASURES.index("area")] += 0.5 * change[:, :, body, width]
+    means = direction_means(change)
+    responses = _appearance(means, "body")[:, None] + rng.normal(0, 0.3, (len(means), 1))
+    scores, _ = _sensitivity(change, responses)
+    share = scores[0] / scores[0].sum()
+    assert share.argmax() == body and share[body] > 0.8 and share[leg] < 0.1
+    # a leg unit, where the legs are carried along by the body: the leg, not the body
+    responses = _appearance(means, "leg")[:, None] + rng.normal(0, 0.3, (len(means), 1))
+    scores, _ = _sensitivity(change, responses)
+    assert scores[0].argmax() == leg and scores[0, leg] / scores[0].sum() > 0.8
 
 
 def test_two_stage_q_gains_power_only_when_most_tests_have_an_effect() -> None:
@@ -210,23 +243,6 @@ def test_specificity_p_counts_the_null_at_or_above() -> None:
     p = specificity_p(np.array([0.05, 0.3, 0.5, np.nan]), null)
     np.testing.assert_allclose(p[:3], [5 / 5, 3 / 5, 1 / 5])
     assert np.isnan(p[3])
-
-
-def test_specificity_p_beyond_every_null_follows_their_tail() -> None:
-    """Beyond the nulls' upper quarter, p comes from an exponential fitted to their tail: a
-    unit far beyond every null gets a p-value far below the permutation floor 1 / (1 + K),
-    ordered by its distance, and the nulls' own leave-one-out p-values stay uniform."""
-    rng = np.random.default_rng(3)
-    null = rng.gumbel(size=256)  # skewed to the right, as the nulls' top-part z-scores
-    far = specificity_p(np.array([null.max() + 1.0, null.max() + 3.0]), null)
-    assert far[1] < far[0] < 1 / 257
-    loo = np.array([specificity_p(null[i:i + 1], np.delete(null, i))[0] for i in range(256)])
-    for alpha in (0.01, 0.05, 0.2):
-        assert abs((loo < alpha).mean() - alpha) <= 0.03
-    # continuous at the start of the tail: no jump between the two regimes
-    t = np.sort(null)[256 - 64 - 1]
-    below, above = specificity_p(np.array([t - 1e-9, t + 1e-9]), null)
-    assert above == pytest.approx(below, rel=0.05)
 
 
 def test_small_parts_are_masked_by_their_base_area() -> None:

@@ -84,3 +84,9 @@ def test_the_bundled_mixed_classifier_is_mostly_not_part_selective() -> None:
     summary = summarize_ground_truth(truth)
     assert 0.2 <= summary["part_selective_share"] <= 0.35  # measured: 25.5%
     assert (np.asarray(truth["concentration"]) < 0.5).mean() >= 0.4  # measured: 53.6% mixed
+    # the bundled ordinary classifier (invariance 0): no unit part-selective
+    truth = read_ground_truth(toy_classifier_file("ordinary"))
+    assert summarize_ground_truth(truth)["part_selective_share"] == 0.0
+    assert (np.asarray(truth["concentration"]) < 0.5).mean() >= 0.9  # measured: 96.4% mixed
+    assert load_classifier(ClassifierConfig(kind="toy", weights="ordinary"),
+                           torch.device("cpu")).feature_dim == 192

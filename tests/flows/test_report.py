@@ -94,7 +94,7 @@ def test_unit_pages_and_units_csv(report: dict[str, Any]) -> None:
     assert pages == sorted(top)  # --pages top: the units shown per part, no others
     unit = top[0]
     dom = rendered_dom(report["dir"] / "units" / f"unit-{unit}.html")
-    assert f"unit {unit}: tuning changes the" in dom and f'src="../img/unit-{unit}.png"' in dom
+    assert f"unit {unit}: responds to the" in dom and f'src="../img/unit-{unit}.png"' in dom
     assert (report["dir"] / "img" / f"unit-{unit}.png").stat().st_size > 10_000
     assert dom.count("<tr>") == 1 + 6  # the per-part table: a header and the six parts
     table = pd.read_csv(report["out"]["units_csv"])
@@ -112,8 +112,10 @@ def test_unit_pages_and_units_csv(report: dict[str, Any]) -> None:
     for verdict, description in zip(table["verdict"], table["description"], strict=True):
         assert VERDICT_TEXT[verdict] in description
     assert not (table["weak_label"] & table["significant"]).any()
-    weak = units[units["weak_label"]]  # labels that random directions favour, marked so
-    assert (weak["null_top_share"] >= 1.5 / 6).all()
+    # weak: a part random read-outs favour, or a profile no more concentrated than theirs
+    weak = units[units["weak_label"]]
+    assert ((weak["null_top_share"] >= 1.5 / 6) | (weak["verdict"] == "none")).all()
+    assert units.loc[units["verdict"] == "none", "weak_label"].all()
     assert table.loc[table["weak_label"], "description"].str.contains("a weak label").all()
 
 

@@ -67,20 +67,22 @@ def test_tuning_moves_the_units_and_the_images(toy_run) -> None:
 def test_selective_parts_match_the_ground_truth(toy_run) -> None:
     m = toy_run["reports"]["validate"].extra["metrics"]
     assert m["ground_truth"] == "interventional" and m["n_units"] == 192
-    assert m["match_rate_all"] >= 0.6 and m["match_rate_all"] >= 3 * m["chance_all"]
-    assert m["match_rate_selective"] >= 0.85
+    # the sensitivity profile's top part (measured here: 0.99 of all units, every unit being
+    # part-selective)
+    assert m["match_rate_all"] >= 0.9 and m["match_rate_all"] >= 3 * m["chance_all"]
+    assert m["match_rate_selective"] >= 0.9
     assert m["match_rate"] >= 0.75
     assert m["mean_auc"] >= 0.85
     # a tiny part's noise does not win: the eye (a few pixels) is the top part of most of its
-    # own units and of few others, and of at most 15% of all units (measured here: all 16 eye
-    # units and 5 others, 10.9%)
+    # own units and of few others, and of at most 15% of all units (measured here: exactly the
+    # 16 eye units, 8.3%)
     eye_units = int((load_ground_truth()["gt_part"] == "eye").sum())
     called_eye = m["chance_eye"] * m["n_units"]
     assert m["match_eye"] >= 0.8 and m["match_eye"] * eye_units / called_eye >= 0.6
     assert called_eye <= 0.15 * m["n_units"]
-    # at least half of the part-selective units are significant (measured: 115 of 192 at this
-    # reduced size, 163 with the default settings); the rotated control below gets none
-    assert m["n_selective_significant"] >= 0.5 * m["n_selective"]
+    # at least 80% of the part-selective units are significant (measured: 187 of 192 at this
+    # reduced size, 188 with the default settings); the rotated control below gets none
+    assert m["n_selective_significant"] >= 0.8 * m["n_selective"]
 
 
 def test_random_units_are_not_significant(tmp_path_factory) -> None:
@@ -108,6 +110,26 @@ def test_random_units_are_not_significant(tmp_path_factory) -> None:
     assert m["n_significant"] == units["significant"].sum()
     assert validate_flow(config)["validate"].extra["metrics"]["ground_truth_source"] == \
         m["ground_truth_source"]  # measured once
+
+
+def test_on_the_mixed_classifier_significant_units_are_right_and_part_selective(
+        tmp_path_factory) -> None:
+    """The bundled mixed classifier (invariance 0.1): a quarter of its units part-selective,
+    half mixed. The specificity test's bounds (docs/tuning.md): among significant units at
+    most 5% with the wrong part and at most 10% mixed, and at least half of the part-selective
+    units significant with their part. Reduced: one tuned sample per class, 512 probes
+    (measured at this size: 54 significant, none with the wrong part, 3 mixed, 37 of the 49
+    part-selective units)."""
+    config = {**TOY_TEST_CONFIG,
+              "artifact_root": str(tmp_path_factory.mktemp("mixed") / "artifacts"),
+              "classifier": {"kind": "toy", "weights": "mixed"},
+              "tuning": {"samples_per_class": 1, "null_samples_per_class": 1,
+                         "null_directions": 512, "store_images": False}}
+    m = validate_flow(config)["validate"].extra["metrics"]
+    assert m["n_selective"] == 49 and m["n_mixed"] == 103
+    assert m["wrong_share_significant"] <= 0.05
+    assert m["not_selective_share_significant"] <= 0.10
+    assert m["power_selective"] >= 0.5
 
 
 def test_counterfactuals_flip_and_are_confirmed(toy_run) -> None:

@@ -115,7 +115,7 @@ CASES: list[tuple[str, dict | str | None, list[str], list[str]]] = [
     ("bad-precision", _tiny(runtime={"precision": "fp8"}), ["run"], ["runtime.precision"]),
     ("bad-device-name", _tiny(runtime={"device": "gpu"}), ["run"], ["runtime.device"]),
     ("too-few-null-directions", _tiny(tuning={"null_directions": 2}), ["run"],
-     ["tuning.null_directions", "at least 20", "p < 0.05"]),
+     ["tuning.null_directions", "at least 20", "profiles are noise"]),
     # -- checks against the models, before stage 1
     ("classes-out-of-range", _tiny(data={"classes": [0, 7]}, segment=LABELLED), ["run"],
      ["data.classes", "class 7", "out of range", "3 classes"]),
