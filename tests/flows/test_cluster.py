@@ -5,6 +5,8 @@ for bit.
 
 The config is the toy world reduced in size (4 classes, one tuning sample per class), so that
 each run takes about a minute on two CPU cores; every stage and all 192 units still run.
+The Ray run and the S3 kill-and-resume run are marked ``slow`` (``make test-all``), so that the
+default test run is 6 minutes shorter on two cores.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def test_dask_cluster_matches_the_sequential_run(sequential, tmp_path) -> None:
     assert any(a["pid"] != b["pid"] and overlap(a, b) for a, b in pairs)
 
 
+@pytest.mark.slow  # 1.5 min on 2 cores; the Dask run above covers the default test run
 def test_ray_matches_the_sequential_run(sequential, tmp_path) -> None:
     pytest.importorskip("prefect_ray", reason="the ray extra is not installed "
                         "(pip install 'linkstyle[ray]')")
@@ -178,6 +181,7 @@ def test_an_s3_root_in_a_bucket_that_does_not_exist_is_named(s3, capsys) -> None
     assert "no artifacts under s3://linkstyle-test/runs" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 4-5 min on 2 cores: three runs of the command, each with its own server
 def test_s3_root_writes_caches_resumes_after_a_kill_and_cleans(sequential, s3, tmp_path) -> None:
     root = "s3://linkstyle-test/analysis"
     config = tmp_path / "cluster.yaml"
