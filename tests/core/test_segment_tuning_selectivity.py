@@ -18,7 +18,6 @@ from linkstyle_core.selectivity import (
     first_last_change,
     mask_small_parts,
     null_reference,
-    part_scores,
     probe_design,
     random_readouts,
     selectivity_table,
@@ -114,13 +113,6 @@ def test_benjamini_hochberg_matches_the_definition() -> None:
     expected = [0.008, 0.032, 0.0672, 0.0672, 0.0672, 0.08, 0.0846, 0.205]
     np.testing.assert_allclose(q[:8], expected, atol=1e-4)
     assert np.isnan(q[8])
-
-
-def _profiles(change: np.ndarray, null_change: np.ndarray) -> tuple[np.ndarray, ...]:
-    mean0, sd0 = null_reference(direction_means(null_change))
-    scores = part_scores((direction_means(change) - mean0) / sd0)
-    null_scores = part_scores((direction_means(null_change) - mean0) / sd0)
-    return scores, null_scores
 
 
 PARTS = ["ear", "tail", "leg", "head", "body", "eye"]
