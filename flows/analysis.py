@@ -38,9 +38,11 @@ from tasks.tuning import (
     compute_directions,
     compute_ranges,
     fit_segmenter,
+    null_finalize,
+    null_shard,
+    null_shards,
     stage_keys,
     tune_finalize,
-    tune_null,
     tune_params,
     tune_shard,
     unit_shards,
@@ -118,7 +120,8 @@ def run_link(config: AnalysisConfig, models: Models, paired: StageReport) -> Sta
 
 def run_tune(config: AnalysisConfig, models: Models, paired: StageReport,
              link: StageReport) -> StageReport:
-    """Submit stage 3: ranges, segmenter, one task per unit shard, the null control."""
+    """Submit stage 3: ranges, segmenter, one task per unit shard and one per shard of the
+    null control, each set finalised once its shards are in."""
     store = store_for(config)
     payload = config.model_dump(mode="json")
     keys = {**stage_keys(config, models, link.keys["link"], paired.keys),
@@ -133,21 +136,24 @@ def run_tune(config: AnalysisConfig, models: Models, paired: StageReport,
     segmenter = submit(fit_segmenter, store.exists("segmenter", keys["segmenter"]),
                        config=payload, key=keys["segmenter"])
     inputs = [ranges, directions, segmenter]  # every unit shard and the null read all three
-    complete = store.exists("tune", keys["tune"])
-    shards = []
-    for shard in unit_shards(tune_params(config, models)["units"], config.tuning.shard_size):
-        done = complete or store.shard_exists("tune", keys["tune"], shard)
-        shards.append(submit(tune_shard, done, wait_for=inputs, config=payload,
-                             key=keys["tune"], shard=shard, keys=keys))
-    null = submit(tune_null, store.exists("null", keys["null"]), wait_for=inputs,
-                  config=payload, key=keys["null"], keys=keys)
-    final = submit(tune_finalize, complete, config=payload, key=keys["tune"], keys=keys,
-                   shards=shards)
-    progress = _Progress("tune-progress", f"tuning: {len(shards)} unit shards, then the null",
-                         len(shards) + 1)
-    for fut in results([*inputs, *shards, null, final]):
+    shards: list[Any] = []
+    finals = []
+    for stage, task, plan, finalize in (
+            ("tune", tune_shard, unit_shards(tune_params(config, models)["units"],
+                                             config.tuning.shard_size), tune_finalize),
+            ("null", null_shard, null_shards(config, models), null_finalize)):
+        complete = store.exists(stage, keys[stage])
+        mine = [submit(task, complete or store.shard_exists(stage, keys[stage], shard),
+                       wait_for=inputs, config=payload, key=keys[stage], shard=shard, keys=keys)
+                for shard in plan]
+        finals.append(submit(finalize, complete, config=payload, key=keys[stage], keys=keys,
+                             shards=mine))
+        shards += mine
+    progress = _Progress("tune-progress", f"tuning: {len(shards)} shards of units and null "
+                         "directions", len(shards))
+    for fut in results([*inputs, *shards, *finals]):
         report.count(fut)
-        if fut in shards or fut is null:
+        if fut in shards:
             progress.step()
     report.extra["miou"] = store.open("segmenter", keys["segmenter"]).info["miou"]
     return report

@@ -16,11 +16,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import pandas as pd
 
 from flows import startup
+from flows.outputs import OutputError
 from linkstyle_core import stop
 from linkstyle_core.config import AnalysisConfig, ConfigError
 from storage import (
@@ -76,7 +78,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that explain a problem with the input: shown as one message, no traceback."""
     errors: list[type[Exception]] = [ConfigError, UsageError, FileNotFoundError,
                                      ArtifactNotFound, CorruptArtifact, IncompleteArtifact,
-                                     NotAnArtifactRoot]
+                                     NotAnArtifactRoot, OutputError]
     if "torch" in sys.modules:  # the model errors live beside torch code; import only if used
         from linkstyle_core.labels import LabelError
         from linkstyle_core.models.registry import ModelError
@@ -113,11 +115,32 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in USER_ERRNOS
 
 
-def _describe(exc: BaseException) -> str:
-    """The message of a user error; an OSError gets its file and the fix."""
+def _path_flag(filename: object, args: argparse.Namespace | None) -> str | None:
+    """The option (``--out``, ``DIR``) of the command's own output or folder that ``filename``
+    lies in, if any: a failed write there is not a problem of the artifact root."""
+    if args is None or not filename:
+        return None
+    path = Path(os.fsdecode(filename)).absolute()  # type: ignore[arg-type]
+    for attr, flag in (("out", "--out"), ("folder", "DIR")):
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and value:
+            mine = Path(value).absolute()
+            # a folder output is built in a sibling ".<name>.partial-<pid>" folder
+            if any(p == mine or p.parent == mine.parent and p.name.startswith(f".{mine.name}.")
+                   for p in (path, *path.parents)):
+                return flag
+    return None
+
+
+def _describe(exc: BaseException, args: argparse.Namespace | None = None) -> str:
+    """The message of a user error; an OSError gets its file and the fix (for the command's
+    own output or folder, or else the artifact root)."""
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror \
             and exc.errno in USER_ERRNOS:
         where = f": {exc.filename}" if exc.filename else ""
+        flag = _path_flag(exc.filename, args)
+        if flag is not None:
+            return f"{exc.strerror}{where}; check that {flag} can be written, or choose another"
         fix = _ERRNO_FIX.get(exc.errno or 0, "check the permissions of the artifact root "
                              "(--root) or choose another one")
         return f"{exc.strerror}{where}; {fix}"
@@ -128,14 +151,15 @@ def _describe(exc: BaseException) -> str:
 
 
 class _HideUserErrorTracebacks(logging.Filter):
-    """On Prefect's run loggers: a task or flow that failed because of a user's mistake logs
-    no traceback ("Task run failed with exception ..."); ``main`` prints the one message. With
-    a Prefect server of one's own (PREFECT_API_URL) the line stays, without the traceback, so
-    the UI shows it; in a local run it is dropped."""
+    """On Prefect's run loggers: a task or flow that failed because of a user's mistake (or was
+    stopped by a signal) logs no traceback ("Task run failed with exception ..."); ``main``
+    prints the one message. With a Prefect server of one's own (PREFECT_API_URL) the line
+    stays, without the traceback, so the UI shows it; in a local run it is dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is None or not _is_user_error(exc):
+        # a task stopped by Ctrl-C or SIGTERM is no bug either: main says "interrupted"
+        if exc is None or not (_is_user_error(exc) or isinstance(exc, stop.StopRequested)):
             return True
         record.exc_info, record.exc_text = None, None
         record.linkstyle_user_error = True  # for _QuietConsole
@@ -442,6 +466,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_unit(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
+    if not 1 <= args.shown <= 64:
+        raise UsageError(f"--samples must be between 1 and 64, got {args.shown}")
+    from flows.outputs import check_out_file, tag_png, write_file
+
+    out = check_out_file(args.out or f"unit-{args.unit}.png", ".png",
+                         roots=(config.artifact_root,))
     from flows.results import RunNotFound, run_keys
     from linkstyle_core.figures import unit_figure
     from tasks.unit_view import VERDICT_TEXT, unit_view, weak_label_text
@@ -474,15 +504,13 @@ def cmd_unit(args: argparse.Namespace) -> int:
     ranked = sorted(zip(shares, parts, beyond, strict=True), reverse=True)
     print("  what the unit responds to, share per part (* beyond 95% of random read-outs): "
           + ", ".join(f"{p} {s:.2f}{'*' if b else ''}" for s, p, b in ranked))
-    out = args.out or f"unit-{args.unit}.png"
     title = (f"unit {args.unit}: top part {row['top_part']}, concentration "
              f"{row['concentration']:.2f}, q {row['specificity_q']:.2g}, gain "
              f"{row['closed_loop_gain']:.2f}, pixel change {row['pixel_change']:.3f}")
     png = unit_figure(view["images"], view["parts"], view["set_value"], view["response"],
                       shares, parts, view["highlighted"], view["null_threshold"], title,
                       [f"class {c}" for c in view["sample_class"]])
-    with open(out, "wb") as handle:
-        handle.write(png)
+    write_file(out, tag_png(png, f"linkstyle unit {args.unit}"))
     print(f"  figure: {out}")
     return 0
 
@@ -525,21 +553,38 @@ def _toy_models():
     return load_toy_generator(), load_toy_classifier()
 
 
+def _checked_training(args: argparse.Namespace, default: str) -> str:
+    """The weight file a ``toy train-*`` command writes, and its arguments, checked before the
+    training (minutes) starts."""
+    import math
+
+    if not 1 <= args.steps <= 10_000_000:
+        raise UsageError(f"--steps must be between 1 and 10000000, got {args.steps}")
+    invariance = getattr(args, "invariance", 0.0)
+    if not (math.isfinite(invariance) and 0 <= invariance <= 1e6):
+        raise UsageError(f"--invariance must be a finite number from 0 (an ordinary classifier) "
+                         f"to 1e6, got {invariance}")
+    from flows.outputs import check_out_weights
+    from linkstyle_core.models.toy import bundled_weights_path
+
+    return str(check_out_weights(args.out or str(bundled_weights_path(default))))
+
+
 def cmd_toy_train_generator(args: argparse.Namespace) -> int:
-    from linkstyle_core.models.toy import GENERATOR_FILE, bundled_weights_path
+    from linkstyle_core.models.toy import GENERATOR_FILE
     from linkstyle_core.toyworld import train_generator
 
-    out = args.out or str(bundled_weights_path(GENERATOR_FILE))
+    out = _checked_training(args, GENERATOR_FILE)
     metrics = train_generator(out, steps=args.steps, seed=args.seed)
     print(f"wrote {out}: {metrics}")
     return 0
 
 
 def cmd_toy_train_classifier(args: argparse.Namespace) -> int:
-    from linkstyle_core.models.toy import CLASSIFIER_FILE, bundled_weights_path
+    from linkstyle_core.models.toy import CLASSIFIER_FILE
     from linkstyle_core.toyworld import train_classifier
 
-    out = args.out or str(bundled_weights_path(CLASSIFIER_FILE))
+    out = _checked_training(args, CLASSIFIER_FILE)
     metrics = train_classifier(out, steps=args.steps, seed=args.seed,
                                invariance=args.invariance)
     print(f"wrote {out}: {metrics}")
@@ -765,6 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     anything else is a bug and keeps its traceback."""
     parser = build_parser()
     _install_log_filter()
+    args: argparse.Namespace | None = None
     with _signals_as_interrupt(), _own_log_lines(), warnings.catch_warnings():
         warnings.showwarning = _show_warning
         warnings.simplefilter("always", StoreWarning)
@@ -780,7 +826,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _stopped(stop.requested() == "SIGTERM")
             if not _is_user_error(exc):
                 raise
-            print(f"linkstyle: error: {_describe(exc)}", file=sys.stderr)
+            print(f"linkstyle: error: {_describe(exc, args)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as exc:
             return _stopped(isinstance(exc, Terminated))

@@ -26,9 +26,14 @@ def add_labels_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     p = add("export", cmd_labels_export,
             "write generated images, their latents and empty masks to label", lsub)
     with_config(p)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--count", type=int, default=32)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="a new or empty folder (or, with --add, a label folder)")
+    p.add_argument("--count", type=int, default=32, help="images to export (default: 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--add", action="store_true",
+                   help="append --count images to an exported label folder, keeping every "
+                        "image and saved mask (the same images as one export of all of them "
+                        "with the same --seed)")
     p = add("open", cmd_labels_open,
             "paint the masks of an exported folder in the browser, pre-filled by a segmenter "
             "trained on the images labelled so far", lsub)
@@ -59,20 +64,29 @@ def _parts_for(config: Any) -> list[str]:
 
 
 def cmd_labels_export(args: argparse.Namespace) -> int:
-    from linkstyle_core.labels import export_folder
+    from flows.outputs import check_outside_roots, check_writable
+    from linkstyle_core.labels import export_folder, export_mode
     from tasks.context import models_for
 
     if not 1 <= args.count <= 100_000:
         raise UsageError(f"--count must be between 1 and 100000 images, got {args.count}")
+    if not 0 <= args.seed <= 2**63 - 1:
+        raise UsageError(f"--seed must be between 0 and 2**63-1, got {args.seed}")
     config = load_config(args.config)
     parts = _parts_for(config)
     if len(parts) < 2:
         raise UsageError("set segment.parts in the config (background first) before exporting")
+    out = Path(args.out)
+    # before the models load: never into an artifact root, never over a person's masks
+    check_outside_roots(out, roots=(config.artifact_root,))
+    export_mode(out, args.add)
+    check_writable(out)
     models = models_for(config)
-    export_folder(models.generator, Path(args.out), args.count, parts, args.seed,
-                  config.data.truncation, models.device)
+    start = export_folder(models.generator, out, args.count, parts, args.seed,
+                          config.data.truncation, models.device, add=args.add)
     config_arg = f" --config {args.config}" if args.config else ""
-    print(f"wrote {args.count} images to {args.out}/images (overlays in {args.out}/preview); "
+    added = f"images {start}-{start + args.count - 1}" if start else f"{args.count} images"
+    print(f"wrote {added} to {args.out}/images (overlays in {args.out}/preview); "
           f"label them with `linkstyle labels open {args.out}{config_arg}` (or paint index "
           f"masks into {args.out}/labels, value i = parts[i] of {parts}), then "
           f"`linkstyle labels import {args.out}{config_arg}`")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from linkstyle_core.config import AnalysisConfig
@@ -60,6 +59,7 @@ def cmd_tables(args: argparse.Namespace, config: AnalysisConfig) -> int:
 
 
 def cmd_report(args: argparse.Namespace, config: AnalysisConfig) -> dict[str, Any]:
+    from flows.outputs import check_out_folder, write_folder
     from tasks.context import models_for
     from tasks.report import build_report
 
@@ -69,7 +69,8 @@ def cmd_report(args: argparse.Namespace, config: AnalysisConfig) -> dict[str, An
         raise RunNotFound(f"run {run_id} did not tune and score its units (no {missing[0]} "
                           "stage); a report needs `linkstyle run`")
     store = ArtifactStore(config.artifact_root)
-    out = Path(args.out) if args.out else Path(f"linkstyle-report-{run_id}")
+    out = check_out_folder(args.out or f"linkstyle-report-{run_id}", "report",
+                           roots=(config.artifact_root,))
     models = models_for(config)
     if "validation" not in keys:  # validated by another run on the same selectivity
         from tasks.validate import validation_key
@@ -77,6 +78,8 @@ def cmd_report(args: argparse.Namespace, config: AnalysisConfig) -> dict[str, An
         candidate = validation_key(keys["selectivity"], models)
         if store.exists("validation", candidate):
             keys = {**keys, "validation": candidate}
-    return build_report(store, keys, out, class_names=models.class_names,
-                        title=f"linkstyle report, run {run_id}",
-                        unit_pages=args.pages)
+    return write_folder(out, "report", lambda folder: {
+        **build_report(store, keys, folder, class_names=models.class_names,
+                       title=f"linkstyle report, run {run_id}", unit_pages=args.pages),
+        # the paths where the report ends up (it is built beside them when the folder is new)
+        "index": str(out / "index.html"), "units_csv": str(out / "units.csv")})

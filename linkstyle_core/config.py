@@ -239,6 +239,11 @@ class TuningConfig(_Section):
         "unit's sensitivity profile is regressed on their part changes (docs/tuning.md; "
         f"{MIN_NULL_DIRECTIONS} to 100000)",
     )
+    null_shard_size: int = Field(
+        128, ge=1, le=MAX_COUNT, description="null directions per shard (each commits on its "
+        "own, so a killed run loses at most one; rounded up to whole batches, so the numbers "
+        "do not depend on it; at most 10**6)",
+    )
     null_samples_per_class: int = Field(
         2, ge=1, description="held-out samples per class on which the null directions are tuned "
         "(at most samples_per_class)",

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -60,22 +61,123 @@ def toy_labelled(generator: Generator, n: int, seed: int,
     return ws, labels.to(device)
 
 
+EXPORTED = ("parts.json", "latents.npy", "images", "labels", "preview", LABELS_FILE)
+"""Everything ``labels export`` and ``labels import`` write into a label folder."""
+
+
+def painted(folder: Path) -> list[str]:
+    """A person's work in a label folder, which no export may reset: every mask under
+    ``labels/`` that labels a pixel other than background, or cannot be read (it cannot be
+    proven empty), and an imported ``labels.npz``. Relative paths, sorted."""
+    from PIL import Image
+
+    work = [LABELS_FILE] if (folder / LABELS_FILE).exists() else []
+    for path in sorted((folder / "labels").glob("*.png")):
+        try:
+            with Image.open(path) as img:
+                if np.asarray(img).any():
+                    work.append(f"labels/{path.name}")
+        except (OSError, ValueError):
+            work.append(f"labels/{path.name}")
+    return sorted(work)
+
+
+def export_mode(out: Path, add: bool) -> str:
+    """How ``labels export`` may write into ``out``, decided before anything is generated:
+    ``new`` (no folder, or an empty one), ``replace`` (a label folder nobody has painted in:
+    written afresh, nothing stale left behind) or ``add`` (``add``: new images appended to a
+    label folder, every saved mask kept). ``LabelError`` naming the fix for anything else: a
+    folder with painted masks (without ``add``), a file, a folder holding other files."""
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        raise LabelError(f"{out} is a file; give --out a new or empty folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return "new"
+    if not {"parts.json", "latents.npy", "images"} <= set(entries):
+        raise LabelError(f"{out} is not empty and is not a label folder ({len(entries)} "
+                         f"entries, e.g. {entries[0]}); export into a new or empty folder")
+    if add:
+        return "add"
+    work = painted(out)
+    if work:
+        raise LabelError(
+            f"{out} holds {len(work)} labelled mask(s) or imported labels (e.g. {work[0]}) that "
+            f"a new export would reset; add images and keep every mask with `linkstyle labels "
+            f"export --out {out} --add --count N`, or export into a new folder")
+    foreign = [name for name in entries if name not in EXPORTED]
+    if foreign:
+        raise LabelError(f"{out} holds files that labels export did not write (e.g. "
+                         f"{foreign[0]}); export into a new or empty folder")
+    return "replace"
+
+
 def export_folder(generator: Generator, out: Path, count: int, parts: list[str], seed: int,
-                  truncation: float, device: torch.device | str = "cpu") -> None:
-    """Write generated images, their latents, empty label masks, their previews and the part
-    list."""
+                  truncation: float, device: torch.device | str = "cpu",
+                  add: bool = False) -> int:
+    """Write ``count`` generated images, their latents, empty label masks, their previews and
+    the part list into the label folder ``out`` (``export_mode`` decides how; nothing a person
+    painted is ever reset). With ``add``, the images are appended after the folder's own and
+    are those a single export of all of them with the same seed would have made. Returns the
+    index of the first image written."""
+    mode = export_mode(out, add)
+    start = 0
+    if mode == "add":
+        start = _check_addable(out, parts, generator)
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(count, generator.z_dim, generator=g)
-    c = torch.nn.functional.one_hot(torch.arange(count) % generator.c_dim,
+    z = torch.randn(start + count, generator.z_dim, generator=g)[start:]
+    c = torch.nn.functional.one_hot(torch.arange(start, start + count) % generator.c_dim,
                                     generator.c_dim).float()
     with torch.no_grad():
         ws = generator.mapping(z.to(device), c.to(device), truncation)
-    export_latents(generator, out, ws, parts)
+    if mode == "add":
+        export_latents(generator, out, ws, parts, start=start)
+        return start
+    # a new folder appears whole, or not at all: written beside it, then renamed into place
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.export-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        export_latents(generator, staging, ws, parts)
+        if mode == "replace":
+            os.rename(out, old)
+        elif out.exists():
+            out.rmdir()  # empty (export_mode)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return 0
 
 
-def export_latents(generator: Generator, out: Path, ws: torch.Tensor, parts: list[str]) -> None:
+def _check_addable(out: Path, parts: list[str], generator: Generator) -> int:
+    """The number of images of the label folder ``out`` to which new ones are added, after
+    checking that its parts and latents fit (``LabelError`` naming the fix if not)."""
+    if read_parts(out) != list(parts):
+        raise LabelError(f"{out}/parts.json lists {read_parts(out)}, this export {parts}; add "
+                         "images with the part list the folder was exported with")
+    try:
+        shape = np.load(out / "latents.npy", mmap_mode="r").shape
+    except (OSError, ValueError) as exc:
+        raise LabelError(f"{out}/latents.npy cannot be read ({exc}); the folder cannot be "
+                         "extended: export into a new folder") from None
+    count = image_count(out)
+    if shape[0] != count or tuple(shape[1:]) != (generator.num_ws, generator.w_dim):
+        raise LabelError(
+            f"{out} holds {count} images and latents of shape {tuple(shape)}, but this "
+            f"generator makes latents [N, {generator.num_ws}, {generator.w_dim}]; add images "
+            "with the config the folder was exported with, or export into a new folder")
+    return count
+
+
+def export_latents(generator: Generator, out: Path, ws: torch.Tensor, parts: list[str],
+                   start: int = 0) -> None:
     """Write a label folder for given latents ws [N, num_ws, w_dim]: images, latents, empty
-    masks, their previews and the part list."""
+    masks, their previews and the part list. With ``start`` > 0 the images are numbered from
+    ``start`` and their latents appended to the folder's ``latents.npy`` (written last,
+    atomically), leaving every existing file as it is."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -83,14 +185,20 @@ def export_latents(generator: Generator, out: Path, ws: torch.Tensor, parts: lis
         (out / sub).mkdir(exist_ok=True)
     with torch.no_grad():
         images = synthesize(generator, ws[:, 0])
-    np.save(out / "latents.npy", ws.cpu().numpy().astype(np.float32))
-    (out / "parts.json").write_text(json.dumps(parts, indent=1))
+    latents = ws.cpu().numpy().astype(np.float32)
+    if start:
+        latents = np.concatenate([np.load(out / "latents.npy")[:start], latents])
+    else:
+        (out / "parts.json").write_text(json.dumps(parts, indent=1))
     pixels = ((images.cpu().permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255)
-    for i, img in enumerate(pixels.to(torch.uint8).numpy()):
+    for i, img in enumerate(pixels.to(torch.uint8).numpy(), start=start):
         Image.fromarray(img).save(out / "images" / f"{i:04d}.png")
         mask = np.zeros(img.shape[:2], np.uint8)
         Image.fromarray(mask, mode="L").save(out / "labels" / f"{i:04d}.png")
         write_preview(out, i, img, mask)
+    tmp = out / f".latents.{os.getpid()}.tmp.npy"
+    np.save(tmp, latents)
+    os.replace(tmp, out / "latents.npy")
 
 
 def part_colours(num_parts: int) -> np.ndarray:

@@ -110,7 +110,8 @@ def analytic_gains(reverse: torch.Tensor, latent_dirs: torch.Tensor,
 @torch.no_grad()
 def measured_gains(generator: Generator, classifier: Classifier, w0: torch.Tensor,
                    latent_steps: torch.Tensor, readout: torch.Tensor, offsets: torch.Tensor,
-                   batch_size: int = 256, precision: str = "fp32") -> torch.Tensor:
+                   batch_size: int = 256, precision: str = "fp32",
+                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Closed-loop gain of each direction measured by rendering: [K].
 
     Each probe sample (w0 [Np, w_dim]) is rendered at both ends of its trajectory,
@@ -118,6 +119,7 @@ def measured_gains(generator: Generator, classifier: Classifier, w0: torch.Tenso
     re-encoded. The gain is the mean change of the read-out value (readout [K, D]) over the
     mean change of the offset: 1 when the re-encoded value follows the value set. Measuring at
     the trajectory's own ends matters for ReLU units, whose response is one-sided.
+    ``progress(n)``, if given, is called with the images rendered by each batch.
     """
     device = w0.device
     k_dirs, n_probe = offsets.shape[:2]
@@ -133,6 +135,8 @@ def measured_gains(generator: Generator, classifier: Classifier, w0: torch.Tenso
         r2 = encode(classifier, synthesize(generator, w.flatten(0, 1), precision), precision)[0]
         r2 = r2.view(len(k), 2, -1)
         change.index_add_(0, k, ((r2[:, 1] - r2[:, 0]) * read[k]).sum(1))
+        if progress is not None:
+            progress(2 * len(k))
     moved = (off[..., 1] - off[..., 0]).sum(1)
     return (change / moved.where(moved.abs() > 1e-12, torch.nan)).cpu()
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -142,13 +143,15 @@ def resolve_run(store: ArtifactStore, run: str, config: dict[str, Any] | None = 
     done = catalog[catalog["status"] == "completed"]
     if config is not None:  # hashed afresh: rows written when the hash held the root match too
         wanted = config_hash(config)
-        done = done[[_row_hash(text) == wanted for text in done["config"]]]
+        # a boolean array, not a list: an empty list would select no columns
+        done = done[np.array([_row_hash(text) == wanted for text in done["config"]], bool)]
     if needs is not None:
-        done = done[[needs in json.loads(k) for k in done["keys"]]]
+        done = done[np.array([needs in json.loads(k) for k in done["keys"]], bool)]
     if done.empty:
-        which = "of this config " if config is not None else ""
+        which = ("of this config " if config is not None else "") + (
+            f"with a {needs} stage " if needs is not None else "")
         raise LookupError(f"no completed run {which}in the catalog under {store.root_uri}; "
-                          "run `linkstyle run` first")
+                          "run `linkstyle run` first (with the same --config and --root)")
     return done.iloc[-1]
 
 

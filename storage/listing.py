@@ -61,7 +61,10 @@ def _entries(store: ArtifactStore, path: str) -> dict[str, dict]:
 
 
 def _dirs(store: ArtifactStore, path: str) -> list[str]:
-    return sorted(n for n, e in _entries(store, path).items() if e["type"] == "directory")
+    """The folders in ``path``, and the symbolic links there (``storage.links``: listed, so
+    that ``status`` shows them as corrupt, never followed for a write or a removal)."""
+    return sorted(n for n, e in _entries(store, path).items()
+                  if e["type"] == "directory" or e.get("islink"))
 
 
 def _size(store: ArtifactStore, path: str) -> int:
@@ -216,6 +219,8 @@ def cleanup(store: ArtifactStore, older_than_s: float = 0.0, dry_run: bool = Fal
     removed: list[str] = []
     for info in list_artifacts(store):
         path = f"{store.root}/{info.stage}/{info.key}"
+        if store.linked(path) is not None:
+            continue  # not ours to remove: the user moves or removes the link (status says)
         if info.status == "corrupt":
             if corrupt and all(is_owned_entry(n) for n in _entries(store, path)):
                 removed.append(path)

@@ -37,6 +37,7 @@ from storage.layout import (
     check_name,
     check_stage,
 )
+from storage.links import link_below_root, link_message
 from storage.listing import ArtifactInfo
 from storage.manifest import FORMAT_VERSION, Manifest, atomic_write_text, read_text, utcnow
 from storage.writer import ArtifactWriter, ShardedWriter
@@ -131,6 +132,17 @@ class ArtifactStore:
                 "touch it"
             )
 
+    def linked(self, path: str) -> str | None:
+        """The symbolic link on the way from the root down to ``path``, if there is one."""
+        return link_below_root(self.fs, self.root, path)
+
+    def check_not_linked(self, path: str) -> None:
+        """``CorruptArtifact`` if ``path`` is (or lies inside) a symbolic link under the root:
+        nothing is ever written through one."""
+        link = self.linked(path)
+        if link is not None:
+            raise CorruptArtifact(link_message(link))
+
     def _identity(self, path: str) -> tuple[str, str, str | None]:
         """(stage, key, shard or None) of an artifact or shard folder under the root."""
         parts = path[len(self.root):].strip("/").split("/")
@@ -174,7 +186,11 @@ class ArtifactStore:
     def _problems(self, path: str, checksums: bool, cached: bool = True) -> list[Problem]:
         """What keeps the artifact (or shard) at ``path`` from counting as committed: nothing
         (``[]``), ("missing", ...), ("corrupt", file and what is wrong) or ("stale", which
-        input changed)."""
+        input changed). A folder reached through a symbolic link is corrupt
+        (``storage.links``)."""
+        link = self.linked(path)
+        if link is not None:
+            return [("corrupt", link_message(link))]
         try:
             manifest = self._read_manifest(path, missing_ok=True)
         except CorruptArtifact as exc:

@@ -53,6 +53,7 @@ class ArtifactWriter:
         self._arrays: dict[str, zarr.Array] = {}
         self._t0 = time.perf_counter()
         self._manifest.writer["started"] = time.time()
+        store.check_not_linked(self.data_path)
         store._ensure_marker()
         store.fs.makedirs(self.data_path, exist_ok=True)
         self.lease = Lease(store.fs, self.data_path)
@@ -203,6 +204,7 @@ class ShardedWriter:
         self.plan = list(shards)
         self.params, self.inputs, self.code_version = dict(params), dict(inputs), str(code_version)
         self.path = store.artifact_path(stage, key)
+        store.check_not_linked(f"{self.path}/{SHARD_PLAN}")
         plan_text = Manifest(
             stage=stage, key=key, code_version=self.code_version, params=self.params,
             inputs=self.inputs, data_dir=None, shards=self.plan,

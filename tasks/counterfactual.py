@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import torch
 from prefect import task
-from tqdm.auto import tqdm
 
 from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.counterfactual import find_counterfactuals, pixel_distance, shift_statistics
 from linkstyle_core.figures import counterfactual_figure
+from linkstyle_core.progress import progress
 from linkstyle_core.tuning import select_samples
 from storage import content_key
 from tasks.caching import GPU_TAG, by_content_key
@@ -93,7 +93,7 @@ def counterfactuals(config: dict[str, Any], key: str, pairs: list[list[int]],
     target_t = torch.tensor(targets, device=dev)
     results = []
     batch = max(1, cfg.runtime.batch_size)
-    with tqdm(total=len(pick), desc="counterfactual pairs", unit="pair", leave=False) as bar:
+    with progress(len(pick), "counterfactual pairs", unit="pair") as update:
         for i in range(0, len(pick), batch):
             sl = slice(i, i + batch)
             results.append(find_counterfactuals(
@@ -101,7 +101,7 @@ def counterfactuals(config: dict[str, Any], key: str, pairs: list[list[int]],
                 origin_t[sl], target_t[sl], max_steps=cf.max_steps, check_every=cf.check_every,
                 lr=cf.lr, weight_similarity=cf.weight_similarity, weight_l1=cf.weight_l1,
                 precision=cfg.runtime.precision))
-            bar.update(len(pick[sl]))
+            update(len(pick[sl]))
     shift = torch.cat([r.shift for r in results])
     images = torch.cat([r.images for r in results])
     stats = shift_statistics(shift, cf.top_units)

@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
-from tqdm.auto import tqdm
 
 from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.paired import sample_class
+from linkstyle_core.progress import progress
 from storage import ShardedWriter, content_key
 from tasks.caching import GPU_TAG, IO_RETRIES, by_content_key
 from tasks.context import Models, as_config, models_for, store_for
@@ -60,14 +60,13 @@ def paired_shard(config: dict[str, Any], split: str, key: str, shard: str, cls: 
         return {"shard": shard, "computed": False}
     params = paired_params(cfg, classes, split)
     t0 = time.perf_counter()
-    with tqdm(total=params["samples_per_class"], desc=f"paired {split} class {cls}",
-              unit="img", leave=False) as bar:
+    with progress(params["samples_per_class"], f"paired {split} class {cls}") as update:
         samples = sample_class(
             models.generator, models.classifier, cls, params["samples_per_class"],
             split=split, run_seed=cfg.data.seed, truncation=cfg.data.truncation,
             batch_size=cfg.runtime.batch_size, device=models.device,
             precision=cfg.runtime.precision, max_attempts_factor=cfg.data.max_attempts_factor,
-            min_acceptance=cfg.data.min_acceptance, progress=bar.update,
+            min_acceptance=cfg.data.min_acceptance, progress=update,
         )
     compute_s = time.perf_counter() - t0
     with writer.shard(shard) as out:

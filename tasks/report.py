@@ -283,17 +283,21 @@ def _summary_section(store: ArtifactStore, keys: dict[str, str], selectivity: An
                      units: pd.DataFrame, class_names: Sequence[str]) -> str:
     info = selectivity.info
     counts = units["verdict"].value_counts()
+    # the classes the run analysed (its tuning's), not every class the classifier knows
+    analysed = store.open("tune", keys["tune"]).manifest.params.get("classes") or []
+    classes = [f"{class_names[c]} ({c})" if c < len(class_names) else str(c) for c in analysed]
     rows = pd.DataFrame({"figure": [
         "units tuned", "significant units: specific to their top part (specificity q < 0.05)",
         "leaning units: their own p < 0.05, not significant among all units",
         "units no more concentrated on a part than random read-outs",
         "median closed-loop gain (1: the re-encoded unit follows)",
         "median pixel change, first to last step (in [0, 1])",
-        "median share of part labels changed", "null directions (probes)", "classes"],
+        "median share of part labels changed", "null directions (probes)",
+        "classes analysed"],
         "value": [str(len(units)), *(str(int(counts.get(v, 0))) for v in VERDICTS),
                   f"{info['median_closed_loop_gain']:.2f}", f"{info['median_pixel_change']:.3f}",
                   f"{info['median_label_change']:.1%}", str(info["null_directions"]),
-                  ", ".join(class_names)]})
+                  f"{len(classes)}: {', '.join(classes)}"]})
     paths = pd.DataFrame({"stage": list(keys), "key": list(keys.values()),
                           "folder": [f"{store.root_uri}/{stage_of(k)}/{v}"
                                      for k, v in keys.items()]})

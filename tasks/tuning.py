@@ -1,12 +1,15 @@
 """Stage 3-4 tasks: activation ranges, tuning directions, the part segmenter, tuned units
-(sharded) and the null.
+and the null, both sharded.
 
 Each tuning shard calibrates its units' steps, then renders, re-encodes, segments and measures
 them in one pass and commits on its own, so a killed run resumes at the next unfinished shard.
+The null's random directions are sharded the same way (``null_shards``); its shards hold whole
+batches, so the null's numbers are those of one unsharded pass to the last bit.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -17,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 from prefect import task
-from tqdm.auto import tqdm
 
 from linkstyle_core.config import AnalysisConfig, resolve_units
 from linkstyle_core.labels import load_folder, toy_labelled
 from linkstyle_core.measure import MEASURES
 from linkstyle_core.models.registry import check_compatible
+from linkstyle_core.progress import progress
 from linkstyle_core.segment import FewShotSegmenter, mean_iou, train_segmenter
 from linkstyle_core.tuning import (
     TuneResult,
@@ -46,7 +49,7 @@ from tasks.caching import GPU_TAG, IO_RETRIES, by_content_key
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.link import load_link
 
-VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "6", "null": "6"}
+VERSIONS = {"ranges": "1", "directions": "1", "segmenter": "2", "tune": "6", "null": "7"}
 EVAL_IMAGES = 128  # fresh toy images on which the segmenter's mIoU is measured
 REVERSE_ALPHA = 1.0  # ridge of the reverse map w -> r; w_dim << training pairs, so mild
 
@@ -99,10 +102,35 @@ def _step_params(config: AnalysisConfig) -> dict[str, Any]:
 
 def null_params(config: AnalysisConfig, models: Models) -> dict[str, Any]:
     t = config.tuning
+    classes = resolve_classes(config, models)
     return {"units": resolve_units(t.units, models.classifier.feature_dim),
             "samples_per_class": t.null_samples_per_class,
-            "classes": resolve_classes(config, models), "precision": config.runtime.precision,
-            "null_directions": t.null_directions, "seed": t.seed, **_step_params(config)}
+            "classes": classes, "precision": config.runtime.precision,
+            "null_directions": t.null_directions, "seed": t.seed,
+            "shard_size": null_shard_size(config, len(classes)), **_step_params(config)}
+
+
+def null_shard_size(config: AnalysisConfig, n_classes: int) -> int:
+    """Null directions per shard: ``tuning.null_shard_size`` rounded up so that a shard holds
+    whole batches of both passes over it (the calibration renders each direction on the probe
+    samples, the tuning on the null samples, both ``batch_size // 2`` trajectories a batch).
+    Every batch of a shard is then a batch of the unsharded null, and the shards' numbers are
+    its numbers to the last bit."""
+    t = config.tuning
+    per_batch = max(1, config.runtime.batch_size // 2)
+    samples = [t.null_samples_per_class * n_classes]
+    if t.step == "calibrated" and t.calibration_samples_per_class:
+        samples.append(t.calibration_samples_per_class * n_classes)
+    align = math.lcm(*(per_batch // math.gcd(per_batch, n) for n in samples))
+    return min(-(-t.null_shard_size // align) * align, t.null_directions)
+
+
+def null_shards(config: AnalysisConfig, models: Models) -> dict[str, range]:
+    """Shard id -> the null directions it holds, in order: 'directions-0000-0127', ..."""
+    size = null_params(config, models)["shard_size"]
+    count = config.tuning.null_directions
+    return {f"directions-{i:04d}-{min(i + size, count) - 1:04d}": range(i, min(i + size, count))
+            for i in range(0, count, size)}
 
 
 def unit_shards(units: list[int], shard_size: int) -> dict[str, list[int]]:
@@ -291,19 +319,22 @@ def _tuning_inputs(cfg: AnalysisConfig, models: Models, keys: dict[str, str],
 
 
 def _calibrate(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_dirs: torch.Tensor,
-               readout: torch.Tensor, spans: torch.Tensor,
-               probe_offsets: torch.Tensor) -> dict[str, torch.Tensor]:
+               readout: torch.Tensor, spans: torch.Tensor, probe_offsets: torch.Tensor,
+               predicted: torch.Tensor | None = None,
+               update: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
     """The latent step per unit of r-space offset along each direction, and how it was set.
 
     spans [K]: each direction's whole offset range; probe_offsets [K, Np, 2]: the first and
-    last offsets of the probe samples' trajectories. Returns step [K, w_dim] (what ``tune``
-    moves per unit of offset), scale [K] (its length relative to the direction), gain_analytic
-    [K] (the reverse map's prediction), gain_measured [K] (the predicted step's gain rendered
-    on the probe samples; NaN when not measured) and latent_step [K] (the whole trajectory's
-    length in W).
+    last offsets of the probe samples' trajectories; predicted [K]: the reverse map's gains if
+    already computed (else computed here); update: progress, called with the images rendered.
+    Returns step [K, w_dim] (what ``tune`` moves per unit of offset), scale [K] (its length
+    relative to the direction), gain_analytic [K] (the reverse map's prediction), gain_measured
+    [K] (the predicted step's gain rendered on the probe samples; NaN when not measured) and
+    latent_step [K] (the whole trajectory's length in W).
     """
     k = len(latent_dirs)
-    predicted = analytic_gains(inp["reverse"], latent_dirs, readout)
+    if predicted is None:
+        predicted = analytic_gains(inp["reverse"], latent_dirs, readout)
     measured = torch.full((k,), float("nan"))
     if cfg.tuning.step == "range":
         scale = torch.ones(k)
@@ -315,7 +346,8 @@ def _calibrate(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_
             # the predicted step on a few samples and correct it by the gain measured there
             measured = measured_gains(models.generator, models.classifier, inp["probe_w0"],
                                       latent_dirs * scale[:, None], readout, probe_offsets,
-                                      cfg.runtime.batch_size, cfg.runtime.precision)
+                                      cfg.runtime.batch_size, cfg.runtime.precision,
+                                      progress=update)
             # measured is the gain of the step d * scale per unit of offset: d's own gain is
             # measured / scale (= predicted * measured unless the cap bound)
             scale = calibrated_scale((measured / scale).nan_to_num(0.0).where(
@@ -326,16 +358,19 @@ def _calibrate(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_
 
 
 def _run(cfg: AnalysisConfig, models: Models, inp: dict[str, Any], latent_dirs: torch.Tensor,
-         readout: torch.Tensor, offsets: torch.Tensor, desc: str,
+         readout: torch.Tensor, offsets: torch.Tensor, update: Callable[[int], None],
          on_images: Callable[..., None] | None = None) -> TuneResult:
-    """``tune`` with a progress bar; images go to ``on_images`` (the stage's image writer) or
-    nowhere, never into memory."""
-    total = offsets.numel()
-    with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
-        return tune(models.generator, models.classifier, inp["segmenter"], inp["w0"],
-                    inp["labels"], inp["base"], latent_dirs, readout, offsets,
-                    batch_size=cfg.runtime.batch_size, precision=cfg.runtime.precision,
-                    keep_images=False, progress=bar.update, on_images=on_images)
+    """``tune`` reporting to ``update``; images go to ``on_images`` (the stage's image writer)
+    or nowhere, never into memory."""
+    return tune(models.generator, models.classifier, inp["segmenter"], inp["w0"],
+                inp["labels"], inp["base"], latent_dirs, readout, offsets,
+                batch_size=cfg.runtime.batch_size, precision=cfg.runtime.precision,
+                keep_images=False, progress=update, on_images=on_images)
+
+
+def _calibration_images(cfg: AnalysisConfig, directions: int, probes: int) -> int:
+    """How many images the calibration of ``directions`` renders on ``probes`` samples."""
+    return 2 * directions * probes if cfg.tuning.step == "calibrated" else 0
 
 
 class ImageWriter:
@@ -490,12 +525,14 @@ def tune_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str
     readout = torch.nn.functional.one_hot(units, inp["r"].shape[1]).float()
     spans = inp["high"][units] - inp["low"][units]
     probe = unit_offsets(values[:, [0, -1]].to(inp["r"].device), inp["probe_r"][:, units]).cpu()
-    calibration = _calibrate(cfg, models, inp, inp["directions"][:, units].T, readout, spans,
-                             probe)
-    with writer.shard(shard) as out:
+    total = _calibration_images(cfg, len(units), probe.shape[1]) + offsets.numel()
+    with progress(total, f"tune {shard}") as update, writer.shard(shard) as out:
+        calibration = _calibrate(cfg, models, inp, inp["directions"][:, units].T, readout,
+                                 spans, probe, update=update)
+
         def run(on_images: Callable[..., None] | None = None) -> TuneResult:
-            return _run(cfg, models, inp, calibration["step"], readout, offsets,
-                        f"tune {shard}", on_images)
+            return _run(cfg, models, inp, calibration["step"], readout, offsets, update,
+                        on_images)
 
         # the images are written while the trajectories render
         res = (run_streamed(out, len(units), len(inp["picks"]), run)
@@ -522,32 +559,66 @@ def tune_finalize(config: dict[str, Any], key: str, keys: dict[str, str],
     return {"stage": "tune", "key": key, "computed": True}
 
 
-@task(name="null", cache_key_fn=by_content_key, persist_result=True, task_run_name="null",
-      tags={GPU_TAG}, **IO_RETRIES)
-def tune_null(config: dict[str, Any], key: str, keys: dict[str, str]) -> dict[str, Any]:
-    """The null control: random r-space directions with the units' step sizes, calibrated
-    exactly as the units are, on ``tuning.null_samples_per_class`` samples per class and two
-    steps (the first and the last, all that the scores compare)."""
+def _null_writer(cfg: AnalysisConfig, models: Models, key: str,
+                 keys: dict[str, str]) -> tuple[ShardedWriter, dict[str, range]]:
+    shards = null_shards(cfg, models)
+    writer = store_for(cfg).sharded(
+        "null", key, list(shards), params=null_params(cfg, models), code_version=VERSIONS["null"],
+        inputs={k: keys[k] for k in _UPSTREAM} | models.keys)
+    return writer, shards
+
+
+@task(name="null-shard", cache_key_fn=by_content_key, persist_result=True,
+      cache_result_in_memory=False, task_run_name="null-{shard}", tags={GPU_TAG}, **IO_RETRIES)
+def null_shard(config: dict[str, Any], key: str, shard: str, keys: dict[str, str]) -> dict:
+    """One shard of the null control: random r-space directions with the units' step sizes,
+    calibrated exactly as the units are, on ``tuning.null_samples_per_class`` samples per class
+    and two steps (the first and the last, all that the scores compare).
+
+    Every shard draws all the directions (seeded) and keeps its own; what depends on the
+    directions alone (their latent directions, predicted gains) is computed for all of them,
+    and what is rendered comes in whole batches (``null_shard_size``): the shards' numbers are
+    those of one unsharded pass."""
     cfg = as_config(config)
-    store = store_for(cfg)
-    if store.exists("null", key):
-        return {"stage": "null", "key": key, "computed": False}
     models = models_for(cfg)
+    writer, shards = _null_writer(cfg, models, key, keys)
+    if shard in writer.committed():
+        return {"shard": shard, "computed": False}
     t0 = time.perf_counter()
     inp = _tuning_inputs(cfg, models, keys, per_class=cfg.tuning.null_samples_per_class)
     units = torch.tensor(null_params(cfg, models)["units"])
     spans = (inp["high"] - inp["low"])[units]
     dirs, offsets = null_directions(inp["r"].shape[1], spans, cfg.tuning.null_directions,
                                     2, len(inp["picks"]), cfg.tuning.seed)
+    latent_dirs = dirs @ inp["directions"].T
+    predicted = analytic_gains(inp["reverse"], latent_dirs, dirs)
+    mine = torch.tensor(list(shards[shard]))
+    dirs, offsets, latent_dirs = dirs[mine], offsets[mine], latent_dirs[mine]
     null_spans = offsets[:, 0, -1] - offsets[:, 0, 0]
     probe = offsets[:, :1].expand(-1, len(inp["probe_w0"]), -1)  # symmetric about each r
-    calibration = _calibrate(cfg, models, inp, dirs @ inp["directions"].T, dirs, null_spans,
-                             probe)
-    res = _run(cfg, models, inp, calibration["step"], dirs, offsets, "null directions")
-    with store.writer("null", key, params=null_params(cfg, models), code_version=VERSIONS["null"],
-                      inputs={k: keys[k] for k in _UPSTREAM} | models.keys) as out:
-        _write_result(out, np.arange(len(dirs)), "direction", res, res.offset, inp, calibration)
+    total = _calibration_images(cfg, len(mine), probe.shape[1]) + offsets.numel()
+    with progress(total, f"null {shard}") as update, writer.shard(shard) as out:
+        calibration = _calibrate(cfg, models, inp, latent_dirs, dirs, null_spans, probe,
+                                 predicted=predicted[mine], update=update)
+        res = _run(cfg, models, inp, calibration["step"], dirs, offsets, update)
+        _write_result(out, mine.numpy(), "direction", res, res.offset, inp, calibration)
         out.write_array("directions", dirs.numpy())
         out.info["parts"] = inp["parts"]
         out.timings["compute_s"] = round(time.perf_counter() - t0, 3)
+        out.info["images_per_s"] = round(total / (time.perf_counter() - t0), 1)
+    return {"shard": shard, "computed": True}
+
+
+@task(name="null-finalize", cache_key_fn=by_content_key, persist_result=True,
+      task_run_name="null-finalize")
+def null_finalize(config: dict[str, Any], key: str, keys: dict[str, str],
+                  shards: list[Any]) -> dict[str, Any]:
+    cfg = as_config(config)
+    models = models_for(cfg)
+    store = store_for(cfg)
+    if store.exists("null", key):
+        return {"stage": "null", "key": key, "computed": False}
+    writer, _ = _null_writer(cfg, models, key, keys)
+    parts = store.open("segmenter", keys["segmenter"]).info["parts"]
+    writer.finalize(info={"directions": cfg.tuning.null_directions, "parts": parts})
     return {"stage": "null", "key": key, "computed": True}

@@ -55,3 +55,11 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results),
                                  PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield
+
+
+@pytest.fixture(scope="session")
+def toy_run(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The reduced toy-world analysis of tests/fixtures/toy_run.py, built once per session."""
+    from tests.fixtures.toy_run import build_toy_run
+
+    return build_toy_run(tmp_path_factory.mktemp("toy"))

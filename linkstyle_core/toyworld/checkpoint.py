@@ -58,8 +58,11 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated weight file behind
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # a crash mid-write never leaves a truncated weight file behind
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -85,12 +88,39 @@ def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     return payload
 
 
-def _finish(model: torch.nn.Module, payload: dict[str, Any], device: str | torch.device) -> None:
-    state = {
-        k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()
-    }
-    model.load_state_dict(state)
+def _finish(model: torch.nn.Module, payload: dict[str, Any], device: str | torch.device,
+            path: Path) -> None:
+    """Load the payload's weights into ``model``; ``ValueError`` naming the file and the fix
+    when they are missing, do not fit the model's shapes, or are not finite."""
+    weights = payload.get("state_dict")
+    if not isinstance(weights, dict) or not all(
+            isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"{path} has no state_dict of tensors; it is not a complete "
+                         f"{payload['kind']} weight file: retrain it")
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in weights.items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path} holds non-finite (NaN or infinite) weights in {bad[0]}"
+                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; "
+                         "retrain it")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # missing, unexpected or misshapen tensors
+        first = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in first[1:] if line.strip()), first[0])
+        raise ValueError(f"{path} holds weights that do not fit the toy model its config "
+                         f"describes ({detail}); retrain it") from None
     model.eval().requires_grad_(False).to(device)
+
+
+def _build(model: Any, config: Any, payload: dict[str, Any], path: str | os.PathLike[str]) -> Any:
+    """The model a weight file's config describes (``ValueError`` naming the file if the config
+    is unusable)."""
+    try:
+        return model(config.from_dict(payload["config"]))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise ValueError(f"{path} has no usable model config ({type(exc).__name__}: {exc}); "
+                         "retrain it") from None
 
 
 def load_generator(
@@ -98,8 +128,8 @@ def load_generator(
 ) -> ToyGenerator:
     """A ``ToyGenerator`` from a weight file, fp32, eval mode, no gradients, on ``device``."""
     payload = read_checkpoint(path, GENERATOR_KIND)
-    model = ToyGenerator(ToyGeneratorConfig.from_dict(payload["config"]))
-    _finish(model, payload, device)
+    model = _build(ToyGenerator, ToyGeneratorConfig, payload, path)
+    _finish(model, payload, device, Path(path))
     return model
 
 
@@ -108,8 +138,8 @@ def load_classifier(
 ) -> ToyClassifier:
     """A ``ToyClassifier`` from a weight file, fp32, eval mode, no gradients, on ``device``."""
     payload = read_checkpoint(path, CLASSIFIER_KIND)
-    model = ToyClassifier(ToyClassifierConfig.from_dict(payload["config"]))
-    _finish(model, payload, device)
+    model = _build(ToyClassifier, ToyClassifierConfig, payload, path)
+    _finish(model, payload, device, Path(path))
     return model
 
 

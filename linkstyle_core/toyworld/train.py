@@ -68,11 +68,14 @@ def _cosine_lr(step: int, steps: int, base_lr: float, warmup: int) -> float:
 
 
 class _Progress:
-    """Optional tqdm bar; silent when ``progress`` is False or tqdm is missing."""
+    """Optional tqdm bar; silent when ``progress`` is False, tqdm is missing or stderr is not a
+    terminal (a log file gets the ``log`` lines instead of a redrawn bar)."""
 
     def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        from linkstyle_core.progress import on_terminal
+
         self.bar = None
-        if enabled:
+        if enabled and on_terminal():
             try:
                 from tqdm.auto import tqdm
 
@@ -165,6 +168,7 @@ def train_generator(
         bar.close()
         model.eval()
         model.update_w_avg(n_per_class=4096, seed=seed + _DATA_OFFSET + 1)
+        _check_finite(model, "lower the learning rate")
         metrics: dict[str, Any] = {
             "loss_l1": sum(window) / len(window),
             "loss_l1_history": history,
@@ -261,6 +265,15 @@ def _invariance_loss(
     return ((change * others).sum(dim=0) / (total + floor)).mean()
 
 
+def _check_finite(model: torch.nn.Module, fix: str) -> None:
+    """``FloatingPointError`` (nothing is saved) when training left non-finite weights."""
+    bad = [name for name, value in model.state_dict().items()
+           if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise FloatingPointError(f"training diverged: {len(bad)} weight tensors hold NaN or "
+                                 f"infinite values (first: {bad[0]}); nothing was written; {fix}")
+
+
 def train_classifier(
     out_path: str | os.PathLike[str],
     steps: int = 800,
@@ -300,8 +313,9 @@ def train_classifier(
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-    if not invariance >= 0:
-        raise ValueError(f"invariance must be >= 0 (0: an ordinary classifier), got {invariance}")
+    if not 0 <= invariance < float("inf"):  # also refuses NaN
+        raise ValueError(f"invariance must be a finite number >= 0 (0: an ordinary "
+                         f"classifier), got {invariance}")
     restore_threads = _with_threads(num_threads)
     try:
         torch.manual_seed(seed + _INIT_OFFSET)
@@ -361,6 +375,7 @@ def train_classifier(
             bar.update({"ce": losses[-1], "inv": inv_losses[-1]})
         bar.close()
         model.eval()
+        _check_finite(model, "lower --invariance or the learning rate")
         metrics: dict[str, Any] = {
             "loss_ce": sum(losses) / len(losses),
             "loss_invariance": sum(inv_losses) / len(inv_losses),

@@ -21,7 +21,14 @@ from tasks.caching import GPU_TAG
 from tasks.link import fit_link
 from tasks.paired import paired_finalize, paired_shard
 from tasks.score import score_units
-from tasks.tuning import compute_ranges, fit_segmenter, tune_finalize, tune_null, tune_shard
+from tasks.tuning import (
+    compute_ranges,
+    fit_segmenter,
+    null_finalize,
+    null_shard,
+    tune_finalize,
+    tune_shard,
+)
 
 
 @pytest.mark.parametrize("spec,words", [
@@ -58,9 +65,9 @@ def test_addresses_of_this_host_are_not_remote() -> None:
 def test_model_tasks_and_only_they_take_a_gpu_slot() -> None:
     import dask
 
-    for task in (paired_shard, fit_link, fit_segmenter, tune_shard, tune_null):
+    for task in (paired_shard, fit_link, fit_segmenter, tune_shard, null_shard):
         assert GPU_TAG in task.tags, task.name
-    for task in (paired_finalize, compute_ranges, tune_finalize, score_units):
+    for task in (paired_finalize, compute_ranges, tune_finalize, null_finalize, score_units):
         assert GPU_TAG not in task.tags, task.name
     with gpu_slot("dask"):
         assert dask.get_annotations() == {"resources": {GPU_RESOURCE: 1}}

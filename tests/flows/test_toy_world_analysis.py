@@ -1,46 +1,28 @@
 """The whole analysis on the bundled toy world, validated against its ground truth.
 
-One reduced run (fewer pairs, tuned samples and null directions than the default, all units)
-is shared by the tests of this module; a second one with randomly rotated units is the
-negative control of the specificity test. The thresholds are the ones the default run must
-meet (docs/tuning.md, docs/toyworld.md).
+One reduced run (fewer pairs, tuned samples and null directions than the default, all units;
+``toy_run`` of tests/fixtures/toy_run.py) is shared by the tests of this module and others; a
+second one with randomly rotated units is the negative control of the specificity test. The
+thresholds are the ones the default run must meet (docs/tuning.md, docs/toyworld.md).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from flows.analysis import counterfactual_flow, validate_flow
+from flows.analysis import validate_flow
 from linkstyle_core.models.toy import load_toy_classifier
 from linkstyle_core.toyworld import SPECIES
 from linkstyle_core.toyworld.ground_truth import load_ground_truth
 from storage import ArtifactStore
+from tests.fixtures.toy_run import TOY_TEST_CONFIG
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-TOY_TEST_CONFIG: dict[str, Any] = {
-    "data": {"samples_per_class": 120, "test_samples_per_class": 30},
-    "tuning": {"samples_per_class": 2, "null_directions": 128, "store_images": False},
-    "counterfactual": {"samples": 4, "max_steps": 200},
-    "runtime": {"device": "cpu", "batch_size": 256},
-}
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    config = {**TOY_TEST_CONFIG,
-              "artifact_root": str(tmp_path_factory.mktemp("toy") / "artifacts")}
-    reports = validate_flow(config)
-    reports.update(counterfactual_flow(config, origin=0, target=1, with_selectivity=True))
-    return {"config": config, "reports": reports,
-            "store": ArtifactStore(config["artifact_root"])}
-
 
 def test_link_and_closed_loop(toy_run) -> None:
     metrics = toy_run["reports"]["link"].extra["metrics"].set_index("split")

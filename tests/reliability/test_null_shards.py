@@ -1,0 +1,116 @@
+"""The null is sharded like the tuning (issue 35, case 10): a stop during it loses at most the
+shard that was running, a rerun resumes at the next one, and the result is the unsharded null
+to the last bit; a run logged to a file gets one line per task and no progress bars."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import tasks.tuning as tuning_tasks
+from flows.analysis import tune_score_flow
+from linkstyle_core import stop
+from linkstyle_core.config import AnalysisConfig
+from storage import ArtifactStore
+from tasks.tuning import null_shard_size
+from tests.fixtures.tiny_models import TINY_CONFIG, tiny_label_folder
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shards_hold_whole_batches() -> None:
+    config = AnalysisConfig.from_dict({"tuning": {"null_shard_size": 100, "null_directions": 1024},
+                                       "runtime": {"batch_size": 256}})
+    # 8 classes: 16 null samples (8 directions a batch of 128), 8 probes (16 a batch)
+    assert null_shard_size(config, 8) == 112
+    config = AnalysisConfig.from_dict({"tuning": {"null_shard_size": 5, "null_directions": 30,
+                                                  "null_samples_per_class": 1},
+                                       "runtime": {"batch_size": 64}})
+    assert null_shard_size(config, 3) == 30  # 3 classes: 32 directions a batch, more than all
+
+
+def _same(a: ArtifactStore, key_a: str, b: ArtifactStore, key_b: str, stage: str) -> int:
+    x, y = a.open(stage, key_a), b.open(stage, key_b)
+    assert x.array_names == y.array_names and x.table_names == y.table_names
+    for name in x.array_names:
+        u, v = x.load(name), y.load(name)
+        assert u.dtype == v.dtype and u.shape == v.shape, name
+        assert np.array_equal(u, v, equal_nan=u.dtype.kind == "f"), f"{stage} array {name}"
+    for name in x.table_names:
+        pd.testing.assert_frame_equal(x.table(name), y.table(name), check_exact=True)
+    return len(x.array_names) + len(x.table_names)
+
+
+def test_a_stopped_null_resumes_at_its_next_shard_with_the_unsharded_numbers(
+        toy_run, monkeypatch) -> None:
+    """The shared toy run's null is one shard of 128 directions; here the same null in four
+    shards is stopped in its second shard (as SIGTERM stops it), then rerun."""
+    config = {**toy_run["config"],
+              "tuning": {**toy_run["config"]["tuning"], "null_shard_size": 32}}
+    store, one = toy_run["store"], toy_run["reports"]["tune"].keys
+    calls: list[int] = []
+    original = tuning_tasks._run
+
+    def stopping(*args, **kwargs):
+        calls.append(len(args[5]))  # the directions of a null shard (the units are stored)
+        if len(calls) == 2:
+            stop.request("SIGTERM")
+            stop.check()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tuning_tasks, "_run", stopping)
+    with pytest.raises(stop.StopRequested):
+        tune_score_flow(config)
+    stop.clear()
+    partial = [a for a in store.list_artifacts("null") if a.status == "partial"]
+    assert len(partial) == 1 and (partial[0].shards_done, partial[0].shards_total) == (1, 4)
+    assert calls == [32, 32]  # the third and fourth shard stopped before their first batch
+
+    calls.clear()
+    monkeypatch.setattr(tuning_tasks, "_run", lambda *a, **k: calls.append(len(a[5])) or
+                        original(*a, **k))
+    reports = tune_score_flow(config)
+    assert calls == [32, 32, 32]  # only the shards that were not committed
+    many = reports["tune"].keys
+    assert many["null"] == partial[0].key and many["tune"] == one["tune"]
+    assert store.open("null", many["null"]).shards == [
+        "directions-0000-0031", "directions-0032-0063", "directions-0064-0095",
+        "directions-0096-0127"]
+    assert _same(store, one["null"], store, many["null"], "null") > 10
+    # the selectivity tables built on them, to the last bit
+    assert _same(store, toy_run["reports"]["score"].keys["selectivity"], store,
+                 reports["score"].keys["selectivity"], "selectivity") >= 4
+
+
+def test_a_run_logged_to_a_file_has_one_line_per_task_and_no_bars(tmp_path) -> None:
+    config = {**TINY_CONFIG, "artifact_root": str(tmp_path / "root"),
+              "data": {**TINY_CONFIG.get("data", {}), "samples_per_class": 12,
+                       "test_samples_per_class": 6},
+              "tuning": {"units": "0-7", "shard_size": 4, "samples_per_class": 2,
+                         "null_samples_per_class": 1, "null_directions": 40,
+                         "null_shard_size": 16},
+              "runtime": {**TINY_CONFIG.get("runtime", {}), "batch_size": 16},
+              "segment": {"labels": tiny_label_folder(tmp_path / "labels"),
+                          "labelled_images": 16, "steps": 30}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    with open(tmp_path / "log", "wb") as log:
+        run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config",
+                              str(tmp_path / "c.yaml")], stdout=log, stderr=subprocess.STDOUT,
+                             cwd=REPO, timeout=600)
+    text = (tmp_path / "log").read_text()
+    assert run.returncode == 0, text[-3000:]
+    assert "\r" not in text and "it/s" not in text and "█" not in text
+    lines = text.splitlines()
+    for task in ("tune units-0000-0003", "tune units-0004-0007", "null directions-0000-0015",
+                 "null directions-0016-0031", "null directions-0032-0039", "paired train class 0",
+                 "paired test class 2"):
+        found = [line for line in lines if line.startswith(f"linkstyle: {task}: ")]
+        assert len(found) == 1, (task, text[-3000:])
+        assert " img in " in found[0] and " s (" in found[0]
