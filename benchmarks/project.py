@@ -3,14 +3,12 @@ renders for a config, divided by the images/s that benchmarks/bench.py measured.
 
     python benchmarks/project.py --bench gpu-bench.json [--config CONFIG] [--units N] [--json]
 
-The image counts follow the stages' code: stage 1 renders ``samples_per_class +
-test_samples_per_class`` accepted samples per class (at ``paired_img_s``, which counts accepted
-samples, so rejections are included); a tuned direction renders ``steps`` images per sample
-(``samples_per_class`` per class) and, with ``step: calibrated``, two more per calibration
-sample (``tune_img_s``); a null direction renders the first and last step on
-``null_samples_per_class`` samples per class, and is calibrated as the units are. The
-link, segmenter and selectivity are left out (seconds to minutes on a GPU; docs/scale.md
-measures them on the toy world), so this is the time of the rendering, a lower bound.
+The image counts are ``linkstyle_core.cost.rendered_images`` (``linkstyle config cost``):
+stage 1's accepted samples at ``paired_img_s`` (which counts accepted samples, so rejections
+are included), the tuned units and the null directions with their calibrations at
+``tune_img_s``. The base images, the link, segmenter and selectivity are left out (seconds
+to minutes on a GPU; docs/scale.md measures them on the toy world), so this is the time of the
+rendering, a lower bound.
 """
 
 from __future__ import annotations
@@ -26,18 +24,14 @@ sys.path.insert(0, str(REPO))
 
 
 def analysis_images(config: Any, units: int, classes: int) -> dict[str, int]:
-    """Images rendered per stage for ``units`` tuned units of ``classes`` classes."""
-    data, tuning = config.data, config.tuning
-    calibration = 2 * tuning.calibration_samples_per_class if tuning.step == "calibrated" else 0
+    """Images rendered per stage for ``units`` tuned units of ``classes`` classes
+    (``linkstyle_core.cost.rendered_images``, the calibrations counted with their stage)."""
+    from linkstyle_core.cost import rendered_images
 
-    def directions(count: int, samples_per_class: int, steps: int) -> int:
-        return count * classes * (samples_per_class * steps + calibration)
-
-    return {
-        "paired": classes * (data.samples_per_class + data.test_samples_per_class),
-        "tune": directions(units, tuning.samples_per_class, tuning.steps),
-        "null": directions(tuning.null_directions, tuning.null_samples_per_class, 2),
-    }
+    images = rendered_images(config, units, classes)
+    return {"paired": images["paired"],
+            "tune": images["tuning"] + images["tuning calibration"],
+            "null": images["null"] + images["null calibration"]}
 
 
 def project(bench: dict[str, Any], config: Any, units: int, classes: int) -> dict[str, Any]:
