@@ -1,9 +1,12 @@
 """Artifact store: content-addressed stage outputs (Zarr arrays, Parquet tables) on any fsspec URI.
 
 Knows nothing of torch models or Prefect; ``tasks`` use it to read inputs and commit outputs.
-Modules: ``keys`` (content keys), ``layout`` (names under a root, the stage names),
-``manifest``, ``integrity`` (file sizes and checksums), ``artifact`` (reading), ``writer``
-(writing and commit), ``listing`` (status and clean-up), ``store`` (``ArtifactStore``).
+Modules, each importing only those before it: ``errors``, ``keys`` (content keys), ``layout``
+(names under a root, the stage names), ``manifest``, ``integrity`` (file sizes and checksums),
+``links``, ``lease``, ``root`` (the on-disk format of one root: what is committed, valid,
+stale), ``runfiles`` (the catalog's files), ``artifact`` (reading), ``writer`` (writing and
+commit), ``listing`` (status and clean-up), ``store`` (``ArtifactStore``, the façade), and
+above it ``catalog`` (the runs).
 """
 
 from storage.artifact import Artifact

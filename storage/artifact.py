@@ -7,7 +7,7 @@ so a deleted Zarr chunk raises ``CorruptArtifact`` instead of reading back as th
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -19,10 +19,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from storage.errors import CorruptArtifact
 from storage.integrity import file_sizes, size_problems
-from storage.manifest import Manifest
-
-if TYPE_CHECKING:
-    from storage.store import ArtifactStore
+from storage.layout import MANIFEST
+from storage.manifest import FORMAT_VERSION, Manifest
+from storage.root import Root
 
 
 def zarr_store(fs: AbstractFileSystem, path: str, read_only: bool) -> Any:
@@ -48,8 +47,8 @@ class Artifact:
     the first axis in plan order and ``shard(id)`` opens one shard.
     """
 
-    def __init__(self, store: ArtifactStore, path: str, manifest: Manifest) -> None:
-        self.store = store
+    def __init__(self, root: Root, path: str, manifest: Manifest) -> None:
+        self.root = root
         self.path = path
         self.manifest = manifest
 
@@ -74,14 +73,14 @@ class Artifact:
             raise KeyError(
                 f"{self.stage}/{self.key} has no shard {shard_id!r}; it has {self.shards}"
             )
-        return self.store._open_path(f"{self.path}/shards/{shard_id}")
+        return open_artifact(self.root, f"{self.path}/shards/{shard_id}")
 
     def _refresh(self) -> bool:
         """Follow a newer commit of this artifact (another run of the same config committed
         it anew since it was opened, and removed the data folder it named): True if the
         manifest now names another data folder, which is read from then on."""
         try:
-            current = self.store._read_manifest(self.path, missing_ok=True)
+            current = self.root.read_manifest(self.path, missing_ok=True)
         except CorruptArtifact:
             return False
         if current is None or current.data_dir in (None, self.manifest.data_dir):
@@ -89,12 +88,12 @@ class Artifact:
         self.manifest = current
         return True
 
-    def _check_sizes(self, prefix: str) -> None:
+    def check_sizes(self, prefix: str) -> None:
         """``CorruptArtifact`` naming the file if the files under ``prefix`` of the data folder
         are not exactly those the manifest lists, with their sizes."""
         def check() -> list[str]:
             return size_problems(self.manifest.content, file_sizes(
-                self.store.fs, f"{self.path}/{self.manifest.data_dir}", prefix), prefix)
+                self.root.fs, f"{self.path}/{self.manifest.data_dir}", prefix), prefix)
 
         problems = check()
         if problems and self._refresh():
@@ -107,7 +106,9 @@ class Artifact:
                 "rerun to rebuild it (`linkstyle status --verify` lists the damage)"
             )
 
-    def _data_path(self, name: str, kind: str) -> str:
+    def data_path(self, name: str, kind: str) -> str:
+        """Where array (``kind`` "zarr") or table ("parquet") ``name`` lives (``KeyError``
+        naming what there is if the artifact has none)."""
         listing = self.manifest.arrays if kind == "zarr" else self.manifest.tables
         if name not in listing:
             raise KeyError(
@@ -119,18 +120,18 @@ class Artifact:
     def array(self, name: str) -> zarr.Array:
         if self.manifest.shards is not None:
             raise TypeError("a sharded artifact has no single array; use load() or shard(id)")
-        path = self._data_path(name, "zarr")
-        if not self.store.fs.exists(path) and self._refresh():
-            path = self._data_path(name, "zarr")
-        if not self.store.fs.exists(path):
+        path = self.data_path(name, "zarr")
+        if not self.root.fs.exists(path) and self._refresh():
+            path = self.data_path(name, "zarr")
+        if not self.root.fs.exists(path):
             raise CorruptArtifact(
                 f"array {name!r} of {self.stage}/{self.key} is missing at {path}; "
                 "rerun to rebuild it"
             )
-        self._check_sizes(f"{name}.zarr/")
-        path = self._data_path(name, "zarr")
+        self.check_sizes(f"{name}.zarr/")
+        path = self.data_path(name, "zarr")
         try:
-            arr = zarr.open_array(zarr_store(self.store.fs, path, read_only=True), mode="r")
+            arr = zarr.open_array(zarr_store(self.root.fs, path, read_only=True), mode="r")
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
             raise CorruptArtifact(
                 f"array {name!r} of {self.stage}/{self.key} is missing at {path}; "
@@ -154,11 +155,11 @@ class Artifact:
         if self.manifest.shards is not None:
             frames = [self.shard(s).table(name) for s in self.shards]
             return pd.concat(frames, ignore_index=True)
-        self._data_path(name, "parquet")
-        self._check_sizes(f"{name}.parquet")
-        path = self._data_path(name, "parquet")
+        self.data_path(name, "parquet")
+        self.check_sizes(f"{name}.parquet")
+        path = self.data_path(name, "parquet")
         try:
-            with self.store.fs.open(path, "rb") as handle:
+            with self.root.fs.open(path, "rb") as handle:
                 return pq.read_table(handle).to_pandas()
         except FileNotFoundError as exc:
             raise CorruptArtifact(
@@ -200,9 +201,9 @@ class Artifact:
     def read_file(self, name: str) -> bytes:
         """The bytes of a file written with ``write_file``."""
         self.file_path(name)
-        self._check_sizes(name)
+        self.check_sizes(name)
         path = self.file_path(name)
-        return bytes(self.store.fs.cat_file(path))
+        return bytes(self.root.fs.cat_file(path))
 
     @property
     def array_names(self) -> list[str]:
@@ -215,3 +216,26 @@ class Artifact:
         if self.manifest.shards is not None and self.shards:
             return sorted(self.shard(self.shards[0]).manifest.tables)
         return sorted(self.manifest.tables)
+
+
+def open_artifact(root: Root, path: str) -> Artifact:
+    """The committed artifact (or shard) at ``path`` under ``root``, after checking that its
+    files have the listed sizes and a sharded one's shards are those it was finalised with."""
+    manifest = root.read_manifest(path)
+    assert manifest is not None
+    art = Artifact(root, path, manifest)
+    if manifest.format < FORMAT_VERSION:
+        raise CorruptArtifact(f"{path}/{MANIFEST} has format {manifest.format}, written by "
+                              "an older linkstyle without file checksums; rerun to rebuild it")
+    if manifest.data_dir is not None:
+        art.check_sizes("")
+        return art
+    for shard_id in manifest.shards or []:
+        shard = root.read_manifest(f"{path}/shards/{shard_id}", missing_ok=True)
+        if shard is None or shard.digest != manifest.shard_digests.get(shard_id):
+            raise CorruptArtifact(
+                f"shard {shard_id} of {manifest.stage}/{manifest.key} is missing or was "
+                f"rewritten after the artifact was finalised ({path}/shards/{shard_id}); "
+                "rerun to rebuild it"
+            )
+    return art

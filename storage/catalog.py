@@ -27,11 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import StoreWarning
-from storage.layout import CATALOG, CATALOG_RUN
+from storage.layout import CATALOG
+from storage.runfiles import COLUMNS, read_run_file, run_files
 from storage.store import ArtifactStore
-
-COLUMNS = ("run_id", "flow", "status", "started", "ended", "config_hash", "config",
-           "code_version", "artifact_root", "keys", "error")
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -79,44 +77,13 @@ def record_run(store: ArtifactStore, row: dict[str, Any], status: str,
     return final
 
 
-def _run_files(store: ArtifactStore) -> list[str]:
-    folder = f"{store.root}/{CATALOG}"
-    try:
-        found = store.fs.ls(folder, detail=False)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(str(p) for p in found if CATALOG_RUN.match(str(p).rstrip("/").rsplit("/")[-1]))
-
-
-def _read_run_file(store: ArtifactStore, path: str) -> pd.DataFrame:
-    """One run's rows; ``ValueError`` (or ``OSError``) naming what is wrong if the file is not
-    a catalog row."""
-    with store.fs.open(path, "rb") as handle:
-        frame = pq.read_table(handle).to_pandas()  # pyarrow's errors are ValueErrors
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"no column {missing[0]!r}")
-    return frame[list(COLUMNS)]
-
-
-def unreadable_run_files(store: ArtifactStore) -> list[str]:
-    """The catalog files that cannot be read as a run's row (for ``clean --corrupt``)."""
-    bad = []
-    for path in _run_files(store):
-        try:
-            _read_run_file(store, path)
-        except (ValueError, OSError):
-            bad.append(path)
-    return bad
-
-
 def read_catalog(store: ArtifactStore) -> pd.DataFrame:
     """Every recorded run, oldest first (an empty frame with the columns when none). A file
     that cannot be read is left out with a ``StoreWarning`` that names it."""
     frames = []
-    for path in _run_files(store):
+    for path in run_files(store):
         try:
-            frames.append(_read_run_file(store, path))
+            frames.append(read_run_file(store, path))
         except (ValueError, OSError) as exc:
             warnings.warn(StoreWarning(
                 f"catalog file {path} cannot be read ({exc}); its run is left out. Remove it "
@@ -188,7 +155,7 @@ def run_tables(store: ArtifactStore, keys: dict[str, str]) -> pd.DataFrame:
         art = store.open(stage, key)
         parts = [art.shard(s) for s in art.shards] if art.shards else [art]
         for table in art.table_names:
-            files = [p._data_path(table, "parquet") for p in parts]
+            files = [p.data_path(table, "parquet") for p in parts]
             view = f"{name}_{table}" if name != stage else f"{stage}_{table}"
             rows.append({"stage": stage, "key": key, "table": table, "view": view,
                          "files": [_uri(store, f) for f in files]})

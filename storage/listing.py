@@ -2,7 +2,7 @@
 
 ``cleanup`` removes only what it can prove is its own: it refuses a root without the root
 marker, looks only into the known stage folders (``STAGE_NAMES``) and key folders named like a
-content key, and removes only the store's own names there (``data-<txid>`` folders no manifest
+content key, and removes only the root's own names there (``data-<txid>`` folders no manifest
 names, ``shards/<shard>`` folders without a committed shard, key folders holding nothing
 else), and only those whose last write is older than ``older_than_s``.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from storage.layout import (
     CATALOG,
@@ -29,9 +28,8 @@ from storage.layout import (
     txid_time,
 )
 from storage.lease import TTL_S, activity
-
-if TYPE_CHECKING:
-    from storage.store import ArtifactStore
+from storage.root import Root
+from storage.runfiles import unreadable_run_files
 
 
 @dataclass(frozen=True)
@@ -52,46 +50,46 @@ class ArtifactInfo:
     problem: str | None = None
 
 
-def _entries(store: ArtifactStore, path: str) -> dict[str, dict]:
+def _entries(root: Root, path: str) -> dict[str, dict]:
     try:
-        found = store.fs.ls(path, detail=True)
+        found = root.fs.ls(path, detail=True)
     except (FileNotFoundError, NotADirectoryError):
         return {}
     return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in found}
 
 
-def _dirs(store: ArtifactStore, path: str) -> list[str]:
+def _dirs(root: Root, path: str) -> list[str]:
     """The folders in ``path``, and the symbolic links there (``storage.links``: listed, so
     that ``status`` shows them as corrupt, never followed for a write or a removal)."""
-    return sorted(n for n, e in _entries(store, path).items()
+    return sorted(n for n, e in _entries(root, path).items()
                   if e["type"] == "directory" or e.get("islink"))
 
 
-def _size(store: ArtifactStore, path: str) -> int:
+def _size(root: Root, path: str) -> int:
     try:
-        return int(store.fs.du(path, total=True))
+        return int(root.fs.du(path, total=True))
     except FileNotFoundError:
         return 0
 
 
-def list_artifacts(store: ArtifactStore, stage: str | None = None,
+def list_artifacts(root: Root, stage: str | None = None,
                    verify: bool = False) -> list[ArtifactInfo]:
     """Every key folder of the known stages (or of ``stage``, which must be one) with its
     status; sizes are always checked, checksums with ``verify``."""
     stages = [check_stage(stage)] if stage is not None else list(STAGE_NAMES)
     out = []
     for st in stages:
-        for key in _dirs(store, f"{store.root}/{st}"):
+        for key in _dirs(root, f"{root.root}/{st}"):
             if not KEY.match(key):
                 continue
-            path = f"{store.root}/{st}/{key}"
-            problems = store._problems(path, checksums=verify, cached=False)
-            manifest = store._read_manifest(path, missing_ok=True, corrupt_ok=True)
+            path = f"{root.root}/{st}/{key}"
+            problems = root.problems(path, checksums=verify, cached=False)
+            manifest = root.read_manifest(path, missing_ok=True, corrupt_ok=True)
             done = total = None
-            plan = store._read_plan(path)
+            plan = root.read_plan(path)
             if plan is not None:
                 total = len(plan)
-                done = sum(not store._problems(f"{path}/shards/{s}", checksums=verify,
+                done = sum(not root.problems(f"{path}/shards/{s}", checksums=verify,
                                                cached=False) for s in plan)
             kinds = {kind for kind, _ in problems}
             if not problems:
@@ -108,7 +106,7 @@ def list_artifacts(store: ArtifactStore, stage: str | None = None,
                 more = len(problems) - 1
                 problem = first + (f" (and {more} more)" if more else "")
             out.append(ArtifactInfo(
-                stage=st, key=key, status=status, size_bytes=_size(store, path),
+                stage=st, key=key, status=status, size_bytes=_size(root, path),
                 created=manifest.created if manifest else None,
                 shards_done=done, shards_total=total, problem=problem,
             ))
@@ -126,24 +124,24 @@ def _time(entry: dict) -> float | None:
     return None
 
 
-def _leftovers(store: ArtifactStore, path: str, older_than_s: float,
+def _leftovers(root: Root, path: str, older_than_s: float,
                now: float) -> tuple[list[str], bool]:
     """(the removable leftovers inside the artifact or shard folder ``path``; whether the
-    whole folder is a removable leftover). Whole: it holds only the store's own names, no
+    whole folder is a removable leftover). Whole: it holds only the root's own names, no
     manifest, nothing younger than ``older_than_s``, no live writer and no committed shard.
 
     A data folder no manifest names is removable once its writer is gone (``storage.lease``)
     and was last seen ``older_than_s`` ago; a temporary manifest file once it is older than
     both ``older_than_s`` and the lease time (it lives for milliseconds while a writer
     commits)."""
-    entries = _entries(store, path)
+    entries = _entries(root, path)
     owned = all(is_owned_entry(name) for name in entries)
-    manifest = store._read_manifest(path, missing_ok=True, corrupt_ok=True)
+    manifest = root.read_manifest(path, missing_ok=True, corrupt_ok=True)
     keep = manifest.data_dir if manifest is not None else None
     times = [t for name, e in entries.items() if e["type"] != "directory"
              if (t := _time(e)) is not None]
     try:  # the folder's own time: an empty key folder is as young as its creation
-        own = _time(store.fs.info(path))
+        own = _time(root.fs.info(path))
     except FileNotFoundError:
         own = None
     if own is not None:
@@ -151,7 +149,7 @@ def _leftovers(store: ArtifactStore, path: str, older_than_s: float,
     stale, alive = [], False
     for name, entry in entries.items():
         if entry["type"] == "directory" and DATA_DIR.match(name) and name != keep:
-            state = activity(store.fs, f"{path}/{name}", txid_time(name), now)
+            state = activity(root.fs, f"{path}/{name}", txid_time(name), now)
             if state.last is not None:
                 times.append(state.last)
             if state.live or state.last is None or now - state.last < older_than_s:
@@ -165,12 +163,12 @@ def _leftovers(store: ArtifactStore, path: str, older_than_s: float,
             if t is not None and now - t >= max(older_than_s, TTL_S):
                 stale.append(f"{path}/{name}")
     if SHARDS in entries:
-        for shard_id, entry in _entries(store, f"{path}/{SHARDS}").items():
+        for shard_id, entry in _entries(root, f"{path}/{SHARDS}").items():
             shard_path = f"{path}/{SHARDS}/{shard_id}"
             if entry["type"] != "directory" or not NAME.match(shard_id):
                 alive = True  # not ours: never removed, and keeps the folder
                 continue
-            shard_stale, shard_whole = _leftovers(store, shard_path, older_than_s, now)
+            shard_stale, shard_whole = _leftovers(root, shard_path, older_than_s, now)
             if shard_whole:
                 stale.append(shard_path)
             else:
@@ -182,27 +180,25 @@ def _leftovers(store: ArtifactStore, path: str, older_than_s: float,
     return stale, whole
 
 
-def _root_leftovers(store: ArtifactStore, older_than_s: float, now: float,
+def _root_leftovers(root: Root, older_than_s: float, now: float,
                     corrupt: bool) -> list[str]:
     """Leftovers outside the stage folders: temporary files of the root marker and of the
     catalog older than ``older_than_s`` and the lease time, and (``corrupt``) catalog files
     that cannot be read as a run's row."""
     found = []
-    places = [(store.root, ROOT_TMP), (f"{store.root}/{CATALOG}", CATALOG_TMP)]
+    places = [(root.root, ROOT_TMP), (f"{root.root}/{CATALOG}", CATALOG_TMP)]
     for folder, pattern in places:
-        for name, entry in _entries(store, folder).items():
+        for name, entry in _entries(root, folder).items():
             t = _time(entry)
             if entry["type"] != "directory" and pattern.match(name) and t is not None \
                     and now - t >= max(older_than_s, TTL_S):
                 found.append(f"{folder}/{name}")
     if corrupt:
-        from storage.catalog import unreadable_run_files
-
-        found += unreadable_run_files(store)
+        found += unreadable_run_files(root)
     return found
 
 
-def cleanup(store: ArtifactStore, older_than_s: float = 0.0, dry_run: bool = False,
+def cleanup(root: Root, older_than_s: float = 0.0, dry_run: bool = False,
             corrupt: bool = False) -> list[str]:
     """Remove uncommitted leftovers: data folders no manifest names, and artifact or shard
     folders without any committed content, older than ``older_than_s`` seconds (a writer may
@@ -214,22 +210,22 @@ def cleanup(store: ArtifactStore, older_than_s: float = 0.0, dry_run: bool = Fal
     """
     if not older_than_s >= 0:  # also refuses NaN
         raise ValueError(f"older_than_s must be a number of seconds >= 0, got {older_than_s}")
-    store.check_root()
+    root.check_root()
     now = time.time()
     removed: list[str] = []
-    for info in list_artifacts(store):
-        path = f"{store.root}/{info.stage}/{info.key}"
-        if store.linked(path) is not None:
+    for info in list_artifacts(root):
+        path = f"{root.root}/{info.stage}/{info.key}"
+        if root.linked(path) is not None:
             continue  # not ours to remove: the user moves or removes the link (status says)
         if info.status == "corrupt":
-            if corrupt and all(is_owned_entry(n) for n in _entries(store, path)):
+            if corrupt and all(is_owned_entry(n) for n in _entries(root, path)):
                 removed.append(path)
             continue
-        stale, whole = _leftovers(store, path, older_than_s, now)
+        stale, whole = _leftovers(root, path, older_than_s, now)
         removed += [path] if whole else stale
-    removed += _root_leftovers(store, older_than_s, now, corrupt)
+    removed += _root_leftovers(root, older_than_s, now, corrupt)
     if not dry_run:
         for p in removed:
-            if store.fs.exists(p):
-                store.fs.rm(p, recursive=True)
+            if root.fs.exists(p):
+                root.fs.rm(p, recursive=True)
     return removed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -28,21 +28,20 @@ from storage.errors import CorruptArtifact, IncompleteArtifact
 from storage.layout import DATA_DIR, LEASE, MANIFEST, SHARD_PLAN, check_name
 from storage.lease import Lease
 from storage.manifest import Manifest, atomic_write_text, new_txid, utcnow
-
-if TYPE_CHECKING:
-    from storage.store import ArtifactStore
+from storage.root import Root
 
 
 class ArtifactWriter:
     """Writes one artifact (or shard) into a fresh ``data-<txid>`` folder.
 
-    Use through ``ArtifactStore.writer`` / ``ShardedWriter.shard`` as a context manager: the
-    manifest is written when the block exits normally, and nothing is committed if it raises.
+    Use through ``write`` (``ArtifactStore.writer`` / ``ShardedWriter.shard``) as a context
+    manager: the manifest is written when the block exits normally (``commit``), and nothing is
+    committed if it raises (``abort``).
     Record extra facts with ``info[...] = ...`` and durations with ``timings[...] = seconds``.
     """
 
-    def __init__(self, store: ArtifactStore, path: str, manifest: Manifest) -> None:
-        self.store = store
+    def __init__(self, root: Root, path: str, manifest: Manifest) -> None:
+        self.root = root
         self.path = path
         self.txid = new_txid()
         self.data_path = f"{path}/data-{self.txid}"
@@ -53,10 +52,10 @@ class ArtifactWriter:
         self._arrays: dict[str, zarr.Array] = {}
         self._t0 = time.perf_counter()
         self._manifest.writer["started"] = time.time()
-        store.check_not_linked(self.data_path)
-        store._ensure_marker()
-        store.fs.makedirs(self.data_path, exist_ok=True)
-        self.lease = Lease(store.fs, self.data_path)
+        root.check_not_linked(self.data_path)
+        root.ensure_marker()
+        root.fs.makedirs(self.data_path, exist_ok=True)
+        self.lease = Lease(root.fs, self.data_path)
 
     def create_array(
         self,
@@ -69,7 +68,7 @@ class ArtifactWriter:
         check_name("array", name)
         if name in self._arrays:
             raise ValueError(f"array {name!r} was already written in this artifact")
-        store = zarr_store(self.store.fs, f"{self.data_path}/{name}.zarr", read_only=False)
+        store = zarr_store(self.root.fs, f"{self.data_path}/{name}.zarr", read_only=False)
         arr = zarr.create_array(
             store, shape=tuple(shape), dtype=np.dtype(dtype),
             chunks=tuple(chunks) if chunks is not None else "auto",
@@ -91,30 +90,30 @@ class ArtifactWriter:
             raise ValueError(f"table {name!r} was already written in this artifact")
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table, preserve_index=False)
-        with self.store.fs.open(f"{self.data_path}/{name}.parquet", "wb") as handle:
+        with self.root.fs.open(f"{self.data_path}/{name}.parquet", "wb") as handle:
             pq.write_table(table, handle)
         self._manifest.tables[name] = {"rows": table.num_rows, "columns": table.column_names}
 
     def write_file(self, name: str, data: bytes) -> None:
         """Write an opaque file (a figure, a report) into the artifact."""
         check_name("file", name)
-        self.store.fs.pipe_file(f"{self.data_path}/{name}", data)
+        self.root.fs.pipe_file(f"{self.data_path}/{name}", data)
         self._manifest.files[name] = {"bytes": len(data)}
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """The block raised: nothing is committed; the folder is left for ``clean``."""
         self.lease.release()
 
     def _own_files_problems(self) -> list[str]:
         """What is missing of what this writer wrote (checked before the commit): each
         array's metadata, each table, each file."""
-        found = integrity.file_sizes(self.store.fs, self.data_path)
+        found = integrity.file_sizes(self.root.fs, self.data_path)
         expected = [f"{name}.zarr/zarr.json" for name in self._arrays]
         expected += [f"{name}.parquet" for name in self._manifest.tables]
         expected += list(self._manifest.files)
         return [f"{rel}: missing" for rel in expected if rel not in found]
 
-    def _commit(self) -> Manifest:
+    def commit(self) -> Manifest:
         """Check the written files, record them, write the manifest, check again.
 
         ``CorruptArtifact`` (and nothing committed) when the data folder was changed by
@@ -127,7 +126,7 @@ class ArtifactWriter:
                 "shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
             }
         self.timings.setdefault("write_s", round(time.perf_counter() - self._t0, 4))
-        fs = self.store.fs
+        fs = self.root.fs
         self.lease.check()
         missing = self._own_files_problems()
         if missing:
@@ -137,7 +136,7 @@ class ArtifactWriter:
         self._manifest.content = integrity.record(fs, self.data_path)
         self._manifest.digest = integrity.digest(self._manifest.content)
         self.timings["checksum_s"] = round(time.perf_counter() - t0, 4)
-        self._manifest.input_digests = self.store._input_digests(self._manifest.inputs)
+        self._manifest.input_digests = self.root.input_digests(self._manifest.inputs)
         self._manifest.created = utcnow()
         self._manifest.writer["committed"] = time.time()
         manifest_path = f"{self.path}/{MANIFEST}"
@@ -145,9 +144,9 @@ class ArtifactWriter:
             previous_bytes: bytes | None = bytes(fs.cat_file(manifest_path))
         except FileNotFoundError:
             previous_bytes = None
-        previous = self.store._read_manifest(self.path, missing_ok=True, corrupt_ok=True)
+        previous = self.root.read_manifest(self.path, missing_ok=True, corrupt_ok=True)
         if previous is not None and previous.digest == self._manifest.digest \
-                and self.store._valid(self.path):
+                and self.root.valid(self.path):
             self.lease.stop()
             fs.rm(self.data_path, recursive=True)
             return previous  # the same bytes, committed by another writer: keep theirs
@@ -184,6 +183,19 @@ class ArtifactWriter:
             "the folder cleaned or changed while the run wrote it? Rerun to write it again")
 
 
+@contextmanager
+def write(root: Root, path: str, manifest: Manifest) -> Iterator[ArtifactWriter]:
+    """Write the artifact (or shard) ``manifest`` describes at ``path``: committed when the
+    block exits without an error, nothing committed when it raises."""
+    writer = ArtifactWriter(root, path, manifest)
+    try:
+        yield writer
+    except BaseException:  # propagates: no manifest, nothing committed
+        writer.abort()
+        raise
+    writer.commit()
+
+
 class ShardedWriter:
     """Writes a sharded artifact: every shard commits on its own, then ``finalize``.
 
@@ -191,7 +203,7 @@ class ShardedWriter:
     """
 
     def __init__(
-        self, store: ArtifactStore, stage: str, key: str, shards: Sequence[str],
+        self, root: Root, stage: str, key: str, shards: Sequence[str],
         params: Mapping[str, Any], inputs: Mapping[str, str], code_version: str,
     ) -> None:
         if not shards:
@@ -200,23 +212,23 @@ class ShardedWriter:
             raise ValueError("shard ids must be unique")
         for shard_id in shards:
             check_name("shard", shard_id)
-        self.store, self.stage, self.key = store, stage, key
+        self.root, self.stage, self.key = root, stage, key
         self.plan = list(shards)
         self.params, self.inputs, self.code_version = dict(params), dict(inputs), str(code_version)
-        self.path = store.artifact_path(stage, key)
-        store.check_not_linked(f"{self.path}/{SHARD_PLAN}")
+        self.path = root.artifact_path(stage, key)
+        root.check_not_linked(f"{self.path}/{SHARD_PLAN}")
         plan_text = Manifest(
             stage=stage, key=key, code_version=self.code_version, params=self.params,
             inputs=self.inputs, data_dir=None, shards=self.plan,
         ).to_json()
-        existing = store._read_plan(self.path)
+        existing = root.read_plan(self.path)
         if existing != self.plan:
-            store._ensure_marker()
-            atomic_write_text(store.fs, f"{self.path}/{SHARD_PLAN}", plan_text)
+            root.ensure_marker()
+            atomic_write_text(root.fs, f"{self.path}/{SHARD_PLAN}", plan_text)
 
     def committed(self) -> list[str]:
         """Shard ids of the plan whose shard is committed and intact, in plan order."""
-        return [s for s in self.plan if self.store._valid(f"{self.path}/shards/{s}")]
+        return [s for s in self.plan if self.root.valid(f"{self.path}/shards/{s}")]
 
     def missing(self) -> list[str]:
         """Shard ids of the plan that still have to be written, in plan order."""
@@ -231,7 +243,7 @@ class ShardedWriter:
             stage=self.stage, key=self.key, code_version=self.code_version, params=self.params,
             inputs=self.inputs, data_dir=None, shard=shard_id,
         )
-        with self.store._write(f"{self.path}/shards/{shard_id}", manifest) as writer:
+        with write(self.root, f"{self.path}/shards/{shard_id}", manifest) as writer:
             yield writer
 
     def finalize(self, info: Mapping[str, Any] | None = None) -> Artifact:
@@ -244,15 +256,15 @@ class ShardedWriter:
             )
         shard_digests = {}
         for shard_id in self.plan:
-            shard = self.store._read_manifest(f"{self.path}/shards/{shard_id}")
+            shard = self.root.read_manifest(f"{self.path}/shards/{shard_id}")
             assert shard is not None
             shard_digests[shard_id] = str(shard.digest)
-        self.store._ensure_marker()
+        self.root.ensure_marker()
         manifest = Manifest(
             stage=self.stage, key=self.key, code_version=self.code_version, params=self.params,
             inputs=self.inputs, data_dir=None, shards=self.plan, info=dict(info or {}),
             shard_digests=shard_digests, digest=integrity.digest(shard_digests),
-            input_digests=self.store._input_digests(self.inputs),
+            input_digests=self.root.input_digests(self.inputs),
         )
-        atomic_write_text(self.store.fs, f"{self.path}/{MANIFEST}", manifest.to_json())
-        return Artifact(self.store, self.path, manifest)
+        atomic_write_text(self.root.fs, f"{self.path}/{MANIFEST}", manifest.to_json())
+        return Artifact(self.root, self.path, manifest)
