@@ -59,7 +59,8 @@ from linkstyle_core.toyworld.generator import ToyGenerator, ToyGeneratorConfig
 from linkstyle_core.tuning import base_images, render_with_features, to_uint8, tune
 from storage import ArtifactStore, content_key
 from tasks.context import models_for
-from tasks.tuning import _write_result, run_streamed
+from tasks.trajectories import write_result
+from tasks.tuning import run_streamed
 
 PARTS = 7  # the toy world's parts and background
 
@@ -259,7 +260,7 @@ def _tune_run(generator: Any, classifier: Any, inp: dict[str, Any], units: int, 
                 generator, classifier, inp["segmenter"], inp["w0"], inp["labels"], inp["base"],
                 dirs, readout, offsets, batch_size=batch, precision=precision,
                 on_images=on_images))
-            _write_result(out, np.asarray(ids), "unit", res, res.offset, inp | {
+            write_result(out, np.asarray(ids), "unit", res, res.offset, inp | {
                 "r_std": torch.ones(dim)}, calibration)
     writer.finalize()
 

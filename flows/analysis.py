@@ -31,22 +31,13 @@ from storage.catalog import new_run, record_run, stage_of
 from tasks.caching import was_cached
 from tasks.context import Models, as_config, models_for, resolve_classes, store_for
 from tasks.counterfactual import counterfactual_key, counterfactuals
+from tasks.directions import compute_directions, compute_ranges
 from tasks.link import fit_link, link_key
+from tasks.null import null_finalize, null_shard, null_shards
 from tasks.paired import SPLITS, paired_finalize, paired_key, paired_shard, shard_id
 from tasks.score import score_units, selectivity_key
-from tasks.tuning import (
-    compute_directions,
-    compute_ranges,
-    fit_segmenter,
-    null_finalize,
-    null_shard,
-    null_shards,
-    stage_keys,
-    tune_finalize,
-    tune_params,
-    tune_shard,
-    unit_shards,
-)
+from tasks.segmenter import fit_segmenter
+from tasks.tuning import stage_keys, tune_finalize, tune_params, tune_shard, unit_shards
 from tasks.validate import validate_units, validation_key
 
 STAGES = ("paired", "link", "tune", "score", "validate")

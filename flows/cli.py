@@ -81,7 +81,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
                                      NotAnArtifactRoot, OutputError]
     if "torch" in sys.modules:  # the model errors live beside torch code; import only if used
         from linkstyle_core.labels import LabelError
-        from linkstyle_core.models.registry import ModelError
+        from linkstyle_core.models.errors import ModelError
         from linkstyle_core.paired import AcceptanceError
 
         errors += [ModelError, AcceptanceError, FloatingPointError, LabelError]

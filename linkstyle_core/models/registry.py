@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from linkstyle_core.config import ClassifierConfig, GeneratorConfig
+from linkstyle_core.models.errors import ModelError
 from linkstyle_core.models.protocols import Classifier, Generator
 
 _GENERATOR_ATTRS = ("z_dim", "c_dim", "w_dim", "num_ws", "resolution", "mapping", "synthesis",
@@ -28,10 +29,6 @@ _GENERATOR_ATTRS = ("z_dim", "c_dim", "w_dim", "num_ws", "resolution", "mapping"
 _CLASSIFIER_ATTRS = ("num_classes", "feature_dim", "preprocess", "features", "head")
 _DIMS = {"generator": ("z_dim", "c_dim", "w_dim", "num_ws", "resolution"),
          "classifier": ("num_classes", "feature_dim")}
-
-
-class ModelError(ValueError):
-    """A model that cannot be loaded or does not fit the protocol; the message says the fix."""
 
 
 def _import_target(target: str, section: str) -> Callable[..., Any]:

@@ -53,7 +53,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from linkstyle_core.models.registry import ModelError
+from linkstyle_core.models.errors import ModelError
 
 OP_MODULES = ("bias_act", "upfirdn2d", "filtered_lrelu")
 """The op modules of ``torch_utils/ops/`` that build CUDA plugins (StyleGAN3/StyleGAN-XL)."""

@@ -24,7 +24,8 @@ from linkstyle_core.models.classifiers import (
     preprocessing_of,
     torchvision_cache_file,
 )
-from linkstyle_core.models.registry import ModelError, check_protocol, class_names
+from linkstyle_core.models.errors import ModelError
+from linkstyle_core.models.registry import check_protocol, class_names
 
 # (model, where its last Linear sits, units of the penultimate layer, test input side)
 TORCHVISION = [

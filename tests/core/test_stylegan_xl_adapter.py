@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.utils.cpp_extension
 
-from linkstyle_core.models.registry import ModelError, check_protocol
+from linkstyle_core.models.errors import ModelError
+from linkstyle_core.models.registry import check_protocol
 from linkstyle_core.models.stylegan_xl import (
     OP_MODULES,
     ReferenceOpsWarning,

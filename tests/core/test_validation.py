@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from linkstyle_core.config import ClassifierConfig
-from linkstyle_core.models.registry import ModelError, load_classifier
+from linkstyle_core.models.errors import ModelError
+from linkstyle_core.models.registry import load_classifier
 from linkstyle_core.toyworld import ToyClassifierConfig, train_classifier
 from linkstyle_core.validation import validate
 

@@ -18,17 +18,13 @@ from flows.runners import (
     using,
 )
 from tasks.caching import GPU_TAG
+from tasks.directions import compute_ranges
 from tasks.link import fit_link
+from tasks.null import null_finalize, null_shard
 from tasks.paired import paired_finalize, paired_shard
 from tasks.score import score_units
-from tasks.tuning import (
-    compute_ranges,
-    fit_segmenter,
-    null_finalize,
-    null_shard,
-    tune_finalize,
-    tune_shard,
-)
+from tasks.segmenter import fit_segmenter
+from tasks.tuning import tune_finalize, tune_shard
 
 
 @pytest.mark.parametrize("spec,words", [

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import tasks.tuning as tuning_tasks
+import tasks.trajectories as trajectories
 from flows.analysis import tune_score_flow
 from linkstyle_core.measure import MEASURES
 from linkstyle_core.selectivity import ALL_MEASURES
@@ -120,13 +120,13 @@ def test_unchanged_rerun_and_shard_resume(tmp_path, labels, monkeypatch) -> None
     config = _config(tmp_path, labels)
     reports = tune_score_flow(config)
     calls: Counter = Counter()
-    original = tuning_tasks.tune
+    original = trajectories.tune
 
     def counting(*args, **kwargs):
         calls[len(kwargs["offsets"] if "offsets" in kwargs else args[8])] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tuning_tasks, "tune", counting)
+    monkeypatch.setattr(trajectories, "tune", counting)
     again = tune_score_flow(config)
     assert calls == {} and again["tune"].computed == 0 and again["score"].computed == 0
 

@@ -135,16 +135,16 @@ def test_every_stage_the_tasks_write_is_a_known_stage_name() -> None:
     """clean looks only into STAGE_NAMES: a stage missing there would never be cleaned, and
     the store refuses to write it."""
     import tasks.counterfactual
+    import tasks.directions
     import tasks.link
     import tasks.paired
     import tasks.score
-    import tasks.tuning
     import tasks.validate
     from storage import STAGE_NAMES
 
     modules = [tasks.paired, tasks.link, tasks.score, tasks.validate, tasks.counterfactual]
-    written = ({m.STAGE for m in modules} | set(tasks.tuning.VERSIONS)
-               | {tasks.validate.GROUND_TRUTH_STAGE})
+    written = ({m.STAGE for m in modules} | set(tasks.directions.VERSIONS)
+               | {"segmenter", "tune", "null", tasks.validate.GROUND_TRUTH_STAGE})
     assert written == set(STAGE_NAMES)
     with pytest.raises(ValueError, match="stage name 'src' is not allowed"):
         ArtifactStore("memory://x").artifact_path("src", KEY_A)

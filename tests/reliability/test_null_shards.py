@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import yaml
 
-import tasks.tuning as tuning_tasks
+import tasks.trajectories as trajectories
 from flows.analysis import tune_score_flow
 from linkstyle_core import stop
 from linkstyle_core.config import AnalysisConfig
 from storage import ArtifactStore
-from tasks.tuning import null_shard_size
+from tasks.null import null_shard_size
 from tests.fixtures.tiny_models import TINY_CONFIG, tiny_label_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -56,7 +56,7 @@ def test_a_stopped_null_resumes_at_its_next_shard_with_the_unsharded_numbers(
               "tuning": {**toy_run["config"]["tuning"], "null_shard_size": 32}}
     store, one = toy_run["store"], toy_run["reports"]["tune"].keys
     calls: list[int] = []
-    original = tuning_tasks._run
+    original = trajectories.tune_directions
 
     def stopping(*args, **kwargs):
         calls.append(len(args[5]))  # the directions of a null shard (the units are stored)
@@ -65,7 +65,7 @@ def test_a_stopped_null_resumes_at_its_next_shard_with_the_unsharded_numbers(
             stop.check()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tuning_tasks, "_run", stopping)
+    monkeypatch.setattr(trajectories, "tune_directions", stopping)
     with pytest.raises(stop.StopRequested):
         tune_score_flow(config)
     stop.clear()
@@ -74,7 +74,7 @@ def test_a_stopped_null_resumes_at_its_next_shard_with_the_unsharded_numbers(
     assert calls == [32, 32]  # the third and fourth shard stopped before their first batch
 
     calls.clear()
-    monkeypatch.setattr(tuning_tasks, "_run", lambda *a, **k: calls.append(len(a[5])) or
+    monkeypatch.setattr(trajectories, "tune_directions", lambda *a, **k: calls.append(len(a[5])) or
                         original(*a, **k))
     reports = tune_score_flow(config)
     assert calls == [32, 32, 32]  # only the shards that were not committed
