@@ -1,9 +1,10 @@
 """Choose and check the generator and classifier named by the configuration.
 
 Adapters are a dict registry keyed by ``kind`` (DESIGN.md, "Adapters"): ``toy`` (bundled),
-``stylegan-xl`` (``models.stylegan_xl``), ``torchvision``/``timm`` (``models.classifiers``), and
-``python``, which loads any ``package.module:factory`` whose result satisfies the protocol.
-Adapter modules are imported when their kind is used, so timm stays optional.
+``stylegan-xl`` (``models.stylegan_xl``, with ``stylegan_checkout`` and ``stylegan_ops``),
+``torchvision``/``timm`` (``models.classifiers``), and ``python``, which loads any
+``package.module:factory`` whose result satisfies the protocol. Adapter modules are imported
+when their kind is used, so timm stays optional.
 """
 
 from __future__ import annotations

@@ -20,14 +20,14 @@ import torch.utils.cpp_extension
 
 from linkstyle_core.models.errors import ModelError
 from linkstyle_core.models.registry import check_protocol
-from linkstyle_core.models.stylegan_xl import (
+from linkstyle_core.models.stylegan_checkout import missing_package_hint
+from linkstyle_core.models.stylegan_ops import (
     OP_MODULES,
     ReferenceOpsWarning,
     configure_ops,
-    load_stylegan_xl,
-    missing_package_hint,
     patch_get_plugin,
 )
+from linkstyle_core.models.stylegan_xl import load_stylegan_xl
 from tests.fixtures.stylegan_standin import (
     C_DIM,
     D_PACKAGE,
@@ -91,7 +91,7 @@ def test_loads_g_ema_from_a_snapshot_whose_discriminator_cannot_load(
         importlib.import_module(D_PACKAGE)
     with pytest.raises(ModuleNotFoundError, match=D_PACKAGE):
         importlib.import_module("pg_modules.discriminator")
-    with caplog.at_level(logging.INFO, logger="linkstyle_core.models.stylegan_xl"):
+    with caplog.at_level(logging.INFO, logger="linkstyle_core.models.stylegan_checkout"):
         again = load_stylegan_xl(str(network), checkout, ops="ref")
     assert "left D unloaded (only G_ema is used)" in caplog.text
     # the network's classes were rebuilt from the source in the pickle, and that source
@@ -413,7 +413,7 @@ def test_unpatched_plugin_loader_fails_and_the_patch_returns_the_built_module(
 ) -> None:
     _fake_build(monkeypatch)
     custom_ops = importlib.import_module("torch_utils.custom_ops")
-    assert not getattr(custom_ops.get_plugin, "_linkstyle_patched", False)  # ops: ref
+    assert not getattr(custom_ops.get_plugin, "linkstyle_patched", False)  # ops: ref
     with pytest.raises(ModuleNotFoundError, match="No module named 'bias_act_plugin'"):
         custom_ops.get_plugin("bias_act_plugin", sources=["bias_act.cpp"])
 
