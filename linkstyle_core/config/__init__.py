@@ -13,7 +13,6 @@ description), so a typo such as ``samples_per_class: 1e30`` fails at once instea
 from __future__ import annotations
 
 import difflib
-import io
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -21,16 +20,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from linkstyle_core.config.errors import MAX_COUNT, MAX_SAMPLES, MAX_SEED, ConfigError
+from linkstyle_core.config.units import parse_units, resolve_units
+from linkstyle_core.config.yaml_file import read_yaml
 
-class ConfigError(ValueError):
-    """An analysis configuration that cannot be used; the message says which field and why."""
-
-
-# Upper bounds that no real analysis reaches; they catch typos (an extra zero, 10**30) before
-# anything is computed. Seeds must fit every RNG they feed (numpy, torch).
-MAX_SEED = 2**32 - 1
-MAX_SAMPLES = 100_000  # samples per class (stage 1 pairs, held-out, counterfactual)
-MAX_COUNT = 1_000_000  # optimisation steps and the like
+__all__ = ["MAX_COUNT", "MAX_SAMPLES", "MAX_SEED", "MIN_NULL_DIRECTIONS", "AnalysisConfig",
+           "ClassifierConfig", "ConfigError", "CounterfactualConfig", "DataConfig",
+           "GeneratorConfig", "LinkConfig", "RuntimeConfig", "SegmentConfig", "TuningConfig",
+           "parse_units", "resolve_units"]
 
 
 class _Section(BaseModel):
@@ -136,58 +133,6 @@ class LinkConfig(_Section):
         "toy default is strong",
     )
     l1_ratio: float = Field(0.5, ge=0.0, le=1.0, description="elasticnet mixing, 1 = lasso")
-
-
-_UNIT_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
-
-
-def parse_units(spec: Literal["all"] | int | str | list[int | str]) -> list[tuple[int, int]] | None:
-    """Units as inclusive ranges; None means all. Accepts 'all', 7, '0-127,200', [0, '5-9']."""
-    if spec == "all":
-        return None
-    items: list[int | str]
-    if isinstance(spec, int):
-        items = [spec]
-    elif isinstance(spec, str):
-        items = [s for s in spec.split(",") if s.strip()]
-    else:
-        items = list(spec)
-    if not items:
-        raise ValueError("units must not be empty: use 'all', a list, or ranges like '0-127'")
-    ranges = []
-    for item in items:
-        if isinstance(item, bool):
-            raise ValueError(f"unit {item!r} is not an index")
-        if isinstance(item, int):
-            if item < 0:
-                raise ValueError(f"unit index {item} is negative")
-            ranges.append((item, item))
-            continue
-        m = _UNIT_ITEM.match(str(item))
-        if not m:
-            raise ValueError(f"unit item {item!r} is neither an index nor a range like '0-127'")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise ValueError(f"unit range {item!r} ends before it starts")
-        ranges.append((lo, hi))
-    return ranges
-
-
-def resolve_units(spec: Any, feature_dim: int) -> list[int]:
-    """Sorted unique unit indices for a classifier with ``feature_dim`` units."""
-    ranges = parse_units(spec)
-    if ranges is None:
-        return list(range(feature_dim))
-    # checked on the ranges before they are expanded: '0-10**12' must not fill the memory
-    bad = min((lo if lo >= feature_dim else feature_dim for lo, hi in ranges if hi >= feature_dim),
-              default=None)
-    if bad is not None:
-        raise ConfigError(
-            f"tuning.units: unit {bad} is out of range; the classifier has {feature_dim} "
-            f"units (0-{feature_dim - 1}); set tuning.units to indices below {feature_dim} "
-            "or 'all'"
-        )
-    return sorted({u for lo, hi in ranges for u in range(lo, hi + 1)})
 
 
 #: the fewest null directions (the probes every unit's sensitivity profile is regressed on)
@@ -368,54 +313,6 @@ class RuntimeConfig(_Section):
         return v
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
-    silently keeps the last value, so a pasted second ``data:`` section would win unseen)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            line = key_node.start_mark.line + 1
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: the safe loader's own error says so
-                continue
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (lines {first} and {line}); keep "
-                    "one of them", key_node.start_mark)
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call]
-
-
-def _read_yaml(path: Path) -> Any:
-    """The YAML document at ``path``: UTF-8 text, duplicate keys refused (``ConfigError``)."""
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a folder; pass a YAML file")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its "
-                          "permissions") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
-                          f"on line {line}); save it with UTF-8 encoding") from None
-    stream = io.StringIO(text)
-    stream.name = str(path)  # YAML error marks then name the file instead of "<unicode string>"
-    try:
-        return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-
-
 class AnalysisConfig(_Section):
     """The whole analysis. ``AnalysisConfig()`` is the toy-world default."""
 
@@ -435,7 +332,7 @@ class AnalysisConfig(_Section):
     def from_yaml(cls, path: str | Path) -> AnalysisConfig:
         """Load and validate a YAML file; missing sections keep their defaults."""
         path = Path(path)
-        raw = _read_yaml(path) or {}
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections at the top")
         return cls.from_dict(raw, source=str(path))
