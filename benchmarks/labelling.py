@@ -44,7 +44,7 @@ def measure_miou(counts: list[int], n_eval: int, steps: int) -> dict[str, object
     from linkstyle_core.models.toy import load_toy_generator
     from linkstyle_core.prefill import leave_one_out, propose
     from linkstyle_core.segment import mean_iou
-    from linkstyle_core.toyworld.renderer import PARTS
+    from linkstyle_core.toyworld.factors import PARTS
     from linkstyle_core.tuning import generator_features
 
     generator = load_toy_generator()
@@ -72,7 +72,7 @@ def scripted_user(images: int, export: int, steps: int, screenshots: Path | None
     from flows.labelling.server import LabellingSession, start, stop_server
     from linkstyle_core.labels import export_latents, toy_labelled
     from linkstyle_core.models.toy import load_toy_generator
-    from linkstyle_core.toyworld.renderer import PARTS
+    from linkstyle_core.toyworld.factors import PARTS
     from tests.fixtures.cdp import Browser, find_chromium
     from tests.fixtures.labelling_user import PageUser
 

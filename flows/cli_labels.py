@@ -57,7 +57,7 @@ def _parts_for(config: Any) -> list[str]:
     """segment.parts, or the toy world's parts for the toy generator."""
     parts = list(config.segment.parts or [])
     if not parts and config.generator.kind == "toy":
-        from linkstyle_core.toyworld.renderer import PARTS
+        from linkstyle_core.toyworld.factors import PARTS
 
         parts = list(PARTS)
     return parts

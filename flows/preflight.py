@@ -214,7 +214,7 @@ def _check_segment(config: AnalysisConfig, models: Models) -> None:
                 "segment.labels is required for a generator other than the toy world: run "
                 "`linkstyle labels export --out DIR`, label the images, `linkstyle labels "
                 "import DIR`, then set segment.labels: DIR")
-        from linkstyle_core.toyworld.renderer import PARTS
+        from linkstyle_core.toyworld.factors import PARTS
 
         if seg.parts is not None and list(seg.parts) != list(PARTS):
             unknown = [p for p in seg.parts if p not in PARTS]

@@ -49,8 +49,9 @@ def toy_labelled(generator: Generator, n: int, seed: int,
                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """n toy-world latents with their renderer label maps (the ground truth the toy generator
     was trained to reproduce). Returns (ws [n, num_ws, w_dim], labels [n, H, W] int64)."""
+    from linkstyle_core.toyworld.factors import SPECIES, factors_from_latent, sample_latent
     from linkstyle_core.toyworld.generator import one_hot
-    from linkstyle_core.toyworld.renderer import SPECIES, factors_from_latent, render, sample_latent
+    from linkstyle_core.toyworld.renderer import render
 
     g = torch.Generator().manual_seed(seed)
     z = sample_latent(n, g)

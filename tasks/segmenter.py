@@ -50,7 +50,7 @@ def _labelled(cfg: AnalysisConfig, models: Models) -> tuple[Any, ...]:
         dev = models.device
         return (ws[:n_train].to(dev), labels[:n_train].to(dev), ws[n_train:].to(dev),
                 labels[n_train:].to(dev), parts)
-    from linkstyle_core.toyworld.renderer import PARTS
+    from linkstyle_core.toyworld.factors import PARTS
 
     parts = list(cfg.segment.parts or PARTS)
     if parts != list(PARTS):

@@ -1,13 +1,15 @@
 """The bundled toy world: procedural creatures with known parts and factors (DESIGN.md).
 
-- ``renderer``: batched, anti-aliased rendering of creatures with part label maps and
-  ground-truth factors (``PARTS``, ``FACTORS``, ``SPECIES``);
+- ``factors``: the world's parts, species and factors (``PARTS``, ``SPECIES``, ``FACTORS``) and
+  how factors follow from latents;
+- ``renderer``: batched, anti-aliased rendering of creatures with part label maps;
 - ``generator``: ``ToyGenerator``, a small style-based generator trained to reproduce it;
 - ``classifier``: ``ToyClassifier``, a small ResNet that tells the species apart;
 - ``footprint``: where each factor's change lands in the image (the renderer's ground truth);
 - ``ground_truth``: the interventional ground truth of the classifier's units, shipped with
   its weights;
-- ``train``, ``evaluate``, ``sheet``: training, quality figures and a contact sheet, as used by
+- ``train``, ``evaluate`` (with ``image_statistics``), ``sheet``: training, quality figures
+  and a contact sheet, as used by
   ``linkstyle toy ...``. The trained weights ship in ``weights/`` and load with
   ``linkstyle_core.models.toy.load_toy_generator`` / ``load_toy_classifier``.
 """
@@ -19,12 +21,21 @@ from linkstyle_core.toyworld.checkpoint import (
     save_checkpoint,
 )
 from linkstyle_core.toyworld.classifier import ToyClassifier, ToyClassifierConfig
-from linkstyle_core.toyworld.evaluate import (
-    THRESHOLDS,
-    check,
-    evaluate,
-    factor_statistics,
-    format_report,
+from linkstyle_core.toyworld.evaluate import THRESHOLDS, check, evaluate, format_report
+from linkstyle_core.toyworld.factors import (
+    FACTOR_PARTS,
+    FACTORS,
+    LATENT_DIM,
+    NUISANCE_FACTORS,
+    PARTS,
+    SPECIES,
+    factor_index,
+    factor_ranges,
+    factors_from_latent,
+    sample_factors,
+    sample_latent,
+    species_means,
+    species_stds,
 )
 from linkstyle_core.toyworld.footprint import factor_footprints
 from linkstyle_core.toyworld.generator import ToyGenerator, ToyGeneratorConfig, one_hot
@@ -37,26 +48,14 @@ from linkstyle_core.toyworld.ground_truth import (
     measure_ground_truth,
     summarize_ground_truth,
 )
+from linkstyle_core.toyworld.image_statistics import factor_statistics
 from linkstyle_core.toyworld.renderer import (
-    FACTOR_PARTS,
-    FACTORS,
-    LATENT_DIM,
-    NUISANCE_FACTORS,
-    PARTS,
     RESOLUTION,
-    SPECIES,
     RenderOutput,
-    factor_index,
-    factor_ranges,
-    factors_from_latent,
     infer_labels,
     part_palette,
     render,
     render_species,
-    sample_factors,
-    sample_latent,
-    species_means,
-    species_stds,
 )
 from linkstyle_core.toyworld.sheet import PART_COLOURS, colour_labels, write_sheet
 from linkstyle_core.toyworld.train import augment, train_classifier, train_generator

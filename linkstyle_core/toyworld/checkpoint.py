@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from linkstyle_core.toyworld.classifier import ToyClassifier, ToyClassifierConfig
+from linkstyle_core.toyworld.factors import FACTORS, SPECIES
 from linkstyle_core.toyworld.generator import ToyGenerator, ToyGeneratorConfig
-from linkstyle_core.toyworld.renderer import FACTORS, SPECIES
 
 FORMAT_VERSION = 1
 GENERATOR_KIND = "toy-generator"

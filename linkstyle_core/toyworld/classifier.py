@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linkstyle_core.toyworld.renderer import RESOLUTION, SPECIES
+from linkstyle_core.toyworld.factors import SPECIES
+from linkstyle_core.toyworld.renderer import RESOLUTION
 
 
 @dataclass(frozen=True)

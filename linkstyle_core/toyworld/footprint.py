@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from linkstyle_core.toyworld.renderer import FACTOR_PARTS, PARTS, factor_interventions, render
+from linkstyle_core.toyworld.factors import FACTOR_PARTS, PARTS, factor_interventions
+from linkstyle_core.toyworld.renderer import render
 
 
 def _near_parts(labels: torch.Tensor) -> torch.Tensor:

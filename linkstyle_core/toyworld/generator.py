@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linkstyle_core.toyworld.renderer import LATENT_DIM, SPECIES, normalize_latent
+from linkstyle_core.toyworld.factors import LATENT_DIM, SPECIES, normalize_latent
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,9 @@ import torch
 
 from linkstyle_core import stop
 from linkstyle_core.models.protocols import Classifier
+from linkstyle_core.toyworld.factors import FACTOR_PARTS, FACTORS, SPECIES, factor_interventions
 from linkstyle_core.toyworld.generator import model_device
-from linkstyle_core.toyworld.renderer import (
-    FACTOR_PARTS,
-    FACTORS,
-    SPECIES,
-    factor_interventions,
-    render,
-)
+from linkstyle_core.toyworld.renderer import render
 
 if TYPE_CHECKING:
     import pandas as pd

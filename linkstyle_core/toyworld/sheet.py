@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from linkstyle_core.models.protocols import Generator
+from linkstyle_core.toyworld.factors import PARTS, SPECIES, factors_from_latent
 from linkstyle_core.toyworld.generator import model_device, one_hot
-from linkstyle_core.toyworld.renderer import PARTS, SPECIES, factors_from_latent, render
+from linkstyle_core.toyworld.renderer import render
 
 # One fixed, readable colour per part for label maps (RGB in [0, 1]), indexed like PARTS.
 PART_COLOURS: tuple[tuple[float, float, float], ...] = (

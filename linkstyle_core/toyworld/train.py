@@ -26,17 +26,17 @@ import torch.nn.functional as F
 
 from linkstyle_core.toyworld.checkpoint import save_checkpoint
 from linkstyle_core.toyworld.classifier import ToyClassifier, ToyClassifierConfig
-from linkstyle_core.toyworld.generator import ToyGenerator, ToyGeneratorConfig, one_hot
-from linkstyle_core.toyworld.renderer import (
+from linkstyle_core.toyworld.factors import (
     FACTOR_PARTS,
     FACTORS,
     PARTS,
     SPECIES,
     factors_from_latent,
-    render,
     sample_factors,
     sample_latent,
 )
+from linkstyle_core.toyworld.generator import ToyGenerator, ToyGeneratorConfig, one_hot
+from linkstyle_core.toyworld.renderer import render
 
 # Seeds used for training sampling streams are derived from the user's seed with these
 # offsets so that generator and classifier never share a stream with evaluation (which uses

@@ -78,7 +78,7 @@ def test_a_stale_training_is_abandoned_at_its_next_step() -> None:
 
 def _toy_miou(labelled: int, steps: int) -> float:
     from linkstyle_core.models.toy import load_toy_generator
-    from linkstyle_core.toyworld.renderer import PARTS
+    from linkstyle_core.toyworld.factors import PARTS
 
     gen = load_toy_generator()
     ws, labels = toy_labelled(gen, labelled, 0)

@@ -8,8 +8,7 @@ import sys
 import pytest
 import torch
 
-from linkstyle_core.toyworld.footprint import factor_footprints
-from linkstyle_core.toyworld.renderer import (
+from linkstyle_core.toyworld.factors import (
     FACTOR_PARTS,
     FACTORS,
     LATENT_DIM,
@@ -19,14 +18,13 @@ from linkstyle_core.toyworld.renderer import (
     factor_index,
     factor_ranges,
     factors_from_latent,
-    infer_labels,
-    render,
-    render_species,
     sample_factors,
     sample_latent,
     species_means,
     species_stds,
 )
+from linkstyle_core.toyworld.footprint import factor_footprints
+from linkstyle_core.toyworld.renderer import infer_labels, render, render_species
 
 
 def _batch(n: int = 64, seed: int = 0):

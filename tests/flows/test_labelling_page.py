@@ -32,7 +32,7 @@ def toy_generator():
 
 def toy_folder(path: Path, generator, count: int, seed: int = 3) -> tuple[Path, np.ndarray]:
     """An exported folder of ``count`` toy images, and the renderer's label maps of them."""
-    from linkstyle_core.toyworld.renderer import PARTS
+    from linkstyle_core.toyworld.factors import PARTS
 
     ws, labels = toy_labelled(generator, count, seed)
     export_latents(generator, path, ws, list(PARTS))
