@@ -2,9 +2,9 @@
 
 Adapters are a dict registry keyed by ``kind`` (DESIGN.md, "Adapters"): ``toy`` (bundled),
 ``stylegan-xl`` (``models.stylegan_xl``, with ``stylegan_checkout`` and ``stylegan_ops``),
-``torchvision``/``timm`` (``models.classifiers``), and ``python``, which loads any
-``package.module:factory`` whose result satisfies the protocol. Adapter modules are imported
-when their kind is used, so timm stays optional.
+``torchvision``/``timm`` (``models.pretrained``, split by ``models.classifiers``), and
+``python``, which loads any ``package.module:factory`` whose result satisfies the protocol.
+Adapter modules are imported when their kind is used, so timm stays optional.
 """
 
 from __future__ import annotations
@@ -174,14 +174,14 @@ def _stylegan_xl(cfg: GeneratorConfig, device: torch.device, open_uri: Any = Non
 
 
 def _torchvision(cfg: ClassifierConfig, device: torch.device) -> Classifier:
-    from linkstyle_core.models.classifiers import load_torchvision
+    from linkstyle_core.models.pretrained import load_torchvision
 
     assert cfg.name is not None  # ClassifierConfig checks
     return load_torchvision(cfg.name, cfg.weights, device)
 
 
 def _timm(cfg: ClassifierConfig, device: torch.device) -> Classifier:
-    from linkstyle_core.models.classifiers import load_timm
+    from linkstyle_core.models.pretrained import load_timm
 
     assert cfg.name is not None
     return load_timm(cfg.name, cfg.weights, device)

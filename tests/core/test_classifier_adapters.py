@@ -19,12 +19,14 @@ from linkstyle_core.models.classifiers import (
     Preprocessing,
     SplitClassifier,
     last_linear,
+)
+from linkstyle_core.models.errors import ModelError
+from linkstyle_core.models.pretrained import (
     load_timm,
     load_torchvision,
     preprocessing_of,
     torchvision_cache_file,
 )
-from linkstyle_core.models.errors import ModelError
 from linkstyle_core.models.registry import check_protocol, class_names
 
 # (model, where its last Linear sits, units of the penultimate layer, test input side)
@@ -114,7 +116,7 @@ def test_torchvision_weights_come_from_the_hub_cache(hub: Path) -> None:
 
 
 def test_the_hub_can_never_download() -> None:
-    from linkstyle_core.models.classifiers import _build_without_download
+    from linkstyle_core.models.pretrained import build_without_download
 
     def builder() -> None:
         torch.hub.download_url_to_file("https://example.org/w.pth", "/tmp/w.pth")
@@ -122,7 +124,7 @@ def test_the_hub_can_never_download() -> None:
     original = torch.hub.download_url_to_file
     with pytest.raises(ModelError, match="refusing to download https://example.org/w.pth to "
                                          "/tmp/w.pth: weights are never downloaded here"):
-        _build_without_download(builder)
+        build_without_download(builder)
     assert torch.hub.download_url_to_file is original
 
 
@@ -295,13 +297,13 @@ class _WithScale(nn.Module):
 
 
 def test_loading_skips_random_init_unless_the_model_keeps_unsaved_tensors() -> None:
-    from linkstyle_core.models.classifiers import _build_and_load
+    from linkstyle_core.models.pretrained import build_and_load
 
     state = {k: v.half() for k, v in nn.Sequential(nn.Linear(4, 3)).state_dict().items()}
-    skipped = _build_and_load(lambda: nn.Sequential(nn.Linear(4, 3)), state, "file", "seq")
+    skipped = build_and_load(lambda: nn.Sequential(nn.Linear(4, 3)), state, "file", "seq")
     assert skipped[0].weight.dtype == torch.float32  # cast to the model's dtype
     torch.testing.assert_close(skipped[0].weight, state["0.weight"].float())
     source = _WithScale()
-    rebuilt = _build_and_load(_WithScale, source.state_dict(), "file", "with-scale")
+    rebuilt = build_and_load(_WithScale, source.state_dict(), "file", "with-scale")
     assert not rebuilt.scale.is_meta and torch.equal(rebuilt.scale, torch.full((4,), 2.0))
     torch.testing.assert_close(rebuilt.fc.weight, source.fc.weight)
