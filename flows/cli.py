@@ -519,7 +519,7 @@ def cmd_unit(args: argparse.Namespace) -> int:
     try:
         _, keys = run_keys(config, "latest", needs="selectivity")
     except RunNotFound:
-        from flows.analysis import analysis_keys
+        from flows.stages import analysis_keys
         from tasks.context import models_for
 
         keys = analysis_keys(config, models_for(config))

@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from flows.analysis import analysis_keys, counterfactual_flow, validate_flow
+from flows.analysis import counterfactual_flow, validate_flow
+from flows.stages import analysis_keys
 from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.toyworld import SPECIES
 from storage import ArtifactStore
