@@ -4,75 +4,23 @@ Each case runs ``flows.cli.main`` in-process and asserts exit code 2, a ``linkst
 message naming the field, file or argument, no traceback, and an artifact root that did not
 change (relative paths, sizes and sha256 of every file; a root that did not exist still does
 not). The checks run before Prefect starts (``flows.preflight``), so the whole file takes
-seconds. The last tests check that a failing shard's own error is shown (not Prefect's
-``UnfinishedRun``) and that a SIGTERM leaves no temporary Prefect server behind.
+seconds. A running command's edges (signals, start-up, pipes, a busy machine) are in
+test_running_command.py.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from flows.cli import main
-from storage import ArtifactStore, content_key
 from tests.fixtures.snapshot import snapshot
-from tests.fixtures.tiny_models import TINY_CONFIG, tiny_label_folder
-
-
-@pytest.fixture(scope="module")
-def labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A labelled folder for the tiny generator (parts background, bright, dark)."""
-    return Path(tiny_label_folder(tmp_path_factory.mktemp("labels") / "labelled"))
-
-
-@pytest.fixture(autouse=True)
-def _keep_environment() -> object:
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@pytest.fixture
-def world(tmp_path: Path, labels: Path) -> dict[str, Path]:
-    """An artifact root holding one committed artifact, the label folder, a file, and folders
-    for broken label folders."""
-    root = tmp_path / "artifacts"
-    with ArtifactStore(str(root)).writer("paired", content_key("paired", 1, {"x": 1})) as w:
-        w.write_array("w", np.ones((3, 2), dtype="float32"))
-    (tmp_path / "a-file.txt").write_text("not a folder\n")
-    bad_json = tmp_path / "bad-json"
-    bad_json.mkdir()
-    (bad_json / "parts.json").write_text('["background", "ear"')
-    not_imported = tmp_path / "not-imported"
-    not_imported.mkdir()
-    (not_imported / "parts.json").write_text('["background", "bright", "dark"]')
-    corrupt = tmp_path / "corrupt-npz"
-    corrupt.mkdir()
-    (corrupt / "labels.npz").write_bytes(b"PK\x03\x04 this is not a zip file")
-    wrong_shape = tmp_path / "wrong-shape"
-    wrong_shape.mkdir()
-    np.savez(wrong_shape / "labels.npz", ws=np.zeros((4, 3, 5), "float32"),
-             labels=np.zeros((4, 8, 8), "int64"), parts=np.asarray(["background", "x"]))
-    (tmp_path / "dangling").symlink_to(tmp_path / "gone")  # a link to a folder not there
-    return {"tmp": tmp_path, "root": root, "labels": labels}
-
-
-def _tiny(**sections: object) -> dict:
-    config = copy.deepcopy(TINY_CONFIG)
-    for name, values in sections.items():
-        config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values
-    return config
-
+from tests.fixtures.tiny_models import tiny_config as tiny
 
 LABELLED = {"labels": "{labels}"}
 
@@ -95,51 +43,51 @@ CASES: list[tuple[str, dict | str | None, list[str], list[str]]] = [
     ("config-validate-duplicate", "data:\n  seed: 1\n  seed: 2\n", ["config", "validate", "{cfg}"],
      ["appears twice"]),
     # -- strict types, finite floats, bounds
-    ("bool-as-count", _tiny(data={"samples_per_class": True}), ["run"],
+    ("bool-as-count", tiny(data={"samples_per_class": True}), ["run"],
      ["data.samples_per_class", "valid integer", "True"]),
-    ("string-as-count", _tiny(data={"samples_per_class": "200"}), ["run"],
+    ("string-as-count", tiny(data={"samples_per_class": "200"}), ["run"],
      ["data.samples_per_class", "valid integer"]),
-    ("float-as-count", _tiny(tuning={"steps": 3.5}), ["run"], ["tuning.steps", "valid integer"]),
-    ("bool-as-float", _tiny(data={"truncation": True}), ["run"], ["data.truncation"]),
+    ("float-as-count", tiny(tuning={"steps": 3.5}), ["run"], ["tuning.steps", "valid integer"]),
+    ("bool-as-float", tiny(data={"truncation": True}), ["run"], ["data.truncation"]),
     ("inf-lr", "counterfactual:\n  lr: .inf\n", ["run"], ["counterfactual.lr", "finite"]),
     ("nan-alpha", "link:\n  alpha: .nan\n", ["run"], ["link.alpha", "finite"]),
-    ("huge-samples", _tiny(data={"samples_per_class": 10**30}), ["run"],
+    ("huge-samples", tiny(data={"samples_per_class": 10**30}), ["run"],
      ["data.samples_per_class", "less than or equal to 100000"]),
-    ("huge-seed", _tiny(data={"seed": 2**40}), ["run"], ["data.seed", "4294967295"]),
-    ("negative-seed", _tiny(tuning={"seed": -1}), ["run"], ["tuning.seed", "greater than"]),
-    ("huge-batch", _tiny(runtime={"batch_size": 10**9}), ["run"], ["runtime.batch_size"]),
-    ("zero-truncation", _tiny(data={"truncation": 0}), ["run"], ["data.truncation"]),
-    ("bool-class", _tiny(data={"classes": [0, True]}), ["run"], ["data.classes"]),
-    ("empty-classes", _tiny(data={"classes": []}), ["run"], ["data.classes", "at least one"]),
-    ("empty-root", _tiny(artifact_root=""), ["run"], ["artifact_root"]),
-    ("bad-precision", _tiny(runtime={"precision": "fp8"}), ["run"], ["runtime.precision"]),
-    ("bad-device-name", _tiny(runtime={"device": "gpu"}), ["run"], ["runtime.device"]),
-    ("too-few-null-directions", _tiny(tuning={"null_directions": 2}), ["run"],
+    ("huge-seed", tiny(data={"seed": 2**40}), ["run"], ["data.seed", "4294967295"]),
+    ("negative-seed", tiny(tuning={"seed": -1}), ["run"], ["tuning.seed", "greater than"]),
+    ("huge-batch", tiny(runtime={"batch_size": 10**9}), ["run"], ["runtime.batch_size"]),
+    ("zero-truncation", tiny(data={"truncation": 0}), ["run"], ["data.truncation"]),
+    ("bool-class", tiny(data={"classes": [0, True]}), ["run"], ["data.classes"]),
+    ("empty-classes", tiny(data={"classes": []}), ["run"], ["data.classes", "at least one"]),
+    ("empty-root", tiny(artifact_root=""), ["run"], ["artifact_root"]),
+    ("bad-precision", tiny(runtime={"precision": "fp8"}), ["run"], ["runtime.precision"]),
+    ("bad-device-name", tiny(runtime={"device": "gpu"}), ["run"], ["runtime.device"]),
+    ("too-few-null-directions", tiny(tuning={"null_directions": 2}), ["run"],
      ["tuning.null_directions", "at least 20", "profiles are noise"]),
     # -- checks against the models, before stage 1
-    ("classes-out-of-range", _tiny(data={"classes": [0, 7]}, segment=LABELLED), ["run"],
+    ("classes-out-of-range", tiny(data={"classes": [0, 7]}, segment=LABELLED), ["run"],
      ["data.classes", "class 7", "out of range", "3 classes"]),
-    ("units-out-of-range", _tiny(tuning={"units": "0-99999"}, segment=LABELLED), ["run"],
+    ("units-out-of-range", tiny(tuning={"units": "0-99999"}, segment=LABELLED), ["run"],
      ["tuning.units", "unit 16", "16 units"]),
-    ("units-astronomic", _tiny(tuning={"units": "0-1000000000000"}, segment=LABELLED), ["run"],
+    ("units-astronomic", tiny(tuning={"units": "0-1000000000000"}, segment=LABELLED), ["run"],
      ["tuning.units", "out of range"]),
-    ("units-not-a-range", _tiny(tuning={"units": "0-x"}), ["run"], ["tuning.units", "'0-x'"]),
-    ("tuning-more-than-held-out", _tiny(tuning={"samples_per_class": 30}, segment=LABELLED),
+    ("units-not-a-range", tiny(tuning={"units": "0-x"}), ["run"], ["tuning.units", "'0-x'"]),
+    ("tuning-more-than-held-out", tiny(tuning={"samples_per_class": 30}, segment=LABELLED),
      ["run"], ["tuning.samples_per_class", "data.test_samples_per_class"]),
-    ("validate-needs-toy-world", _tiny(segment=LABELLED), ["validate"], ["toy world"]),
+    ("validate-needs-toy-world", tiny(segment=LABELLED), ["validate"], ["toy world"]),
     # -- the segmenter's labels
-    ("labels-required", _tiny(), ["run"], ["segment.labels is required"]),
-    ("labels-folder-missing", _tiny(segment={"labels": "{tmp}/nowhere"}), ["run"],
+    ("labels-required", tiny(), ["run"], ["segment.labels is required"]),
+    ("labels-folder-missing", tiny(segment={"labels": "{tmp}/nowhere"}), ["run"],
      ["segment.labels", "nowhere", "not a folder"]),
-    ("labels-not-imported", _tiny(segment={"labels": "{tmp}/not-imported"}), ["run"],
+    ("labels-not-imported", tiny(segment={"labels": "{tmp}/not-imported"}), ["run"],
      ["not-imported/labels.npz", "labels import"]),
-    ("labels-parts-json-invalid", _tiny(segment={"labels": "{tmp}/bad-json"}), ["run"],
+    ("labels-parts-json-invalid", tiny(segment={"labels": "{tmp}/bad-json"}), ["run"],
      ["bad-json/parts.json", "not valid JSON"]),
-    ("labels-npz-corrupt", _tiny(segment={"labels": "{tmp}/corrupt-npz"}), ["run"],
+    ("labels-npz-corrupt", tiny(segment={"labels": "{tmp}/corrupt-npz"}), ["run"],
      ["corrupt-npz/labels.npz", "cannot be read"]),
-    ("labels-for-another-generator", _tiny(segment={"labels": "{tmp}/wrong-shape"}), ["run"],
+    ("labels-for-another-generator", tiny(segment={"labels": "{tmp}/wrong-shape"}), ["run"],
      ["wrong-shape", "latents have shape", "export the folder again"]),
-    ("parts-unknown-to-labels", _tiny(segment={"labels": "{labels}", "parts": ["background",
+    ("parts-unknown-to-labels", tiny(segment={"labels": "{labels}", "parts": ["background",
                                                                            "ear"]}),
      ["run"], ["segment.parts", "unknown part(s) ['ear']", "bright"]),
     ("parts-unknown-to-toy-world", {"segment": {"parts": ["background", "wing"]}}, ["run"],
@@ -150,7 +98,7 @@ CASES: list[tuple[str, dict | str | None, list[str], list[str]]] = [
      ["nowhere", "labels export"]),
     ("labels-export-zero", None, ["labels", "export", "--out", "{tmp}/new", "--count", "0"],
      ["--count", "got 0"]),
-    ("labels-export-without-parts", _tiny(),
+    ("labels-export-without-parts", tiny(),
      ["labels", "export", "--config", "{cfg}", "--out", "{tmp}/new"], ["segment.parts"]),
     ("labels-open-missing-folder", None, ["labels", "open", "--no-browser", "{tmp}/nowhere"],
      ["nowhere is not a folder", "labels export --out"]),
@@ -160,27 +108,27 @@ CASES: list[tuple[str, dict | str | None, list[str], list[str]]] = [
     ("labels-open-another-generator", None, ["labels", "open", "--no-browser", "{labels}"],
      ["latents.npy holds latents [N, 2, 6]", "--config FILE", "--no-prefill"]),
     # -- the artifact root
-    ("root-is-a-file", _tiny(segment=LABELLED), ["run", "--root", "{tmp}/a-file.txt"],
+    ("root-is-a-file", tiny(segment=LABELLED), ["run", "--root", "{tmp}/a-file.txt"],
      ["a-file.txt", "is a file"]),
-    ("root-under-a-file", _tiny(segment=LABELLED), ["run", "--root", "{tmp}/a-file.txt/sub"],
+    ("root-under-a-file", tiny(segment=LABELLED), ["run", "--root", "{tmp}/a-file.txt/sub"],
      ["cannot be created", "a-file.txt is a file"]),
-    ("root-dangling-link", _tiny(segment=LABELLED), ["run", "--root", "{tmp}/dangling"],
+    ("root-dangling-link", tiny(segment=LABELLED), ["run", "--root", "{tmp}/dangling"],
      ["dangling is a symbolic link to", "gone, which does not exist"]),
-    ("root-under-a-dangling-link", _tiny(segment=LABELLED),
+    ("root-under-a-dangling-link", tiny(segment=LABELLED),
      ["run", "--root", "{tmp}/dangling/artifacts"], ["dangling is a symbolic link"]),
-    ("root-unknown-protocol", _tiny(segment=LABELLED), ["run", "--root", "nosuch://bucket/x"],
+    ("root-unknown-protocol", tiny(segment=LABELLED), ["run", "--root", "nosuch://bucket/x"],
      ["nosuch://bucket/x", "Protocol not known"]),
     ("root-unknown-protocol-status", None, ["status", "--root", "nosuch://bucket/x"],
      ["Protocol not known"]),
     # -- model files
-    ("generator-target-malformed", _tiny(generator={"target": "no_colon"}), ["run"],
+    ("generator-target-malformed", tiny(generator={"target": "no_colon"}), ["run"],
      ["generator.target", "package.module:factory"]),
-    ("generator-module-missing", _tiny(generator={"target": "nosuch.module:factory"}), ["run"],
+    ("generator-module-missing", tiny(generator={"target": "nosuch.module:factory"}), ["run"],
      ["generator.target", "cannot import module 'nosuch.module'"]),
-    ("generator-factory-missing", _tiny(generator={"target": "tests.fixtures.tiny_models:nope"}),
+    ("generator-factory-missing", tiny(generator={"target": "tests.fixtures.tiny_models:nope"}),
      ["run"], ["generator.target", "has no 'nope'"]),
     ("classifier-not-a-classifier",
-     _tiny(classifier={"target": "tests.fixtures.tiny_models:tiny_generator"}), ["run"],
+     tiny(classifier={"target": "tests.fixtures.tiny_models:tiny_generator"}), ["run"],
      ["classifier", "does not satisfy the Classifier protocol"]),
     ("stylegan-without-network", {"generator": {"kind": "stylegan-xl"}}, ["run"],
      ["generator.network", "generator.source"]),
@@ -196,31 +144,31 @@ CASES: list[tuple[str, dict | str | None, list[str], list[str]]] = [
     ("until-unknown", None, ["run", "--until", "everything"], ["--until", "invalid choice"]),
     ("unknown-command", None, ["rnu"], ["invalid choice: 'rnu'"]),
     ("unknown-flag", None, ["run", "--fast"], ["unrecognized arguments: --fast"]),
-    ("origin-without-target", _tiny(segment=LABELLED), ["counterfactual", "--origin", "0"],
+    ("origin-without-target", tiny(segment=LABELLED), ["counterfactual", "--origin", "0"],
      ["--origin without --target", "give both"]),
-    ("target-without-origin", _tiny(segment=LABELLED), ["counterfactual", "--target", "0"],
+    ("target-without-origin", tiny(segment=LABELLED), ["counterfactual", "--target", "0"],
      ["--target without --origin"]),
-    ("origin-equals-target", _tiny(segment=LABELLED),
+    ("origin-equals-target", tiny(segment=LABELLED),
      ["counterfactual", "--origin", "1", "--target", "1"], ["both 1", "different class"]),
-    ("target-out-of-range", _tiny(segment=LABELLED),
+    ("target-out-of-range", tiny(segment=LABELLED),
      ["counterfactual", "--origin", "0", "--target", "9"], ["--target 9", "data.classes"]),
-    ("origin-not-a-number", _tiny(segment=LABELLED), ["counterfactual", "--origin", "cat"],
+    ("origin-not-a-number", tiny(segment=LABELLED), ["counterfactual", "--origin", "cat"],
      ["--origin", "invalid int value: 'cat'"]),
-    ("counterfactual-zero-samples", _tiny(segment=LABELLED), ["counterfactual", "--samples", "0"],
+    ("counterfactual-zero-samples", tiny(segment=LABELLED), ["counterfactual", "--samples", "0"],
      ["counterfactual.samples", "greater than or equal to 1"]),
-    ("counterfactual-huge-samples", _tiny(segment=LABELLED),
+    ("counterfactual-huge-samples", tiny(segment=LABELLED),
      ["counterfactual", "--samples", str(10**30)], ["counterfactual.samples", "100000"]),
     # -- the task runner (flows.runners)
-    ("runner-unknown", _tiny(segment=LABELLED), ["run", "--runner", "spark"],
+    ("runner-unknown", tiny(segment=LABELLED), ["run", "--runner", "spark"],
      ["--runner", "invalid choice: 'spark'"]),
-    ("workers-without-a-runner", _tiny(segment=LABELLED), ["run", "--workers", "2"],
+    ("workers-without-a-runner", tiny(segment=LABELLED), ["run", "--workers", "2"],
      ["address and workers apply to the dask and ray runners", "--runner dask"]),
-    ("workers-zero", _tiny(segment=LABELLED), ["run", "--runner", "dask", "--workers", "0"],
+    ("workers-zero", tiny(segment=LABELLED), ["run", "--runner", "dask", "--workers", "0"],
      ["workers must be a whole number >= 1, got 0"]),
-    ("address-and-workers", _tiny(segment=LABELLED),
+    ("address-and-workers", tiny(segment=LABELLED),
      ["validate", "--runner", "ray", "--address", "auto", "--workers", "2"],
      ["either an address", "not both"]),
-    ("counterfactual-more-than-held-out", _tiny(segment=LABELLED),
+    ("counterfactual-more-than-held-out", tiny(segment=LABELLED),
      ["counterfactual", "--samples", "50"],
      ["counterfactual.samples (50)", "data.test_samples_per_class (20)"]),
 ]
@@ -286,7 +234,7 @@ def test_cuda_without_a_gpu_is_a_config_error(world, capsys) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    args = _argv(world, _tiny(runtime={"device": "cuda"}, segment=LABELLED), ["run"])
+    args = _argv(world, tiny(runtime={"device": "cuda"}, segment=LABELLED), ["run"])
     before = snapshot(world["root"])
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -299,7 +247,7 @@ def test_a_remote_cluster_needs_a_prefect_server_its_workers_reach(world, capsys
     import flows.server
 
     monkeypatch.setattr(flows.server, "uses_own_server", lambda: False)  # no PREFECT_API_URL
-    args = _argv(world, _tiny(segment=LABELLED), ["counterfactual", "--runner", "dask",
+    args = _argv(world, tiny(segment=LABELLED), ["counterfactual", "--runner", "dask",
                                                   "--address", "tcp://10.1.2.3:8786"])
     before = snapshot(world["root"])
     t0 = time.perf_counter()
@@ -322,7 +270,7 @@ def test_s3_without_s3fs_says_what_to_install(world, capsys, monkeypatch) -> Non
 
     monkeypatch.setitem(sys.modules, "s3fs", None)  # as if the s3 extra were not installed
     monkeypatch.delitem(_registry, "s3", raising=False)
-    args = _argv(world, _tiny(segment=LABELLED), ["run", "--root", "s3://bucket/prefix"])
+    args = _argv(world, tiny(segment=LABELLED), ["run", "--root", "s3://bucket/prefix"])
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "s3://bucket/prefix" in err and "s3fs" in err and "Traceback" not in err
@@ -333,7 +281,7 @@ def test_a_root_that_is_not_writable_is_refused(world, capsys, monkeypatch) -> N
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == world["root"]
                         else real(p, mode))
-    args = _argv(world, _tiny(segment=LABELLED), ["run"])
+    args = _argv(world, tiny(segment=LABELLED), ["run"])
     before = snapshot(world["root"])
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -343,7 +291,7 @@ def test_a_root_that_is_not_writable_is_refused(world, capsys, monkeypatch) -> N
 
 def test_a_root_that_does_not_exist_is_not_created(world, capsys) -> None:
     missing = world["tmp"] / "fresh" / "root"
-    args = _argv(world, _tiny(tuning={"units": "0-99"}, segment=LABELLED),
+    args = _argv(world, tiny(tuning={"units": "0-99"}, segment=LABELLED),
                  ["run", "--root", str(missing)])
     assert main(args) == 2
     assert "tuning.units" in capsys.readouterr().err
@@ -424,252 +372,3 @@ def test_the_console_shows_no_prefect_line_about_a_failed_run() -> None:
     assert quiet.filter(record("prefect.flow_runs", logging.INFO, "Finished in state Completed()"))
 
 
-# -- the running command: the shard's own error, no orphan server ------------------------------
-def _run_tiny(tmp_path: Path, **data) -> list[str]:
-    config = _tiny(data={"samples_per_class": 12, "test_samples_per_class": 6, **data})
-    config["artifact_root"] = str(tmp_path / "root")
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return [sys.executable, "-m", "flows.cli", "run", "--config", str(path), "--until", "paired"]
-
-
-def _children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (from /proc)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    return env
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
-                         ids=["SIGTERM", "SIGINT", "SIGKILL"])
-def test_a_killed_run_leaves_no_server_and_closes_the_pipe(tmp_path, sig) -> None:
-    proc = subprocess.Popen(_run_tiny(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=_env(), cwd=Path(__file__).resolve().parents[2])
-    try:
-        deadline = time.time() + 120
-        children: list[int] = []
-        while not children and time.time() < deadline and proc.poll() is None:
-            children = _children(proc.pid)  # the temporary Prefect server
-            time.sleep(0.1)
-        assert children, "the run did not start its temporary Prefect server"
-        time.sleep(1.0)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=60)  # returns only when every writer closed the pipe
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    expected = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGKILL: -9}[sig]
-    assert proc.returncode == expected, err.decode()[-2000:]
-    if sig != signal.SIGKILL:
-        assert b"committed artifacts are kept" in err and b"Traceback" not in err
-    deadline = time.time() + 10
-    while any(_alive(c) for c in children) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not [c for c in children if _alive(c)], "the temporary Prefect server outlived the run"
-    if sig == signal.SIGKILL:  # and the next run works
-        again = subprocess.run(_run_tiny(tmp_path), capture_output=True, env=_env(), timeout=300,
-                               cwd=Path(__file__).resolve().parents[2])
-        assert again.returncode == 0, again.stderr.decode()[-2000:]
-
-
-@pytest.mark.slow
-def test_a_failing_shard_shows_its_own_error(tmp_path) -> None:
-    """A class the classifier rarely accepts fails its paired shard: the command shows that
-    AcceptanceError as one message, not Prefect's UnfinishedRun, no traceback, and no Prefect
-    ERROR line ("Finished in state Failed", "NotReady") before it."""
-    run = subprocess.run(_run_tiny(tmp_path, min_acceptance=1.0, max_attempts_factor=1.0),
-                         capture_output=True, env=_env(), timeout=300,
-                         cwd=Path(__file__).resolve().parents[2])
-    err = run.stderr.decode()
-    assert run.returncode == 2, err[-2000:]
-    assert "linkstyle: error: class " in err and "data.min_acceptance" in err
-    assert "UnfinishedRun" not in err and "Traceback" not in err
-    assert "ERROR" not in err and "Finished in state" not in err, err[-3000:]
-
-
-@pytest.mark.slow
-def test_sigterm_during_the_null_control_stops_within_a_batch(tmp_path, labels) -> None:
-    """The null control is one long task (here 100000 directions, minutes of work): a SIGTERM
-    while it runs ends the command within seconds, not when the task would have ended."""
-    config = _tiny(data={"samples_per_class": 12, "test_samples_per_class": 6},
-                   tuning={"units": "0-3", "shard_size": 4, "samples_per_class": 1,
-                           "null_samples_per_class": 1, "null_directions": 100000,
-                           "store_images": False},
-                   segment={"labels": str(labels)})
-    config["artifact_root"] = str(tmp_path / "root")
-    (tmp_path / "null.yaml").write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "flows.cli", "run", "--config", str(tmp_path / "null.yaml")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
-                            cwd=Path(__file__).resolve().parents[2])
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None \
-                and not list((tmp_path / "root").glob("tune/*/shards/*/manifest.json")):
-            time.sleep(0.2)  # the unit shard is committed: the null control runs next
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        time.sleep(3.0)
-        t0 = time.perf_counter()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-        took = time.perf_counter() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, err.decode()[-2000:]
-    assert b"terminated (SIGTERM)" in err and b"Traceback" not in err
-    assert not list((tmp_path / "root").glob("null/*/manifest.json"))  # it did not finish
-    print(f"stopped {took:.1f} s after SIGTERM")
-    assert took < 30, f"the run took {took:.0f} s to stop"
-
-
-# -- the command line's edges: start-up, a busy machine, pipes, remote roots, two runs at once ---
-_STARTUP_VARS = ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "PREFECT_LOGGING_LEVEL",
-                 "OMP_WAIT_POLICY")
-
-_PROBE = """
-import contextlib, sys
-import flows.server
-
-@contextlib.contextmanager
-def probe():  # what Prefect itself would use when the run starts its server
-    from prefect.settings import get_current_settings
-    settings = get_current_settings()
-    print("PROBE", settings.server.ephemeral.startup_timeout_seconds, settings.logging.level,
-          flush=True)
-    raise SystemExit(0)
-    yield
-
-flows.server.temporary_server = probe
-from flows.cli import entry  # the console command's own path
-sys.exit(entry())
-"""
-
-
-def _fresh_env(tmp_path: Path) -> dict[str, str]:
-    """This environment without the command line's start-up defaults (a user's shell), and
-    with a Prefect home of its own."""
-    env = {k: v for k, v in _env().items() if k not in _STARTUP_VARS}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    return env
-
-
-def test_startup_defaults_reach_prefect_in_a_fresh_process(tmp_path) -> None:
-    """The defaults are set before anything imports Prefect (which reads its settings once):
-    the run's Prefect sees a 90 s start-up timeout and the WARNING log level, not its own 20 s
-    and INFO."""
-    argv = _run_tiny(tmp_path)[3:]  # after `python -m flows.cli`
-    run = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True,
-                         env=_fresh_env(tmp_path), cwd=_env()["PYTHONPATH"], timeout=300)
-    assert "PROBE 90 WARNING" in run.stdout, run.stdout + run.stderr[-2000:]
-    # importing the command line (a test, a notebook) leaves the caller's environment alone
-    check = ("import os; before = dict(os.environ); import flows.cli; "
-             "print(dict(os.environ) == before)")
-    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
-                         env=_fresh_env(tmp_path), cwd=_env()["PYTHONPATH"], timeout=120)
-    assert run.stdout.strip() == "True", run.stderr[-2000:]
-
-
-def test_a_server_that_does_not_start_is_one_line_with_its_output_and_the_fix(tmp_path) -> None:
-    env = _fresh_env(tmp_path) | {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
-    run = subprocess.run(_run_tiny(tmp_path), capture_output=True, text=True, env=env,
-                         cwd=env["PYTHONPATH"], timeout=300)
-    assert run.returncode == 2, run.stderr[-2000:]
-    lines = [line for line in run.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("linkstyle: error: Prefect's temporary server did not start "
-                                "within 1 s"), lines
-    for words in ("its output: ", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=4",
-                  "prefect server start", "PREFECT_API_URL"):
-        assert words in lines[-1]
-    assert "Traceback" not in run.stderr and " ERROR " not in run.stderr
-    assert not (tmp_path / "root").exists() or not list((tmp_path / "root").rglob("manifest.json"))
-
-
-def _hogs(n: int = 2) -> list[subprocess.Popen]:
-    """``n`` processes that keep a core each busy (a shared CI machine, a laptop at work)."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-
-
-def test_the_main_command_succeeds_on_a_busy_machine_twice_at_once(tmp_path) -> None:
-    """Two identical ``linkstyle run --until paired`` on one root at once, while two CPU-bound
-    processes keep both cores of a 2-core machine busy (load about 4): each temporary Prefect
-    server starts later, within the command's start-up timeout; both runs compute the same
-    keys and commit the same bytes, neither reports damage, and the root verifies."""
-    argv, env = _run_tiny(tmp_path), _fresh_env(tmp_path)
-    hogs = _hogs(2)
-    try:
-        time.sleep(1.0)
-        t0 = time.perf_counter()
-        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=env, cwd=env["PYTHONPATH"]) for _ in range(2)]
-        outputs = [p.communicate(timeout=600) for p in procs]
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, f"load {load:.1f}: " + err[-3000:]
-        assert "stages done" in out and " ERROR " not in err
-        assert "error" not in err.lower() and "corrupt" not in (out + err).lower()
-    assert main(["status", "--root", str(tmp_path / "root"), "--verify"]) == 0
-    print(f"busy machine: load {load:.1f} at the end, both runs took "
-          f"{time.perf_counter() - t0:.0f} s")
-
-
-def test_a_closed_output_pipe_ends_quietly(world, tmp_path) -> None:
-    """``linkstyle status | head -n 0``: the reader goes away; no BrokenPipeError traceback,
-    and the exit code of a process stopped by SIGPIPE."""
-    command = (f"set -o pipefail; {sys.executable} -m flows.cli status --root {world['root']} "
-               "| head -n 0")
-    run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=_env(),
-                         cwd=_env()["PYTHONPATH"], timeout=120)
-    assert run.stderr == "" and run.returncode == 141, run.stderr
-
-
-@pytest.mark.parametrize("argv", [["run"], ["clean"], ["status"], ["runs"]],
-                         ids=lambda a: a[0])
-def test_an_s3_root_without_credentials_is_refused_in_seconds(world, capsys, monkeypatch,
-                                                              argv) -> None:
-    pytest.importorskip("s3fs")
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(world["tmp"]))  # no ~/.aws
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(world["tmp"] / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(world["tmp"] / "no-config"))
-    config = world["tmp"] / "s3.yaml"
-    config.write_text(yaml.safe_dump(_tiny(segment={"labels": str(world["labels"])})))
-    t0 = time.perf_counter()
-    code = main([argv[0], "--config", str(config), "--root", "s3://linkstyle-bucket/runs"])
-    took = time.perf_counter() - t0
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("linkstyle: error: artifact_root "
-                                        "s3://linkstyle-bucket/runs: no AWS credentials found")
-    assert "AWS_ACCESS_KEY_ID" in err and "Traceback" not in err
-    assert took < 10, took  # no wait on instance metadata or retries
