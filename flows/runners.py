@@ -85,6 +85,12 @@ class RunnerSpec:
 _ACTIVE: ContextVar[Any] = ContextVar("linkstyle_task_runner", default=None)
 
 
+def active_runner() -> tuple[Any, str, int | None] | None:
+    """(the task runner, its kind, the GPUs of a Ray cluster) that ``using`` made active, or
+    None (the flow's own runner)."""
+    return _ACTIVE.get()
+
+
 def submit(task: Any, exists: bool, wait_for: list[Any] | None = None, **kwargs: Any) -> Any:
     """Submit ``task`` with parameters ``kwargs`` to the active runner (``using``), else to
     the flow's own; refresh its Prefect cache when the store lacks its output (``exists``

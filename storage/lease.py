@@ -43,7 +43,7 @@ RENEW_S = 30.0  # how often a writer renews its lease
 
 
 @cache
-def _boot_id() -> str:
+def boot_id() -> str:
     """This machine's boot id (Linux), so that a host name shared by two machines is not
     mistaken for this one; '' where the system has none."""
     try:
@@ -77,7 +77,7 @@ class Lease:
         self._thread.start()
 
     def _write(self, **extra: float) -> None:
-        payload = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
+        payload = {"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid(),
                    "started": self.started, "renewed": time.time(), "ttl": TTL_S, **extra}
         self.fs.pipe_file(self.path, json.dumps(payload).encode())
 
@@ -158,7 +158,7 @@ def activity(fs: AbstractFileSystem, folder: str, name_time: float | None,
     if renewed is None:
         return Activity(live=name_time is not None and now - name_time < TTL_S, last=name_time)
     this_machine = (lease.get("host") == socket.gethostname()
-                    and lease.get("boot_id") == _boot_id())
+                    and lease.get("boot_id") == boot_id())
     pid = lease.get("pid")
     if this_machine and isinstance(pid, int) and not _running(pid):
         return Activity(live=False, last=renewed)

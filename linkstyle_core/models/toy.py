@@ -33,7 +33,7 @@ def bundled_weights_path(name: str) -> Path:
     return Path(str(resources.files(_WEIGHTS_PACKAGE).joinpath("weights", name)))
 
 
-def _bundled(name: str, command: str) -> Path:
+def bundled_file(name: str, command: str) -> Path:
     """Path of bundled weight file ``name``; a clear error naming the fix if it is missing."""
     path = bundled_weights_path(name)
     if not path.is_file():
@@ -46,12 +46,12 @@ def _bundled(name: str, command: str) -> Path:
 
 def toy_generator_path() -> Path:
     """Path of the bundled toy generator weights (raises ``FileNotFoundError`` if missing)."""
-    return _bundled(GENERATOR_FILE, "linkstyle toy train-generator")
+    return bundled_file(GENERATOR_FILE, "linkstyle toy train-generator")
 
 
 def toy_classifier_path() -> Path:
     """Path of the bundled toy classifier weights (raises ``FileNotFoundError`` if missing)."""
-    return _bundled(CLASSIFIER_FILE, "linkstyle toy train-classifier")
+    return bundled_file(CLASSIFIER_FILE, "linkstyle toy train-classifier")
 
 
 def toy_classifier_file(weights: str | None) -> Path:
@@ -61,7 +61,7 @@ def toy_classifier_file(weights: str | None) -> Path:
         return toy_classifier_path()
     if weights in BUNDLED_CLASSIFIERS:
         name, invariance = BUNDLED_CLASSIFIERS[weights]
-        return _bundled(name, f"linkstyle toy train-classifier --invariance {invariance} "
+        return bundled_file(name, f"linkstyle toy train-classifier --invariance {invariance} "
                         f"--seed 7 --out {name}")
     return Path(weights).expanduser()
 

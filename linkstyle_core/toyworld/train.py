@@ -168,7 +168,7 @@ def train_generator(
         bar.close()
         model.eval()
         model.update_w_avg(n_per_class=4096, seed=seed + _DATA_OFFSET + 1)
-        _check_finite(model, "lower the learning rate")
+        check_finite(model, "lower the learning rate")
         metrics: dict[str, Any] = {
             "loss_l1": sum(window) / len(window),
             "loss_l1_history": history,
@@ -243,7 +243,7 @@ def _part_twins(
     return factors, twin, part
 
 
-def _invariance_loss(
+def invariance_loss(
     r: torch.Tensor, r_twin: torch.Tensor, part: torch.Tensor, groups: torch.Tensor
 ) -> torch.Tensor:
     """How much of each unit's change between twins comes from parts other than its own.
@@ -265,7 +265,7 @@ def _invariance_loss(
     return ((change * others).sum(dim=0) / (total + floor)).mean()
 
 
-def _check_finite(model: torch.nn.Module, fix: str) -> None:
+def check_finite(model: torch.nn.Module, fix: str) -> None:
     """``FloatingPointError`` (nothing is saved) when training left non-finite weights."""
     bad = [name for name, value in model.state_dict().items()
            if value.is_floating_point() and not torch.isfinite(value).all()]
@@ -297,7 +297,7 @@ def train_classifier(
     Each step draws ``batch_size`` species uniformly and, for each, a creature and its twin
     that differs from it in the factors of one random part (``_part_twins``). Both are
     rendered and augmented alike (``augment``). The loss is the cross-entropy on all
-    ``2 * batch_size`` images plus ``invariance`` times ``_invariance_loss``: every block of
+    ``2 * batch_size`` images plus ``invariance`` times ``invariance_loss``: every block of
     penultimate units (``config.unit_parts``) must stay put when a part other than its own
     changes, so what the classifier knows about a part can only reach the logits through that
     part's block. AdamW, warm-up, cosine decay.
@@ -349,7 +349,7 @@ def train_classifier(
             target = species.repeat(2).to(device)
             loss_ce = F.cross_entropy(logits, target)
             loss_inv = (
-                _invariance_loss(r[:batch_size], r[batch_size:], part.to(device), groups)
+                invariance_loss(r[:batch_size], r[batch_size:], part.to(device), groups)
                 if parts
                 else torch.zeros((), device=device)
             )
@@ -375,7 +375,7 @@ def train_classifier(
             bar.update({"ce": losses[-1], "inv": inv_losses[-1]})
         bar.close()
         model.eval()
-        _check_finite(model, "lower --invariance or the learning rate")
+        check_finite(model, "lower --invariance or the learning rate")
         metrics: dict[str, Any] = {
             "loss_ce": sum(losses) / len(losses),
             "loss_invariance": sum(inv_losses) / len(inv_losses),

@@ -38,7 +38,7 @@ from linkstyle_core.toyworld import (
     write_sheet,
 )
 from linkstyle_core.toyworld.checkpoint import read_checkpoint
-from linkstyle_core.toyworld.train import _invariance_loss
+from linkstyle_core.toyworld.train import invariance_loss
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +182,9 @@ def test_invariance_loss_is_the_leaking_share() -> None:
     r = torch.rand(24, 12)
     # units that change only when their own part changes do not leak
     own = (groups.view(1, -1) == part.view(-1, 1)).float()
-    assert float(_invariance_loss(r, r + own, part, groups)) < 1e-3
+    assert float(invariance_loss(r, r + own, part, groups)) < 1e-3
     # units that change alike whatever part changed leak 5/6 of their change
-    assert abs(float(_invariance_loss(r, r + 1.0, part, groups)) - 5 / 6) < 1e-3
+    assert abs(float(invariance_loss(r, r + 1.0, part, groups)) - 5 / 6) < 1e-3
 
 
 def test_quality_meets_thresholds(quality: dict[str, float]) -> None:
@@ -234,7 +234,7 @@ def test_check_flags_a_collapsed_factor(quality: dict[str, float]) -> None:
 
 def test_missing_weights_name_the_fix() -> None:
     with pytest.raises(FileNotFoundError, match="linkstyle toy train-generator"):
-        toy._bundled("no-such-file.pt", "linkstyle toy train-generator")
+        toy.bundled_file("no-such-file.pt", "linkstyle toy train-generator")
 
 
 def test_checkpoint_round_trip_and_kind_check(tmp_path: Path) -> None:

@@ -93,9 +93,9 @@ def test_a_local_dask_cluster_has_one_gpu_slot_per_worker_and_leaves_the_environ
 
     before = dict(os.environ)
     with using(RunnerSpec("dask", workers=2)):
-        runner, kind, _ = runners._ACTIVE.get()
+        runner, kind, _ = runners.active_runner()
         info = runner.client.scheduler_info(n_workers=-1)["workers"].values()  # starts it
-        specs = list(runner._cluster.worker_spec.values())
+        specs = list(runner.client.cluster.worker_spec.values())
         assert kind == "dask" and len(specs) == 2 and len(info) == 2
         assert all(w["resources"] == {GPU_RESOURCE: 1} for w in info)
         for spec in specs:  # as many CPU threads as this process: the same numbers

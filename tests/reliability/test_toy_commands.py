@@ -119,14 +119,14 @@ def test_train_out_is_checked_before_training_and_leaves_nothing(tmp_path, capsy
 
 
 def test_training_that_diverges_writes_nothing(tmp_path) -> None:
-    from linkstyle_core.toyworld.train import _check_finite
+    from linkstyle_core.toyworld.train import check_finite
 
     model = torch.nn.Linear(2, 2)
-    _check_finite(model, "lower it")  # finite: nothing to say
+    check_finite(model, "lower it")  # finite: nothing to say
     with torch.no_grad():
         model.weight[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="diverged.*weight.*nothing was written"):
-        _check_finite(model, "lower --invariance")
+        check_finite(model, "lower --invariance")
 
 
 def test_a_counterfactual_stopped_by_sigterm_is_one_line(tmp_path) -> None:

@@ -57,11 +57,11 @@ def _write_lease(folder: Path, **fields: object) -> None:
 
 
 def test_activity_rules(tmp_path) -> None:
-    from storage.lease import _boot_id
+    from storage.lease import boot_id
 
     fs = ArtifactStore(str(tmp_path)).fs
     now = time.time()
-    here = {"host": socket.gethostname(), "boot_id": _boot_id()}
+    here = {"host": socket.gethostname(), "boot_id": boot_id()}
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
 
