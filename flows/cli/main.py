@@ -725,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-selectivity", action="store_true",
                    help="skip stages 3-4 (no overlap with part-selective units)")
 
-    from flows.cli_labels import add_labels_commands  # labels export|open|import
+    from flows.cli.labels import add_labels_commands  # labels export|open|import
 
     add_labels_commands(sub, add, with_config)
 

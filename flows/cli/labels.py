@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.cli import UsageError, load_config
+from flows.cli.main import UsageError, load_config
 
 
 def add_labels_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
