@@ -11,20 +11,18 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.cli.main import UsageError, load_config
+from flows.cli.common import UsageError, add_command, load_config, with_config
 
 
-def add_labels_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
-                        with_config: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register ``labels export|open|import`` under the command line's subparsers ``sub``."""
+def register(sub: Any) -> None:
+    """``labels export|open|import`` under the subparsers ``sub``."""
     labels = sub.add_parser("labels", help="label generated images for the part segmenter")
     lsub = labels.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
-    p = add("export", cmd_labels_export,
-            "write generated images, their latents and empty masks to label", lsub)
+    p = add_command(lsub, "export", cmd_labels_export,
+            "write generated images, their latents and empty masks to label")
     with_config(p)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="a new or empty folder (or, with --add, a label folder)")
@@ -34,9 +32,9 @@ def add_labels_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
                    help="append --count images to an exported label folder, keeping every "
                         "image and saved mask (the same images as one export of all of them "
                         "with the same --seed)")
-    p = add("open", cmd_labels_open,
+    p = add_command(lsub, "open", cmd_labels_open,
             "paint the masks of an exported folder in the browser, pre-filled by a segmenter "
-            "trained on the images labelled so far", lsub)
+            "trained on the images labelled so far")
     with_config(p)
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--port", type=int, default=0,
@@ -48,7 +46,8 @@ def add_labels_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     p.add_argument("--steps", type=int, metavar="N",
                    help="training steps of the pre-fill's segmenter (default: segment.steps; "
                         "fewer answer sooner on a slow CPU)")
-    p = add("import", cmd_labels_import, "check labelled masks against the part list", lsub)
+    p = add_command(lsub, "import", cmd_labels_import,
+                    "check labelled masks against the part list")
     with_config(p)
     p.add_argument("folder", metavar="DIR")
 

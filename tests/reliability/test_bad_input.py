@@ -308,7 +308,7 @@ def test_os_errors_the_user_must_fix_are_messages_and_bugs_keep_tracebacks(monke
                                                                            capsys) -> None:
     import errno
 
-    import flows.cli as cli
+    import flows.cli.config as config_commands
 
     def full_disk(args):
         raise OSError(errno.ENOSPC, "No space left on device", "/data/artifacts/paired/x")
@@ -316,12 +316,12 @@ def test_os_errors_the_user_must_fix_are_messages_and_bugs_keep_tracebacks(monke
     def bug(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_config_show", full_disk)
+    monkeypatch.setattr(config_commands, "cmd_config_show", full_disk)
     assert main(["config", "show"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("linkstyle: error: No space left on device: /data/artifacts/paired/x")
     assert "free space" in err
-    monkeypatch.setattr(cli, "cmd_config_show", bug)
+    monkeypatch.setattr(config_commands, "cmd_config_show", bug)
     with pytest.raises(ZeroDivisionError):
         main(["config", "show"])
 
@@ -330,7 +330,7 @@ def test_user_errors_in_prefect_logs_lose_their_traceback(monkeypatch) -> None:
     import logging
 
     import flows.server
-    from flows.cli import _HideUserErrorTracebacks
+    from flows.cli.errors import HideUserErrorTracebacks
     from linkstyle_core.config import ConfigError
 
     def record(exc: BaseException) -> logging.LogRecord:
@@ -340,7 +340,7 @@ def test_user_errors_in_prefect_logs_lose_their_traceback(monkeypatch) -> None:
             return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1,
                                      "Task run failed with exception", None, sys.exc_info())
 
-    quiet = _HideUserErrorTracebacks()
+    quiet = HideUserErrorTracebacks()
     monkeypatch.setattr(flows.server, "uses_own_server", lambda: False)
     user = record(ConfigError("data.classes: class 7 is out of range"))
     assert quiet.filter(user) is False and user.exc_info is None  # no own server: dropped
@@ -358,14 +358,14 @@ def test_the_console_shows_no_prefect_line_about_a_failed_run() -> None:
     warnings, and the traceback of a bug, stay."""
     import logging
 
-    from flows.cli import _QuietConsole
+    from flows.cli.errors import QuietConsole
 
     def record(name: str, level: int, message: str, **extra: object) -> logging.LogRecord:
         rec = logging.LogRecord(name, level, __file__, 1, message, None, None)
         rec.__dict__.update(extra)
         return rec
 
-    quiet = _QuietConsole()
+    quiet = QuietConsole()
     assert not quiet.filter(record("prefect.task_runs", logging.ERROR, "Finished in state "
                                    "Failed('Task run encountered an exception AcceptanceError')"))
     assert not quiet.filter(record("prefect.flow_runs", logging.ERROR,

@@ -17,7 +17,8 @@ import yaml
 from PIL import Image
 
 from flows.analysis import tune_score_flow
-from flows.cli import _describe, main
+from flows.cli import main
+from flows.cli.errors import describe
 from flows.outputs import OWNER_FILE
 from linkstyle_core.labels import image_count, save_mask
 from tests.fixtures.snapshot import snapshot
@@ -220,12 +221,12 @@ def test_report_without_a_completed_run_says_so(tmp_path, capsys) -> None:
 def test_an_out_error_names_out_not_the_artifact_root(tmp_path) -> None:
     args = Namespace(out=str(tmp_path / "site"), root=None)
     exc = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "site" / "x.png"))
-    assert "--out" in _describe(exc, args) and "--root" not in _describe(exc, args)
+    assert "--out" in describe(exc, args) and "--root" not in describe(exc, args)
     staged = PermissionError(errno.EACCES, "Permission denied",
                              str(tmp_path / ".site.partial-12" / "x.png"))
-    assert "--out" in _describe(staged, args)
+    assert "--out" in describe(staged, args)
     elsewhere = PermissionError(errno.EACCES, "Permission denied", "/srv/artifacts/x")
-    assert "artifact root (--root)" in _describe(elsewhere, args)
+    assert "artifact root (--root)" in describe(elsewhere, args)
     folder = Namespace(folder=str(tmp_path / "labels"))
     exc = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "labels" / "a"))
-    assert "DIR" in _describe(exc, folder) and "--root" not in _describe(exc, folder)
+    assert "DIR" in describe(exc, folder) and "--root" not in describe(exc, folder)
