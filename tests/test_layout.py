@@ -138,3 +138,15 @@ def test_no_module_uses_another_modules_private_names() -> None:
     files = [p for package in (*PACKAGES, "tests") for p in sorted((ROOT / package).rglob("*.py"))]
     used = set().union(*(_private_uses(p) for p in files))
     assert sorted(used - ALLOWED_PRIVATE) == []
+
+
+def test_modules_a_newcomer_reads_in_one_sitting() -> None:
+    """No Python module over 400 lines; none of the command line's over 300."""
+    long = {}
+    for package in (*PACKAGES, "tests"):
+        for path in (ROOT / package).rglob("*.py"):
+            limit = 300 if path.parent == ROOT / "flows" / "cli" else 400
+            lines = len(path.read_text().splitlines())
+            if lines > limit:
+                long[str(path.relative_to(ROOT))] = lines
+    assert long == {}
