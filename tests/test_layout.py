@@ -150,3 +150,16 @@ def test_modules_a_newcomer_reads_in_one_sitting() -> None:
             if lines > limit:
                 long[str(path.relative_to(ROOT))] = lines
     assert long == {}
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """``tests/...py::test_name`` in README.md and docs/*.md names a test that is there."""
+    import re
+
+    cited = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        cited += re.findall(r"(tests/[\w/]+\.py)::(\w+)", doc.read_text())
+    assert cited
+    missing = [f"{path}::{name}" for path, name in cited if not (ROOT / path).is_file()
+               or not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M)]
+    assert missing == []
