@@ -271,6 +271,10 @@ def main() -> None:
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
+        from flows.startup import STARTUP_TIMEOUT_S, STARTUP_TIMEOUT_VAR
+
+        # the console command's start-up timeout for Prefect's server, on a busy machine too
+        os.environ.setdefault(STARTUP_TIMEOUT_VAR, str(STARTUP_TIMEOUT_S))
         worker(Path(args.config_file), args.worker, Path(args.out_file), not args.no_report)
         return
 
