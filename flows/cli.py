@@ -646,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_labels_commands(sub, add, with_config)
 
+    from flows.cli_explore import add_explore_command  # explore a run live in the browser
+
+    add_explore_command(sub, add, with_root, _config_from_args)
+
     toy = sub.add_parser("toy", help="the bundled toy world: train, evaluate, picture")
     tsub = toy.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
     for name, func, steps, seed, what in (

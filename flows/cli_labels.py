@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -96,13 +95,6 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _can_open_browser() -> bool:
-    """A graphical browser can be shown: macOS, Windows, or a display on Linux (a text browser
-    in the same terminal would hide the server's output)."""
-    return sys.platform in ("darwin", "win32") or bool(
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
 def _load_generator(config: Any, folder: Path) -> Any:
     import fsspec
     import numpy as np
@@ -123,10 +115,8 @@ def _load_generator(config: Any, folder: Path) -> Any:
 
 
 def cmd_labels_open(args: argparse.Namespace) -> int:
-    import webbrowser
-
     from flows.labelling.server import LabellingSession, check_export_folder, start
-    from flows.web.serve import ServeError, wait
+    from flows.web.serve import ServeError, open_page, wait
     from linkstyle_core.labels import read_parts
 
     folder = Path(args.folder)
@@ -161,9 +151,7 @@ def cmd_labels_open(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     print(f"labelling {folder} ({session.count} images, {len(session.labelled)} labelled) at "
           f"{server.url}", flush=True)
-    if args.no_browser or not _can_open_browser() or not webbrowser.open(server.url):
-        print("open that address in a browser on this machine (from another one: "
-              f"ssh -L {server.port}:127.0.0.1:{server.port} HOST)", flush=True)
+    open_page(server, args.no_browser)
     print("Ctrl-C stops the server; saved masks are kept", flush=True)
     try:
         wait(server)  # Ctrl-C and SIGTERM stop the server, then end the command (130, 143)

@@ -142,9 +142,12 @@ def resolve_run(store: ArtifactStore, run: str, config: dict[str, Any] | None = 
     done = catalog[catalog["status"] == "completed"]
     if config is not None:  # hashed afresh: rows written when the hash held the root match too
         wanted = config_hash(config)
-        done = done[[_row_hash(text) == wanted for text in done["config"]]]
+        # masks as Series: an empty list would select no columns of an empty catalog
+        done = done[pd.Series([_row_hash(text) == wanted for text in done["config"]],
+                              index=done.index, dtype=bool)]
     if needs is not None:
-        done = done[[needs in json.loads(k) for k in done["keys"]]]
+        done = done[pd.Series([needs in json.loads(k) for k in done["keys"]],
+                              index=done.index, dtype=bool)]
     if done.empty:
         which = "of this config " if config is not None else ""
         raise LookupError(f"no completed run {which}in the catalog under {store.root_uri}; "

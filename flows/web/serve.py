@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import sys
 import threading
@@ -181,3 +182,20 @@ def wait(served: Served) -> None:
             served.thread.join(timeout=0.5)
     finally:
         served.stop()
+
+
+def _can_open_browser() -> bool:
+    """A graphical browser can be shown: macOS, Windows, or a display on Linux (a text browser
+    in the same terminal would hide the server's output)."""
+    return sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def open_page(served: Served, no_browser: bool) -> None:
+    """Open the page in a browser where there is one (and ``no_browser`` is False), else say
+    how to open it, from this machine or another one."""
+    import webbrowser
+
+    if no_browser or not _can_open_browser() or not webbrowser.open(served.url):
+        print("open that address in a browser on this machine (from another one: "
+              f"ssh -L {served.port}:127.0.0.1:{served.port} HOST)", flush=True)
