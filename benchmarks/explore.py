@@ -11,7 +11,9 @@ as the page drags: ``--frames`` requests one after the other (one in flight, as 
 sends them), the unit's value sweeping from below its tuned range to beyond it and back, on
 each sample of the run's classes in turn. Reported (milliseconds, p50 and p95):
 ``frame_ms``, what the issue bounds: render, segment and re-encode of one frame on the server
-(``linkstyle_core.explore.frame``, timed there); ``request_ms``, the whole round trip the page
+(``linkstyle_core.explore.frame``, timed there); ``frame_cpu_ms``, the CPU time the process
+spent on it meanwhile (all threads: what the frame costs whatever the machine's load, which
+stretches the wall clock on a shared machine); ``request_ms``, the whole round trip the page
 waits for (frame, PNGs, JSON, HTTP); ``path_frame_ms`` for counterfactual path frames; with
 the machine's load average while measuring, torch's threads and the device.
 
@@ -78,7 +80,7 @@ def frames(args: argparse.Namespace) -> dict[str, Any]:
         classes = len(session.class_names)
         for cls in range(classes):  # the base frames, as opening a sample renders them
             call(served.port, "GET", f"/api/sample?class={cls}&index=0")
-        frame_ms, request_ms, path_ms = [], [], []
+        frame_ms, cpu_ms, request_ms, path_ms = [], [], [], []
         load = os.getloadavg()[0]
         for k in range(args.frames):
             cls, value = (k // len(sweep)) % classes, sweep[k % len(sweep)]
@@ -88,6 +90,7 @@ def frames(args: argparse.Namespace) -> dict[str, Any]:
             request_ms.append((time.perf_counter() - t0) * 1000)
             assert status == 200, body
             frame_ms.append(json.loads(body)["frame_ms"])
+            cpu_ms.append(json.loads(body)["frame_cpu_ms"])
         call(served.port, "GET", "/api/counterfactual?class=0&index=0&target=1")
         for k, t in enumerate(np.linspace(0, 1.5, min(args.frames, 60))):
             status, body = call(served.port, "GET", f"/api/path?class=0&index=0&target=1&t={t}"
@@ -101,6 +104,7 @@ def frames(args: argparse.Namespace) -> dict[str, Any]:
             "resolution": session.models.generator.resolution,
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "load_average": round(load, 2), "frame_ms": _ms(frame_ms),
+            "frame_cpu_ms": _ms(cpu_ms),
             "request_ms": _ms(request_ms), "path_frame_ms": _ms(path_ms)}
 
 

@@ -35,13 +35,16 @@ DIFF_RANGE = 128.0  # grey levels at the top of the difference map's colour scal
 class Frame:
     """One rendered frame: image [3, H, W] uint8, parts [H, W] uint8 (the segmenter's labels),
     r [D] float32 (the image re-encoded by the classifier), probs [C] float32 (its class
-    probabilities) and seconds (render, segment and re-encode, wall clock)."""
+    probabilities); seconds: render, segment and re-encode, wall clock; cpu_seconds: the CPU
+    time the process spent meanwhile (all its threads; on a busy machine the wall clock grows
+    with the load, this does not)."""
 
     image: np.ndarray
     parts: np.ndarray
     r: np.ndarray
     probs: np.ndarray
     seconds: float
+    cpu_seconds: float = 0.0
 
 
 @torch.no_grad()
@@ -77,12 +80,12 @@ def path_latent(link: LinearLink, r: torch.Tensor, shift: torch.Tensor,
 def frame(generator: Generator, classifier: Classifier, segmenter: FewShotSegmenter,
           w: torch.Tensor, precision: str = "fp32") -> Frame:
     """Render, segment and re-encode one latent w [w_dim] (``tuning.render_segment_encode``)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     images, parts, r, logits = render_segment_encode(generator, classifier, segmenter, w[None],
                                                      precision)
     out = Frame(to_uint8(images[0]).cpu().numpy(), parts[0].to(torch.uint8).cpu().numpy(),
                 r[0].cpu().numpy(), logits[0].softmax(0).cpu().numpy(), 0.0)
-    out.seconds = time.perf_counter() - t0
+    out.seconds, out.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     return out
 
 

@@ -95,6 +95,7 @@ class ExploreSession:
         for piece in [tuned] if not tuned.shards else [tuned.shard(s) for s in tuned.shards]:
             scale[piece.load("unit")] = piece.load("step_scale")
         self.tuned_units = np.flatnonzero(np.isfinite(scale))
+        self._tuned = set(self.tuned_units.tolist())
         self.steps = (directions * torch.from_numpy(np.nan_to_num(scale))).T.contiguous().to(dev)
         ranges = store.open("ranges", keys["ranges"])
         self.low, self.high = ranges.load("low"), ranges.load("high")
@@ -108,7 +109,8 @@ class ExploreSession:
         self.rows = self.view.units.set_index("unit")
         self._lock = threading.Lock()  # one frame renders at a time
         self._latest: dict[str, int] = {}
-        self._bases: OrderedDict[str, tuple[Sample, Frame]] = OrderedDict()
+        self._bases: OrderedDict[str, Frame] = OrderedDict()  # samples' own frames
+        self._fresh: OrderedDict[str, Sample] = OrderedDict()  # samples of fresh seeds
         self._paths: dict[tuple[str, int], dict[str, Any]] = {}
         self.scale = max(1, SHOWN // models.generator.resolution)
 
@@ -134,7 +136,7 @@ class ExploreSession:
                 for row in table.itertuples()]
 
     def check_unit(self, unit: int) -> None:
-        if unit not in self.rows.index or not np.isfinite(self.steps[unit, 0].item()):
+        if unit not in self._tuned or unit not in self.rows.index:
             raise HTTPError(404, f"unit {unit} was not tuned in run {self.run_id}; its tuned "
                             f"units are {self.tuned_units.min()}-{self.tuned_units.max()} "
                             f"({len(self.tuned_units)} units)")
@@ -183,11 +185,15 @@ class ExploreSession:
         name = self.class_names[cls]
         dev = self.models.device
         if seed is not None:
-            with self._lock:
-                r, w0 = fresh_sample(self.models.generator, self.models.classifier, self.link,
-                                     cls, seed, self.config.data.truncation,
-                                     self.config.runtime.precision, dev)
-            return Sample(f"seed-{seed}-{cls}", r, w0, cls, f"{name}, fresh seed {seed}")
+            key = f"seed-{seed}-{cls}"
+            with self._lock:  # drawn once: every frame of the sample asks for it
+                if key not in self._fresh:
+                    r, w0 = fresh_sample(self.models.generator, self.models.classifier,
+                                         self.link, cls, seed, self.config.data.truncation,
+                                         self.config.runtime.precision, dev)
+                    self._fresh[key] = Sample(key, r, w0, cls, f"{name}, fresh seed {seed}")
+                    _bound(self._fresh)
+                return self._fresh[key]
         rows = np.flatnonzero(self.label_test == cls)
         if index is None or not 0 <= index < len(rows):
             raise HTTPError(404, f"class {cls} ({name}) has {len(rows)} held-out samples in "
@@ -198,12 +204,11 @@ class ExploreSession:
 
     def base(self, sample: Sample) -> Frame:
         """The sample's own frame (nothing moved), cached for the difference maps."""
-        if sample.key not in self._bases:
-            with self._lock:
-                self._bases[sample.key] = (sample, self._frame(sample.w0))
-            while len(self._bases) > 64:
-                self._bases.popitem(last=False)
-        return self._bases[sample.key][1]
+        with self._lock:
+            if sample.key not in self._bases:
+                self._bases[sample.key] = self._frame(sample.w0)
+                _bound(self._bases)
+            return self._bases[sample.key]
 
     # -- frames ----------------------------------------------------------------------------------
     def note(self, client: str, seq: int) -> None:
@@ -236,6 +241,7 @@ class ExploreSession:
             "probs": [{"class": int(c), "name": self.class_names[c],
                        "p": round(float(moved.probs[c]), 4)} for c in order],
             "predicted": int(order[0]), "frame_ms": round(moved.seconds * 1000, 1),
+            "frame_cpu_ms": round(moved.cpu_seconds * 1000, 1),
         }
 
     def unit_frame(self, sample: Sample, units: list[int], values: list[float], client: str,
@@ -302,6 +308,12 @@ class ExploreSession:
                          "reencoded": round(float(moved.r[u]), 4)}
                         for b in found["top_units"] for u in [b["unit"]]]
         return out
+
+
+def _bound(cache: OrderedDict[str, Any], size: int = 64) -> None:
+    """Keep the newest ``size`` entries of a cache."""
+    while len(cache) > size:
+        cache.popitem(last=False)
 
 
 def _num(value: Any) -> float | None:

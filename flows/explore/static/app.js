@@ -268,7 +268,7 @@ function drawFrame(frame, roundTrip) {
   });
   if (app.mode === "path") drawPathUnits(frame);
   showReadouts();
-  if (!$("status").classList.contains("error")) status("");
+  status("");  // a frame arrived: an earlier error is over
 }
 
 // -- counterfactual path -------------------------------------------------------------------------
