@@ -205,8 +205,10 @@ class LabelsOpen:
         return self.proc.returncode, "".join(self.lines) + out, err
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
-                         ids=["SIGTERM", "SIGINT"])
+# SIGINT is also tests/cli/test_cli.py's Ctrl-C test; here it runs with -m slow only
+@pytest.mark.parametrize("sig,code", [
+    (signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
+    ids=["SIGTERM", "SIGINT"])
 def test_a_signal_ends_labels_open_with_its_exit_code_keeping_the_masks(tmp_path, sig,
                                                                          code) -> None:
     folder = _export(tmp_path / "export")
