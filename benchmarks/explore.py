@@ -23,7 +23,8 @@ and ResNet-18) with a segmenter of the same size, ``frame_ms`` as above.
 
 ``screenshot``: the page in headless Chromium with unit ``--unit`` of sample ``--index`` of
 class ``--sample-class`` set to ``--at`` times its tuned range past its high end (0: its high
-end), the part outlines on; the top of the page, stored small.
+end), the part outlines on, the unit list filtered to the unit's part; the top of the page,
+stored small.
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ def screenshot(args: argparse.Namespace) -> dict[str, Any]:
                              f"s.value = {value}; s.dispatchEvent(new Event('input')); }})()")
             browser.wait_for("app.idle() && app.frame.units && "
                              f"Math.abs(app.frame.units[0].set - {value}) < 1e-3")
+            # the list filtered to the unit's part, the unit highlighted in it
+            browser.evaluate("(() => { const f = document.getElementById('filter-part'); "
+                             f"f.value = {json.dumps(detail['part'])}; "
+                             "f.dispatchEvent(new Event('input')); })()")
             frame = browser.evaluate("app.frame")
             out.parent.mkdir(parents=True, exist_ok=True)
             browser.screenshot(out, clip={"x": 0, "y": 0, "width": 1500, "height": 900})
