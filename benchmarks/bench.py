@@ -120,7 +120,7 @@ class _PeakMemory:
 # ------------------------------------------------------------------ models
 
 
-def _scaled_models(device: torch.device) -> tuple[Any, Any]:
+def scaled_models(device: torch.device) -> tuple[Any, Any]:
     import torchvision
 
     if device.type == "cuda":  # ~1.1 TFLOP per 256 px image, like StyleGAN-XL's 256 px network
@@ -142,7 +142,7 @@ def _models(spec: str, device_arg: str | None) -> tuple[Any, Any, torch.device, 
             update={"device": device_arg})})
     m = models_for(cfg)
     if spec == "scaled":
-        generator, classifier = _scaled_models(m.device)
+        generator, classifier = scaled_models(m.device)
         return generator, classifier, m.device, cfg
     return m.generator, m.classifier, m.device, cfg
 

@@ -137,8 +137,9 @@ def unit_figure(images: np.ndarray, parts: np.ndarray, set_values: np.ndarray,
 
 
 # -- fast figures for reports of thousands of units: numpy and PIL, no matplotlib --------------
-def _magma_table() -> np.ndarray:
-    """[256, 3] uint8: matplotlib's magma colour map (the difference maps' colours), read once."""
+def magma_table() -> np.ndarray:
+    """[256, 3] uint8: matplotlib's magma colour map (the difference maps' colours, here and in
+    ``linkstyle explore``), read once."""
     global _MAGMA
     if _MAGMA is None:
         from matplotlib import colormaps
@@ -172,7 +173,7 @@ def unit_strips_png(images: np.ndarray, parts: np.ndarray, scale: int = 2) -> by
 
     diffs = np.abs(images[:, -1].astype(np.float32) - images[:, 0].astype(np.float32)).mean(1)
     vmax = max(float(diffs.max()), 1.0)
-    magma = _magma_table()
+    magma = magma_table()
     rows = []
     gap = np.full((images.shape[-2], 2, 3), 255, dtype=np.uint8)
     for i in range(images.shape[0]):

@@ -256,18 +256,18 @@ def image_count(folder: Path) -> int:
     return n
 
 
-def save_mask(folder: Path, index: int, mask: np.ndarray) -> Path:
+def save_mask(folder: Path, index: int, mask: np.ndarray, preview: bool = True) -> Path:
     """Save the index mask [H, W] of exported image ``index`` as ``DIR/labels/NNNN.png`` and
-    its preview. Checked first: the image exists, the mask has its size and only labels of
-    parts.json. Atomic (a temporary file in the same folder, then ``os.replace``), so a reader
-    or a crash never sees half a mask, and only this image's mask is written."""
+    (``preview``) its preview. Checked first: the image exists, the mask has its size and only
+    labels of parts.json. Atomic (a temporary file in the same folder, then ``os.replace``), so
+    a reader or a crash never sees half a mask, and only this image's mask is written."""
     from PIL import Image
 
     parts = read_parts(folder)
-    if not isinstance(index, int) or index < 0 or index >= image_count(folder):
+    name = f"{index:04d}.png" if isinstance(index, int) and index >= 0 else ""
+    if not name or not (folder / "images" / name).is_file():
         raise LabelError(f"{folder} has no exported image {index}; masks are saved for images "
                          f"0-{image_count(folder) - 1} only")
-    name = f"{index:04d}.png"
     with Image.open(folder / "images" / name) as img:
         width, height = img.size
     mask = np.asarray(mask)
@@ -281,7 +281,8 @@ def save_mask(folder: Path, index: int, mask: np.ndarray) -> Path:
     (folder / "labels").mkdir(exist_ok=True)
     path = folder / "labels" / name
     _atomic_png(Image.fromarray(mask, mode="L"), path)
-    write_preview(folder, index, mask=mask)
+    if preview:
+        write_preview(folder, index, mask=mask)
     return path
 
 

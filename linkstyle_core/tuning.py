@@ -232,6 +232,21 @@ def generator_features(generator: Generator, ws: torch.Tensor,
     return [torch.cat(level) for level in zip(*chunks, strict=True)]
 
 
+@torch.no_grad()
+def render_segment_encode(generator: Generator, classifier: Classifier,
+                          segmenter: FewShotSegmenter, w: torch.Tensor, precision: str = "fp32"
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What every tuned image goes through, here and in ``linkstyle explore``: w [N, w_dim] ->
+    (images [N, 3, H, W] float32 in [-1, 1], parts [N, H, W] int64 from the segmenter on the
+    generator's own feature maps, re-encoded r [N, D] float32, logits [N, C] float32)."""
+    ws = broadcast_w(w, generator.num_ws)
+    with autocast(w.device, precision):
+        images, features = render_with_features(generator, ws)
+        parts = segmenter.predict(features)
+    r, logits = encode(classifier, images, precision)
+    return images, parts, r, logits
+
+
 def base_images(generator: Generator, classifier: Classifier, segmenter: FewShotSegmenter,
                 w0: torch.Tensor, batch_size: int = 256,
                 precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,11 +260,9 @@ def base_images(generator: Generator, classifier: Classifier, segmenter: FewShot
     logits, areas = [], []
     for start in range(0, len(w0), batch_size):
         stop.check()
-        ws = broadcast_w(w0[start:start + batch_size], generator.num_ws)
-        with autocast(w0.device, precision):
-            images, features = render_with_features(generator, ws)
-            labels = segmenter.predict(features)
-        logits.append(encode(classifier, images, precision)[1])
+        _, labels, _, batch_logits = render_segment_encode(
+            generator, classifier, segmenter, w0[start:start + batch_size], precision)
+        logits.append(batch_logits)
         onehot = torch.nn.functional.one_hot(labels, segmenter.num_parts).float()
         areas.append(onehot.mean((1, 2)).cpu())
     return torch.cat(logits), torch.cat(areas)
@@ -318,11 +331,8 @@ def tune(
         k, s = pairs[start:start + per_batch].to(device).unbind(1)
         off = offsets_dev[k, s]  # [B, S]
         w = w0[s, None, :] + off[..., None] * latent_dirs[k, None, :]  # [B, S, w_dim]
-        ws = broadcast_w(w.flatten(0, 1), generator.num_ws)
-        with autocast(device, precision):
-            images, feats = render_with_features(generator, ws)
-            parts = segmenter.predict(feats)
-        r2, logits = encode(classifier, images, precision)
+        images, parts, r2, logits = render_segment_encode(generator, classifier, segmenter,
+                                                          w.flatten(0, 1), precision)
         b = len(k)
         r2 = r2.view(b, steps, -1)
         keep("response", (r2 * readout[k, None, :]).sum(-1))

@@ -38,10 +38,12 @@ class RunView:
 
     keys: the run's stage keys (at least tune, null and selectivity). ``FileNotFoundError``
     naming the missing stage if the run did not tune and score its units; ``ValueError`` if it
-    kept no images (``tuning.store_images: false``).
+    kept no images (``tuning.store_images: false``) and ``images`` is True (with False,
+    ``has_images`` says whether ``unit`` shows them).
     """
 
-    def __init__(self, store: ArtifactStore, keys: dict[str, str], samples: int = 4) -> None:
+    def __init__(self, store: ArtifactStore, keys: dict[str, str], samples: int = 4,
+                 images: bool = True) -> None:
         for stage in ("tune", "null", "selectivity"):
             if not store.exists(stage, keys[stage]):
                 raise FileNotFoundError(
@@ -50,7 +52,8 @@ class RunView:
         self.tuned = store.open("tune", keys["tune"])
         selectivity = store.open("selectivity", keys["selectivity"])
         self.units = selectivity.table("units")
-        if "images" not in self.tuned.array_names:
+        self.has_images = "images" in self.tuned.array_names
+        if images and not self.has_images:
             raise ValueError("this run did not keep its tuning images (tuning.store_images: "
                              "false); rerun with store_images: true to see them")
         classes = self.tuned.load_common("sample_class")
@@ -82,10 +85,11 @@ class RunView:
 
     def unit(self, unit: int) -> dict[str, Any]:
         """One unit: images [n, S, 3, H, W] and parts [n, S, H, W] of the shown samples (one per
-        class first), set values and re-encoded values [n, S], its row of the ``units`` table,
-        the scored part names, its profile (``scores``), each part's share of it (``shares``),
-        the random read-outs' 95th percentile of that share (``null_threshold``) and whether
-        the unit is significant and its share beyond that (``highlighted``)."""
+        class first; None where the run kept no images), set values and re-encoded values
+        [n, S], its row of the ``units`` table, the scored part names, its profile
+        (``scores``), each part's share of it (``shares``), the random read-outs' 95th
+        percentile of that share (``null_threshold``) and whether the unit is significant and
+        its share beyond that (``highlighted``)."""
         if unit not in self._where or unit not in self._rows.index:
             raise ValueError(f"unit {unit} was not tuned in this run; tuned units: "
                              f"{self.units['unit'].min()}-{self.units['unit'].max()} "
@@ -100,8 +104,8 @@ class RunView:
             return np.asarray(self._array(piece, name)[row_index])[self.order]
 
         return {
-            "images": of_unit("images"),
-            "parts": of_unit("parts"),
+            "images": of_unit("images") if self.has_images else None,
+            "parts": of_unit("parts") if self.has_images else None,
             "set_value": of_unit("set_value"),
             "response": of_unit("response"),
             "sample_class": self.sample_class,

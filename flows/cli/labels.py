@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +108,6 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _can_open_browser() -> bool:
-    """A graphical browser can be shown: macOS, Windows, or a display on Linux (a text browser
-    in the same terminal would hide the server's output)."""
-    return sys.platform in ("darwin", "win32") or bool(
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
 def _load_generator(config: Any, folder: Path) -> Any:
     import fsspec
     import numpy as np
@@ -137,9 +128,8 @@ def _load_generator(config: Any, folder: Path) -> Any:
 
 
 def cmd_labels_open(args: argparse.Namespace) -> int:
-    import webbrowser
-
-    from flows.labelling.server import LabellingSession, check_export_folder, start, stop_server
+    from flows.labelling.server import LabellingSession, check_export_folder, start
+    from flows.web.serve import ServeError, open_page, wait
     from linkstyle_core.labels import read_parts
 
     folder = Path(args.folder)
@@ -164,26 +154,21 @@ def cmd_labels_open(args: argparse.Namespace) -> int:
         folder, generator, device=device,
         **({"steps": args.steps or seg.steps, "seed": seg.seed, "hidden": seg.hidden,
             "kernel": seg.kernel} if seg is not None else {}))
+    for index, why in sorted(session.damaged.items()):
+        print(f"linkstyle: warning: {why}; image {index} counts as unlabelled until its mask is "
+              "saved again", file=sys.stderr, flush=True)
     try:
-        server, thread = start(session, args.port)
-    except OSError as exc:
+        server, _ = start(session, args.port)
+    except ServeError as exc:
         session.close()
-        raise UsageError(f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); choose "
-                         "another --port, or leave it out for a free one") from None
+        raise UsageError(str(exc)) from None
     print(f"labelling {folder} ({session.count} images, {len(session.labelled)} labelled) at "
           f"{server.url}", flush=True)
-    if args.no_browser or not _can_open_browser() or not webbrowser.open(server.url):
-        print("open that address in a browser on this machine (from another one: "
-              f"ssh -L {server.server_address[1]}:127.0.0.1:{server.server_address[1]} HOST)",
-              flush=True)
+    open_page(server, args.no_browser)
     print("Ctrl-C stops the server; saved masks are kept", flush=True)
     try:
-        while thread.is_alive():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        wait(server)  # Ctrl-C and SIGTERM stop the server, then end the command (130, 143)
     finally:
-        stop_server(server)
-    print(f"stopped; {len(session.labelled)} of {session.count} images labelled in "
-          f"{folder}/labels", flush=True)
+        print(f"stopped; {len(session.labelled)} of {session.count} images labelled in "
+              f"{folder}/labels", flush=True)
     return 0

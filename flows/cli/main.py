@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from flows import startup
-from flows.cli import clean, config, inspect, labels, run, toy
+from flows.cli import clean, config, explore, inspect, labels, run, toy
 from flows.cli.common import Parser
 from flows.cli.errors import describe, install_log_filter, is_user_error, show_warning
 from linkstyle_core import stop
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(Linking in Style). Defaults analyse the bundled toy world.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (run, inspect, labels, toy, clean, config):
+    for group in (run, inspect, explore, labels, toy, clean, config):
         group.register(sub)
     return parser
 

@@ -3,7 +3,6 @@ what it refuses (no browser here; tests/flows/test_labelling_page.py drives the 
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from PIL import Image
 
 from flows.labelling.server import LabellingSession, start, stop_server
 from linkstyle_core.labels import export_folder, part_colours
+from tests.fixtures.http_client import call
 from tests.fixtures.tiny_models import RES, tiny_generator
 
 PARTS = ["background", "bright", "dark"]
@@ -31,14 +31,7 @@ def served(tmp_path: Path):
 
 def _call(server, method: str, path: str, body: bytes | None = None,
           host: str | None = None) -> tuple[int, bytes]:
-    port = server.server_address[1]
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Host": host or f"127.0.0.1:{port}"}
-    conn.request(method, path, body=body, headers=headers)
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, data
+    return call(server.port, method, path, body, host)
 
 
 def _mask(value: int = 1) -> np.ndarray:

@@ -41,3 +41,10 @@ def test_runs_are_recorded_and_latest_is_the_newest_completed_of_a_config(tmp_pa
 def test_config_hash_is_order_independent() -> None:
     assert config_hash({"a": 1, "b": {"c": 2}}) == config_hash({"b": {"c": 2}, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+@pytest.mark.parametrize("config,needs", [({"data": {}}, None), ({"data": {}}, "selectivity"),
+                                          (None, "selectivity")])
+def test_latest_of_an_empty_root_names_the_fix(tmp_path, config, needs) -> None:
+    with pytest.raises(LookupError, match="no completed run .*run `linkstyle run` first"):
+        resolve_run(ArtifactStore(str(tmp_path / "empty")), "latest", config, needs=needs)

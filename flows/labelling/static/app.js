@@ -207,10 +207,13 @@ function showSource() {
 
 async function loadImage(index) {
   const { width, height } = app.state;
+  // fetched first, so that a missing or damaged image shows the server's message
+  const response = await request(`api/image/${index}.png`);
+  const url = URL.createObjectURL(await response.blob());
   const img = new Image();
-  img.src = `api/image/${index}.png`;
+  img.src = url;
   app.busy += 1;
-  try { await img.decode(); } finally { app.busy -= 1; }
+  try { await img.decode(); } finally { app.busy -= 1; URL.revokeObjectURL(url); }
   imageCanvas.width = labelCanvas.width = width;
   imageCanvas.height = labelCanvas.height = height;
   imageCanvas.getContext("2d").drawImage(img, 0, 0);
@@ -224,7 +227,12 @@ async function fetchMask(kind, index) {
 async function open(index) {
   if (!app.state || index < 0 || index >= app.state.count) return;
   if (app.dirty && !(await save())) return;
-  await loadImage(index);
+  try {
+    await loadImage(index);
+  } catch (e) {
+    status(`image ${pad(index)} cannot be shown: ${e.message}`, true);
+    return;
+  }
   let mask = null, source = "empty";
   if (isLabelled(index)) {
     mask = await fetchMask("mask", index);
@@ -260,7 +268,8 @@ async function save() {
     app.state = await response.json();
     app.dirty = false;
     app.source = "saved";
-    status(`saved ${pad(app.index)}.png`);
+    const warning = app.state.warning ? ` (${app.state.warning})` : "";
+    status(`saved ${pad(app.index)}.png${warning}`, Boolean(warning));
     renderState();
     showSource();
     return true;
@@ -319,6 +328,9 @@ function renderList() {
     a.classList.toggle("labelled", isLabelled(i));
     a.classList.toggle("current", i === app.index);
     a.classList.toggle("unsure", unsure.has(i));
+    const damaged = (app.state.damaged || {})[i];
+    a.classList.toggle("damaged", Boolean(damaged));
+    a.title = damaged ? `${pad(i)}: ${damaged}` : pad(i);
   });
   $("progress").textContent = `${app.state.labelled.length} of ${app.state.count} labelled`;
 }
