@@ -181,7 +181,8 @@ def temporary_server() -> Iterator[str | None]:
     timeout = startup_timeout()
     try:
         try:
-            server.start(timeout=timeout)
+            with _startup_lock():
+                server.start(timeout=timeout)
         except Exception as exc:
             from flows.startup import STARTUP_TIMEOUT_VAR
 
@@ -199,6 +200,30 @@ def temporary_server() -> Iterator[str | None]:
         if server in _RUNNING:
             _RUNNING.remove(server)
         server.stop()
+
+
+@contextlib.contextmanager
+def _startup_lock() -> Iterator[None]:
+    """Start one temporary server at a time per Prefect home: a server migrates its database
+    as it starts, and two commands started at once on a fresh home (two scheduled runs) raced
+    in those migrations, so one server died with an alembic error. The second server starts
+    once the first answers, on a database that is up to date. Where ``fcntl`` is missing
+    (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    from prefect.settings import get_current_settings
+
+    home = get_current_settings().home
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "linkstyle-server-start.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _flush_prefect_clients() -> None:

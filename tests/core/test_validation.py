@@ -71,7 +71,7 @@ def test_a_toy_classifier_file_loads_through_the_config(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="junk.pt is not a readable toy weight file"):
         load_classifier(ClassifierConfig(kind="toy", weights=str(tmp_path / "junk.pt")),
                         torch.device("cpu"))
-    with pytest.raises(ValueError, match="invariance must be >= 0"):
+    with pytest.raises(ValueError, match="invariance must be a finite number >= 0"):
         train_classifier(tmp_path / "x.pt", steps=1, invariance=-1.0)
 
 
