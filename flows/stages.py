@@ -165,7 +165,9 @@ def run_validate(config: AnalysisConfig, models: Models, score: StageReport) -> 
     key = validation_key(score.keys["selectivity"], models)
     report = _run_one(config, validate_units, "validate", "validation", key,
                       selectivity_key=score.keys["selectivity"])
-    report.extra["metrics"] = store_for(config).open("validation", key).info
+    validation = store_for(config).open("validation", key)
+    report.extra["metrics"] = validation.info
+    report.extra["parts"] = validation.table("parts")
     return report
 
 

@@ -61,6 +61,58 @@ def significance_metrics(table: pd.DataFrame, suffix: str = "") -> dict[str, flo
     }
 
 
+def part_table(table: pd.DataFrame, parts: Sequence[str]) -> pd.DataFrame:
+    """The verdict part by part with the counts behind every share, from ``validate``'s
+    per-unit table (its evaluated rows). One row per part, then ``all``:
+
+    - ``part_selective``: units whose ground-truth part is the part and that are part-selective
+      (ground-truth concentration at least the selective line); ``found``: those called
+      significant with that part as their top part; ``power`` = found / part_selective;
+    - ``significant``: units called significant with the part as their top part; ``wrong``:
+      those whose ground-truth part is another; ``mixed``: those that are mixed by ground
+      truth; ``wrong_share`` and ``mixed_share``: their shares of ``significant``.
+
+    Shares are NaN where their count is 0."""
+    rows = table[table["evaluated"]]
+    sig, sel = rows["significant"].astype(bool), rows["gt_selective"].astype(bool)
+    right, mixed = rows["match"].astype(bool), rows["gt_mixed"].astype(bool)
+    out = []
+    for part in [*parts, "all"]:
+        everyone = pd.Series(True, index=rows.index)
+        own = everyone if part == "all" else rows["gt_part"] == part
+        called = sig & (everyone if part == "all" else rows["top_part"] == part)
+        counts = {"part_selective": int((own & sel).sum()),
+                  "found": int((own & sel & sig & right).sum()),
+                  "significant": int(called.sum()), "wrong": int((called & ~right).sum()),
+                  "mixed": int((called & mixed).sum())}
+        out.append({"part": part, **counts,
+                    "power": _ratio(counts["found"], counts["part_selective"]),
+                    "wrong_share": _ratio(counts["wrong"], counts["significant"]),
+                    "mixed_share": _ratio(counts["mixed"], counts["significant"])})
+    return pd.DataFrame(out)
+
+
+def part_table_cells(parts: pd.DataFrame) -> pd.DataFrame:
+    """``part_table`` as text cells, every share beside its counts ("20 of 24 (83%)"): what
+    ``linkstyle validate`` prints and the report shows."""
+    def cell(count: int, total: int) -> str:
+        return f"{count} of {total}" + (f" ({count / total:.0%})" if total else "")
+
+    return pd.DataFrame({
+        "part": parts["part"],
+        "power": [cell(f, n) for f, n in zip(parts["found"], parts["part_selective"],
+                                             strict=True)],
+        "significant": parts["significant"],
+        "wrong part": [cell(w, n) for w, n in zip(parts["wrong"], parts["significant"],
+                                                  strict=True)],
+        "mixed": [cell(x, n) for x, n in zip(parts["mixed"], parts["significant"],
+                                             strict=True)]})
+
+
+def _ratio(count: int, total: int) -> float:
+    return count / total if total else float("nan")
+
+
 def validate(units: pd.DataFrame, truth: pd.DataFrame, parts: Sequence[str],
              selective_concentration: float = 0.6, mixed_concentration: float = 0.5,
              strong_quantile: float = 0.75) -> tuple[dict[str, float], pd.DataFrame]:

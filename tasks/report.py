@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from linkstyle_core.selectivity import VERDICTS
+from linkstyle_core.validation import part_table_cells
 from storage import ArtifactStore
 from storage.catalog import stage_of
 from tasks.unit_view import VERDICT_TEXT, RunView, weak_label_text
@@ -114,7 +115,7 @@ def _table(frame: pd.DataFrame, sortable: bool = False,
     """An HTML table of ``frame``; ``links`` maps a column to a function giving each cell's
     link target."""
     links = links or {}
-    text = [c for c in frame.columns if frame[c].dtype == object]
+    text = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c])]
     head = "".join(f'<th class="{"text" if c in text else ""}">{html.escape(str(c))}</th>'
                    for c in frame.columns)
     rows = []
@@ -317,12 +318,8 @@ def _validation_section(validation: Any) -> str:
         "part": [*parts, "all"],
         "match": [*(m[f"match_{p}"] for p in parts), m["match_rate_all"]],
         "chance": [*(m[f"chance_{p}"] for p in parts), m["chance_all"]],
-        "AUC": [*(m[f"auc_{p}"] for p in parts), m["mean_auc"]],
-        **{label: [*(m[f"{key}_{p}"] for p in parts), m[key]] for label, key in (
-            ("significant", "n_significant"),
-            ("wrong part among significant", "wrong_share_significant"),
-            ("mixed among significant", "not_selective_share_significant"),
-            ("power on part-selective", "power_selective"))}})
+        "AUC": [*(m[f"auc_{p}"] for p in parts), m["mean_auc"]]})
+    verdict = part_table_cells(validation.table("parts"))
     return ("<h2>Validation against the toy world's ground truth</h2><p class=\"note\">match: "
             "share of units whose top part is their ground-truth part; chance: the same with "
             "the top parts shuffled; AUC: how well a part's share ranks its ground-truth units "
@@ -331,7 +328,8 @@ def _validation_section(validation: Any) -> str:
             "significant units that no part moves more than all others together (ground-truth "
             "concentration below 0.5); power: part-selective units (ground-truth concentration "
             "at least 0.6) called significant with the right part.</p>"
-            + _table(overall) + _table(per_part))
+            + _table(overall) + _table(per_part) + "<h3>The verdict per part</h3>"
+            + _table(verdict))
 
 
 def _parts_section(units: pd.DataFrame, shown: dict[str, list[int]], pages: set[int]) -> str:

@@ -22,13 +22,13 @@ from linkstyle_core.toyworld.ground_truth import (
     ground_truth_table,
     measure_ground_truth,
 )
-from linkstyle_core.validation import validate
+from linkstyle_core.validation import part_table, validate
 from storage import ArtifactStore, content_key
 from tasks.caching import GPU_TAG, by_content_key
 from tasks.context import Models, as_config, models_for, store_for
 
 STAGE = "validation"
-VERSION = "4"
+VERSION = "5"
 PARAMS = {"selective_concentration": SELECTIVE_CONCENTRATION,
           "mixed_concentration": MIXED_CONCENTRATION}
 GROUND_TRUTH_STAGE = "ground_truth"
@@ -99,6 +99,7 @@ def validate_units(config: dict[str, Any], key: str, selectivity_key: str) -> di
                               "classifier": models.classifier_key}) as out:
         out.write_table("metrics", pd.DataFrame([metrics]))
         out.write_table("units", table)
+        out.write_table("parts", part_table(table, parts))
         out.info.update(metrics)
         out.info["ground_truth"] = "interventional"
         out.info["ground_truth_source"] = source

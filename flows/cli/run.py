@@ -128,16 +128,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"{m['match_rate']:.1%} (chance {m['chance']:.1%})")
     print(f"  {int(m['n_selective'])} part-selective (ground-truth concentration >= 0.6): "
           f"{m['match_rate_selective']:.1%} (chance {m['chance_selective']:.1%})")
-    print(f"  significant: {int(m['n_significant'])} units; wrong part "
-          f"{m['wrong_share_significant']:.1%}, mixed by ground truth (concentration < 0.5) "
-          f"{m['not_selective_share_significant']:.1%} "
-          f"({int(m['n_significant_not_selective'])} units); power on the part-selective "
-          f"{m['power_selective']:.1%} ({int(m['n_mixed'])} mixed units in all)")
-    parts = [k.removeprefix("auc_") for k in m if k.startswith("auc_")]
-    print("  per part, match (chance), AUC, power, wrong part among significant: " + ", ".join(
-        f"{p} {m[f'match_{p}']:.0%} ({m[f'chance_{p}']:.0%}) {m[f'auc_{p}']:.2f} "
-        f"{m[f'power_selective_{p}']:.0%} {m[f'wrong_share_significant_{p}']:.0%}"
-        for p in parts))
+    print("  the verdict per part (power: part-selective units by ground truth, concentration "
+          ">= 0.6, called significant with their part; wrong and mixed, concentration < 0.5 by "
+          "ground truth: among the units called significant for the part):")
+    from linkstyle_core.validation import part_table_cells
+
+    table = part_table_cells(reports["validate"].extra["parts"]).to_string(index=False)
+    print("\n".join("    " + line for line in table.splitlines()))
+    print("  top part per part, match (chance) and AUC: " + ", ".join(
+        f"{p} {m[f'match_{p}']:.0%} ({m[f'chance_{p}']:.0%}) {m[f'auc_{p}']:.2f}"
+        for p in [k.removeprefix("auc_") for k in m if k.startswith("auc_")]))
     print(f"  mean AUC: {m['mean_auc']:.3f}")
     return 0
 

@@ -13,7 +13,7 @@ from linkstyle_core.config import ClassifierConfig
 from linkstyle_core.models.errors import ModelError
 from linkstyle_core.models.registry import load_classifier
 from linkstyle_core.toyworld import ToyClassifierConfig, train_classifier
-from linkstyle_core.validation import validate
+from linkstyle_core.validation import part_table, part_table_cells, validate
 
 PARTS = ["head", "eye", "leg"]
 
@@ -55,6 +55,28 @@ def test_validation_counts_wrong_parts_mixed_units_and_power() -> None:
     assert m["top_share_head"] == pytest.approx(0.5) and m["gt_share_head"] == pytest.approx(0.5)
     assert table.loc[table["unit"] == 6, "gt_mixed"].item()
     assert not table.loc[table["unit"] == 8, "gt_mixed"].item()
+
+
+def test_the_verdict_per_part_counts_what_each_share_divides() -> None:
+    """``linkstyle validate``'s and the report's per-part table on the ten units above."""
+    units, truth = _units_and_truth()
+    _, table = validate(units, truth, PARTS, selective_concentration=0.6,
+                        mixed_concentration=0.5)
+    parts = part_table(table, PARTS).set_index("part")
+    head, eye, leg, every = (parts.loc[p] for p in ("head", "eye", "leg", "all"))
+    # head: 4 selective head units, 3 found; called head: 0, 1, 2 and the mixed leg unit 6
+    assert (head.part_selective, head.found, head.significant, head.wrong, head.mixed) == (
+        4, 3, 4, 1, 1)
+    assert head.power == pytest.approx(3 / 4) and head.mixed_share == pytest.approx(1 / 4)
+    # eye: 2 selective, 1 found (unit 5 was called leg); called eye: unit 4 only
+    assert (eye.part_selective, eye.found, eye.significant, eye.wrong) == (2, 1, 1, 0)
+    # leg: no selective leg unit; called leg: unit 5, an eye unit
+    assert leg.part_selective == 0 and np.isnan(leg.power) and leg.wrong_share == 1.0
+    assert (every.part_selective, every.found, every.significant, every.wrong, every.mixed) == (
+        6, 4, 6, 2, 1)
+    cells = part_table_cells(part_table(table, PARTS)).set_index("part")
+    assert cells.loc["head", "power"] == "3 of 4 (75%)"
+    assert cells.loc["leg", "power"] == "0 of 0" and cells.loc["leg", "wrong part"] == "1 of 1 (100%)"
 
 
 def test_a_toy_classifier_file_loads_through_the_config(tmp_path: Path) -> None:

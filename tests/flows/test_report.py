@@ -85,6 +85,10 @@ def test_report_opens_offline_and_shows_the_run(report: dict[str, Any]) -> None:
     # names, not only indices; validation and counterfactuals are there
     assert all(name in dom for name in SPECIES)
     assert "Validation against the toy world" in dom and "Counterfactuals" in dom
+    # the verdict per part, every share beside its counts, one row per part and one for all
+    verdict = re.search(r"The verdict per part</h3>(.*?)</table>", dom, re.S)
+    assert verdict is not None and verdict.group(1).count("<tr>") == 1 + 6 + 1
+    assert re.search(r'<td class="text">\d+ of \d+ \(\d+%\)</td>', verdict.group(1))
     assert "img/pair-0-1.png" in dom and (report["dir"] / "img" / "pair-0-1.png").is_file()
 
 

@@ -65,6 +65,12 @@ def test_selective_parts_match_the_ground_truth(toy_run) -> None:
     # at least 80% of the part-selective units are significant (measured: 187 of 192 at this
     # reduced size, 188 with the default settings); the rotated control below gets none
     assert m["n_selective_significant"] >= 0.8 * m["n_selective"]
+    # validate's per-part table adds up to the overall figures
+    parts = toy_run["reports"]["validate"].extra["parts"].set_index("part")
+    assert parts.loc["all", "significant"] == m["n_significant"]
+    assert parts.drop("all")["significant"].sum() == m["n_significant"]
+    assert parts.loc["all", "power"] == pytest.approx(m["power_selective"])
+    assert parts.drop("all")["part_selective"].sum() == m["n_selective"]
 
 
 def test_random_units_are_not_significant(tmp_path_factory) -> None:
