@@ -76,7 +76,8 @@ def test_the_verdict_per_part_counts_what_each_share_divides() -> None:
         6, 4, 6, 2, 1)
     cells = part_table_cells(part_table(table, PARTS)).set_index("part")
     assert cells.loc["head", "power"] == "3 of 4 (75%)"
-    assert cells.loc["leg", "power"] == "0 of 0" and cells.loc["leg", "wrong part"] == "1 of 1 (100%)"
+    assert cells.loc["leg", "power"] == "0 of 0"
+    assert cells.loc["leg", "wrong part"] == "1 of 1 (100%)"
 
 
 def test_a_toy_classifier_file_loads_through_the_config(tmp_path: Path) -> None:
