@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 1-3.5 min on 2 cores: six analyses in subprocesses (make test-all)
 def test_tiny_scale_run_measures_every_size(tmp_path: Path) -> None:
     env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
     plot = tmp_path / "scale.png"

@@ -3,8 +3,9 @@
 with a kill and a resume. Every run's tables and arrays must equal the sequential run's, bit
 for bit.
 
-The config is the toy world reduced in size (4 classes, one tuning sample per class), so that
-each run takes about a minute on two CPU cores; every stage and all 192 units still run.
+The config is the toy world reduced in size (4 classes, one tuning sample per class, 96 units in
+two tuning shards), so that each run takes a few minutes on two loaded CPU cores; every stage
+runs.
 The Ray run and the S3 kill-and-resume run are marked ``slow`` (``make test-all``), so that the
 default test run is 6 minutes shorter on two cores.
 """
@@ -34,8 +35,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_CONFIG: dict[str, Any] = {
     "data": {"classes": [0, 1, 2, 3], "samples_per_class": 60, "test_samples_per_class": 15},
-    "tuning": {"samples_per_class": 1, "null_samples_per_class": 1, "null_directions": 128,
-               "store_images": False},
+    "tuning": {"units": "0-95", "samples_per_class": 1, "null_samples_per_class": 1,
+               "null_directions": 128, "store_images": False},
     "runtime": {"device": "cpu", "batch_size": 256},
 }
 # tasks that run the models: one at a time per worker (the GPU resource)
@@ -53,7 +54,7 @@ def sequential(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     root = str(tmp_path_factory.mktemp("sequential") / "artifacts")
     reports = validate_flow(_config(root))
-    assert reports["score"].extra["units"]["significant"].sum() >= 50  # a table worth comparing
+    assert reports["score"].extra["units"]["significant"].sum() >= 25  # a table worth comparing
     return {"root": root, "reports": reports}
 
 

@@ -82,7 +82,9 @@ def test_random_units_are_not_significant(tmp_path_factory) -> None:
               "artifact_root": str(tmp_path_factory.mktemp("control") / "artifacts"),
               "classifier": {"kind": "python",
                              "target": "linkstyle_core.models.controls:rotated_toy_classifier"},
-              "tuning": {**TOY_TEST_CONFIG["tuning"], "units": "0-127"}}
+              # reduced as the mixed classifier's test below: one sample per class
+              "tuning": {**TOY_TEST_CONFIG["tuning"], "units": "0-127", "samples_per_class": 1,
+                         "null_samples_per_class": 1}}
     reports = validate_flow(config)
     units = reports["score"].extra["units"]
     assert len(units) == 128

@@ -51,13 +51,26 @@ def _same(a: ArtifactStore, key_a: str, b: ArtifactStore, key_b: str, stage: str
     return len(x.array_names) + len(x.table_names)
 
 
+def _tiny(root: Path, labels: str, null_shard_size: int) -> dict:
+    return {**TINY_CONFIG, "artifact_root": str(root),
+            "data": {**TINY_CONFIG.get("data", {}), "samples_per_class": 12,
+                     "test_samples_per_class": 6},
+            "tuning": {"units": "0-7", "shard_size": 4, "samples_per_class": 2,
+                       "null_samples_per_class": 1, "null_directions": 64,
+                       "null_shard_size": null_shard_size},
+            "runtime": {**TINY_CONFIG.get("runtime", {}), "batch_size": 16},
+            "segment": {"labels": labels, "labelled_images": 16, "steps": 30}}
+
+
 def test_a_stopped_null_resumes_at_its_next_shard_with_the_unsharded_numbers(
-        toy_run, monkeypatch) -> None:
-    """The shared toy run's null is one shard of 128 directions; here the same null in four
-    shards is stopped in its second shard (as SIGTERM stops it), then rerun."""
-    config = {**toy_run["config"],
-              "tuning": {**toy_run["config"]["tuning"], "null_shard_size": 32}}
-    store, one = toy_run["store"], toy_run["reports"]["tune"].keys
+        tmp_path, monkeypatch) -> None:
+    """A null of 64 directions in one shard, and the same null in four shards stopped in its
+    second shard (as SIGTERM stops it), then rerun: the rerun computes only the shards that
+    were not committed, and null and selectivity equal the one-shard run's to the last bit."""
+    labels = tiny_label_folder(tmp_path / "labels")
+    one = tune_score_flow(_tiny(tmp_path / "one", labels, 64))
+    config = _tiny(tmp_path / "many", labels, 16)
+    store = ArtifactStore(config["artifact_root"])
     calls: list[int] = []
     original = null_task.tune_directions
 
@@ -74,22 +87,22 @@ def test_a_stopped_null_resumes_at_its_next_shard_with_the_unsharded_numbers(
     stop.clear()
     partial = [a for a in store.list_artifacts("null") if a.status == "partial"]
     assert len(partial) == 1 and (partial[0].shards_done, partial[0].shards_total) == (1, 4)
-    assert calls == [32, 32]  # the third and fourth shard stopped before their first batch
+    assert calls == [16, 16]  # the third and fourth shard stopped before their first batch
 
     calls.clear()
     monkeypatch.setattr(null_task, "tune_directions", lambda *a, **k: calls.append(len(a[5])) or
                         original(*a, **k))
-    reports = tune_score_flow(config)
-    assert calls == [32, 32, 32]  # only the shards that were not committed
-    many = reports["tune"].keys
-    assert many["null"] == partial[0].key and many["tune"] == one["tune"]
-    assert store.open("null", many["null"]).shards == [
-        "directions-0000-0031", "directions-0032-0063", "directions-0064-0095",
-        "directions-0096-0127"]
-    assert _same(store, one["null"], store, many["null"], "null") > 10
+    many = tune_score_flow(config)
+    assert calls == [16, 16, 16]  # only the shards that were not committed
+    assert many["tune"].keys["null"] == partial[0].key
+    assert store.open("null", partial[0].key).shards == [
+        "directions-0000-0015", "directions-0016-0031", "directions-0032-0047",
+        "directions-0048-0063"]
+    first = ArtifactStore(str(tmp_path / "one"))
+    assert _same(first, one["tune"].keys["null"], store, partial[0].key, "null") > 10
     # the selectivity tables built on them, to the last bit
-    assert _same(store, toy_run["reports"]["score"].keys["selectivity"], store,
-                 reports["score"].keys["selectivity"], "selectivity") >= 4
+    assert _same(first, one["score"].keys["selectivity"], store,
+                 many["score"].keys["selectivity"], "selectivity") >= 4
 
 
 def test_a_run_logged_to_a_file_has_one_line_per_task_and_no_bars(tmp_path) -> None:
