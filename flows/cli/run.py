@@ -115,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from linkstyle_core.validation import part_table_cells
+
     _, reports = _run_flow(args, "validate")
     m = reports["validate"].extra["metrics"]
     source = m.get("ground_truth_source", "weights")
@@ -131,8 +133,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print("  the verdict per part (power: part-selective units by ground truth, concentration "
           ">= 0.6, called significant with their part; wrong and mixed, concentration < 0.5 by "
           "ground truth: among the units called significant for the part):")
-    from linkstyle_core.validation import part_table_cells
-
     table = part_table_cells(reports["validate"].extra["parts"]).to_string(index=False)
     print("\n".join("    " + line for line in table.splitlines()))
     print("  top part per part, match (chance) and AUC: " + ", ".join(
