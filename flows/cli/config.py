@@ -30,7 +30,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     # the checks `linkstyle run` makes before stage 1; the label folder only once its labels
     # are imported (they are made after a first run: labels export, open, import)
     folder = config.segment.labels
-    imported = bool(folder) and (Path(folder) / LABELS_FILE).is_file()
+    imported = (Path(folder) / LABELS_FILE).is_file() if folder else False
     labelled = imported or config.generator.kind == "toy"
     models = preflight(config, "score" if labelled else "link")
     gen, cls = models.generator, models.classifier
