@@ -323,7 +323,9 @@ def test_a_run_on_s3_is_explored_as_the_same_run_on_disk(run, served, monkeypatc
                             "AWS_DEFAULT_REGION": "us-east-1",
                             "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
             monkeypatch.setenv(name, value)
-        fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True)
+        # an s3 filesystem cached by an earlier test would still point at its stopped server
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+        fs = fsspec.filesystem("s3", use_listings_cache=False)
         fs.mkdir("explore-test")
         fs.put(str(run["config"].artifact_root) + "/", "explore-test/root", recursive=True)
         store = ArtifactStore("s3://explore-test/root")
