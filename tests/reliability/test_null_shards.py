@@ -51,12 +51,14 @@ def _same(a: ArtifactStore, key_a: str, b: ArtifactStore, key_b: str, stage: str
     return len(x.array_names) + len(x.table_names)
 
 
-def _tiny(root: Path, labels: str, null_shard_size: int) -> dict:
+def _tiny(root: Path, labels: str, null_shard_size: int, null_directions: int = 64) -> dict:
+    """A tiny-model analysis of 8 units whose null has ``null_directions`` directions in shards
+    of ``null_shard_size``."""
     return {**TINY_CONFIG, "artifact_root": str(root),
             "data": {**TINY_CONFIG.get("data", {}), "samples_per_class": 12,
                      "test_samples_per_class": 6},
             "tuning": {"units": "0-7", "shard_size": 4, "samples_per_class": 2,
-                       "null_samples_per_class": 1, "null_directions": 64,
+                       "null_samples_per_class": 1, "null_directions": null_directions,
                        "null_shard_size": null_shard_size},
             "runtime": {**TINY_CONFIG.get("runtime", {}), "batch_size": 16},
             "segment": {"labels": labels, "labelled_images": 16, "steps": 30}}
@@ -106,15 +108,7 @@ def test_a_stopped_null_resumes_at_its_next_shard_with_the_unsharded_numbers(
 
 
 def test_a_run_logged_to_a_file_has_one_line_per_task_and_no_bars(tmp_path) -> None:
-    config = {**TINY_CONFIG, "artifact_root": str(tmp_path / "root"),
-              "data": {**TINY_CONFIG.get("data", {}), "samples_per_class": 12,
-                       "test_samples_per_class": 6},
-              "tuning": {"units": "0-7", "shard_size": 4, "samples_per_class": 2,
-                         "null_samples_per_class": 1, "null_directions": 40,
-                         "null_shard_size": 16},
-              "runtime": {**TINY_CONFIG.get("runtime", {}), "batch_size": 16},
-              "segment": {"labels": tiny_label_folder(tmp_path / "labels"),
-                          "labelled_images": 16, "steps": 30}}
+    config = _tiny(tmp_path / "root", tiny_label_folder(tmp_path / "labels"), 16, 40)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     with open(tmp_path / "log", "wb") as log:
         run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config",
