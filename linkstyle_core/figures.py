@@ -70,15 +70,16 @@ def counterfactual_figure(images: np.ndarray, labels: Sequence[str],
 
 def unit_figure(images: np.ndarray, parts: np.ndarray, set_values: np.ndarray,
                 response: np.ndarray, shares: Sequence[float], part_names: Sequence[str],
-                highlighted: Sequence[bool], null_threshold: Sequence[float], title: str,
+                highlighted: Sequence[bool], line: float, title: str,
                 row_labels: Sequence[str] | None = None) -> bytes:
     """What one unit does, in one picture.
 
     images: [Ns, S, 3, H, W] uint8 tuning strips of Ns samples; parts: [Ns, S, H, W] their part
     label maps (outlined on the images); set_values: [Ns, S] the values the unit was set to;
     response: [Ns, S] the re-encoded unit; shares: [P] each part's share of the unit's sensitivity
-    profile; highlighted: [P] parts drawn in colour (the others grey); null_threshold: [P] the
-    random read-outs' 95th percentile of that share (a tick on each bar).
+    profile; highlighted: [P] parts drawn in colour (the others grey); line: the run's
+    significance line (``selectivity.significance_line``), drawn across the bars: the share
+    the top part must exceed for the unit to be significant, whatever the part.
     Left: one row per sample, the steps and |last - first| (the difference map, in grey
     levels); right: the closed-loop curve (set against re-encoded; the diagonal is gain 1) and
     the per-part bars.
@@ -124,14 +125,13 @@ def unit_figure(images: np.ndarray, parts: np.ndarray, set_values: np.ndarray,
     colours = ["#c44e52" if h else "#b0b0b0" for h in highlighted]
     y = np.arange(len(part_names))[::-1]
     bars.barh(y, shares, color=colours)
-    bars.scatter(null_threshold, y, marker="|", color="black", s=90)
+    bars.axvline(line, color="black", linewidth=1.2, linestyle="--")
     bars.set_yticks(y, list(part_names), fontsize=7)
     bars.tick_params(labelsize=6)
     bars.set_xlim(0, max(1.0, float(np.nanmax(shares))) if len(shares) else 1.0)
-    bars.set_xlabel("share of the unit's sensitivity (tick: random read-outs' 95th percentile)",
-                    fontsize=7)
-    bars.set_title("what the unit responds to (coloured: significant, beyond random)",
-                   fontsize=8)
+    bars.set_xlabel(f"share of the unit's sensitivity (line {line:.2f}: significant beyond it, "
+                    "q < 0.05)", fontsize=7)
+    bars.set_title("what the unit responds to (coloured: beyond the line)", fontsize=8)
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 
@@ -196,12 +196,11 @@ def _esc(text: object) -> str:
 
 def unit_charts_svg(set_values: np.ndarray, response: np.ndarray, shares: Sequence[float],
                     part_names: Sequence[str], highlighted: Sequence[bool],
-                    null_threshold: Sequence[float]) -> str:
+                    line: float) -> str:
     """The closed-loop curve and the per-part bars of ``unit_figure`` as one inline SVG (text,
     made in microseconds; a browser draws it).
 
-    set_values, response: [Ns, S]; shares, highlighted, null_threshold: [P] as in
-    ``unit_figure``.
+    set_values, response: [Ns, S]; shares, highlighted: [P] and line as in ``unit_figure``.
     """
     w, h, pad = 300, 190, 34
     lo = float(min(np.nanmin(set_values), np.nanmin(response)))
@@ -234,10 +233,9 @@ def unit_charts_svg(set_values: np.ndarray, response: np.ndarray, shares: Sequen
     bar_h, top = 16, h + 42
     bars = [f'<text x="{pad}" y="{top - 20}" font-size="10">what the unit responds to, share '
             "per part</text>"
-            f'<text x="{pad}" y="{top - 8}" font-size="9" fill="#555">coloured: significant '
-            "unit, beyond random; tick: random read-outs' 95th percentile</text>"]
-    for k, (name, share, hot, tick) in enumerate(zip(part_names, shares, highlighted,
-                                                    null_threshold, strict=True)):
+            f'<text x="{pad}" y="{top - 8}" font-size="9" fill="#555">dashed line at '
+            f"{line:.2f}: significant beyond it (q &lt; 0.05); coloured: beyond it</text>"]
+    for k, (name, share, hot) in enumerate(zip(part_names, shares, highlighted, strict=True)):
         yy = top + k * (bar_h + 4)
         length = 0.0 if not np.isfinite(share) else float(share) * (w - 90)
         bars.append(f'<text x="{pad + 50}" y="{yy + 12}" font-size="10" '
@@ -245,11 +243,10 @@ def unit_charts_svg(set_values: np.ndarray, response: np.ndarray, shares: Sequen
                     f'<rect x="{pad + 56}" y="{yy}" width="{length:.1f}" height="{bar_h}" '
                     f'fill="{"#c44e52" if hot else "#b0b0b0"}"><title>{_esc(name)}: '
                     f'{float(share):.2f}</title></rect>')
-        if np.isfinite(tick):
-            tx = pad + 56 + float(tick) * (w - 90)
-            bars.append(f'<line x1="{tx:.1f}" y1="{yy - 1}" x2="{tx:.1f}" '
-                        f'y2="{yy + bar_h + 1}" stroke="#000" stroke-width="2"/>')
     height = top + len(part_names) * (bar_h + 4) + 6
+    lx = pad + 56 + float(line) * (w - 90)
+    bars.append(f'<line x1="{lx:.1f}" y1="{top - 3}" x2="{lx:.1f}" y2="{height - 4}" '
+                'stroke="#000" stroke-width="1.5" stroke-dasharray="4 2"/>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w + 120}" height="{height}" '
             f'font-family="sans-serif" role="img" aria-label="closed loop and part shares">'
             f'<text x="{pad}" y="8" font-size="10" dy="-0">closed loop (one line per '

@@ -236,7 +236,7 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
             picture = unit_figure(
                 view["images"], view["parts"], view["set_value"], view["response"],
                 view["shares"], view["part_names"], view["highlighted"],
-                view["null_threshold"], describe_unit(row), row_labels=labels)
+                view["line"], describe_unit(row), row_labels=labels)
             image, caption = 'class="figure"', ""
         else:  # every other unit: the same panels without matplotlib, in milliseconds
             picture = unit_strips_png(view["images"], view["parts"])
@@ -246,7 +246,7 @@ def build_report(store: ArtifactStore, keys: dict[str, str], out: str | Path, *,
                        "scaled to the unit's largest difference; <code>linkstyle unit "
                        f"{unit}</code> draws the same as one figure.</p>" + unit_charts_svg(
                            view["set_value"], view["response"], view["shares"],
-                           view["part_names"], view["highlighted"], view["null_threshold"]))
+                           view["part_names"], view["highlighted"], view["line"]))
         (out / "img" / f"unit-{unit}.png").write_bytes(picture)
         per_part_rows = parts_by_unit.get(int(unit), pd.DataFrame({
             "part": view["part_names"], "share": view["shares"]}))

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from linkstyle_core.selectivity import significance_line
 from storage import Artifact, ArtifactStore
 
 VERDICT_TEXT = {
@@ -62,11 +63,9 @@ class RunView:
                                           for i, c in enumerate(classes)]), kind="stable")[:samples]
         self.sample_class = classes[self.order]
         self.part_names = list(selectivity.info["scored_parts"])
-        null = selectivity.table("null_profiles")
-        null_scores = null[[f"score_{p}" for p in self.part_names]].to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            null_shares = null_scores / null_scores.sum(1, keepdims=True)
-        self.null_threshold = np.nanquantile(null_shares, 0.95, axis=0)
+        self.line = significance_line(
+            selectivity.table("null_profiles")["concentration"].to_numpy(dtype=np.float64),
+            self.units["specificity_p"].to_numpy(), self.units["specificity_q"].to_numpy())
         self._rows = self.units.set_index("unit")
         # which shard holds which unit, from each shard's small unit index
         pieces = [self.tuned] if not self.tuned.shards else [self.tuned.shard(s)
@@ -87,9 +86,10 @@ class RunView:
         """One unit: images [n, S, 3, H, W] and parts [n, S, H, W] of the shown samples (one per
         class first; None where the run kept no images), set values and re-encoded values
         [n, S], its row of the ``units`` table, the scored part names, its profile
-        (``scores``), each part's share of it (``shares``), the random read-outs' 95th
-        percentile of that share (``null_threshold``) and whether the unit is significant and
-        its share beyond that (``highlighted``)."""
+        (``scores``), each part's share of it (``shares``), the run's significance line
+        (``line``: ``selectivity.significance_line``, the share the top part must exceed to be
+        significant) and which shares exceed it (``highlighted``: the top part of a significant
+        unit, nothing otherwise)."""
         if unit not in self._where or unit not in self._rows.index:
             raise ValueError(f"unit {unit} was not tuned in this run; tuned units: "
                              f"{self.units['unit'].min()}-{self.units['unit'].max()} "
@@ -113,8 +113,8 @@ class RunView:
             "part_names": self.part_names,
             "scores": scores,
             "shares": shares,
-            "null_threshold": self.null_threshold,
-            "highlighted": bool(row["significant"]) & (shares > self.null_threshold),
+            "line": self.line,
+            "highlighted": shares > self.line,
         }
 
 

@@ -137,7 +137,6 @@ def cmd_unit(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a unit that was not tuned, a run without images
         raise UsageError(str(exc)) from None
     row, parts, shares = view["row"], view["part_names"], view["shares"]
-    beyond = shares > view["null_threshold"]
 
     print(f"unit {args.unit}: top part {row['top_part']} (concentration "
           f"{row['concentration']:.2f}); specificity p {row['specificity_p']:.3g}, q "
@@ -148,14 +147,15 @@ def cmd_unit(args: argparse.Namespace) -> int:
           f"rank {int(row['closed_loop_rank'])} among all units' standardised changes")
     print(f"  image change first -> last step: pixels {row['pixel_change']:.3f} (mean |delta| in "
           f"[0, 1]), part labels {row['label_change']:.1%}")
-    ranked = sorted(zip(shares, parts, beyond, strict=True), reverse=True)
-    print("  what the unit responds to, share per part (* beyond 95% of random read-outs): "
+    ranked = sorted(zip(shares, parts, view["highlighted"], strict=True), reverse=True)
+    print("  what the unit responds to, share per part (* beyond the significance line, "
+          f"{view['line']:.2f}): "
           + ", ".join(f"{p} {s:.2f}{'*' if b else ''}" for s, p, b in ranked))
     title = (f"unit {args.unit}: top part {row['top_part']}, concentration "
              f"{row['concentration']:.2f}, q {row['specificity_q']:.2g}, gain "
              f"{row['closed_loop_gain']:.2f}, pixel change {row['pixel_change']:.3f}")
     png = unit_figure(view["images"], view["parts"], view["set_value"], view["response"],
-                      shares, parts, view["highlighted"], view["null_threshold"], title,
+                      shares, parts, view["highlighted"], view["line"], title,
                       [f"class {c}" for c in view["sample_class"]])
     write_file(out, tag_png(png, f"linkstyle unit {args.unit}"))
     print(f"  figure: {out}")

@@ -1,7 +1,7 @@
 """The state behind ``linkstyle explore``: a finished run opened once with its models, and the
 frames the page asks for (``flows.explore.server`` serves them).
 
-Opened once: the units table and the random read-outs' profile thresholds (``RunView``, as
+Opened once: the units table and the run's significance line (``RunView``, as
 ``linkstyle unit`` and the report read them), the link, each unit's direction in W and
 calibrated step (``directions`` and ``tune``'s ``step_scale``), its tuned range (``ranges``), the
 part segmenter (``segmenter``), the held-out samples (``paired`` test split) and the models,
@@ -143,7 +143,7 @@ class ExploreSession:
 
     def unit_detail(self, unit: int) -> dict[str, Any]:
         """One unit's row, tuned range, the slider's range (half the span below and beyond),
-        and its closed loop and sensitivity bars with the read-outs' ticks (SVG)."""
+        and its closed loop and sensitivity bars with the significance line (SVG)."""
         from linkstyle_core.figures import unit_charts_svg
 
         self.check_unit(unit)
@@ -161,7 +161,7 @@ class ExploreSession:
                                                   strict=True)},
             "charts": unit_charts_svg(view["set_value"], view["response"], view["shares"],
                                       view["part_names"], view["highlighted"],
-                                      view["null_threshold"]),
+                                      view["line"]),
             "strip": self.view.has_images,
         }
 

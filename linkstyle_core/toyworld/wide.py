@@ -66,7 +66,8 @@ def wide_layout(base_parts: list[str], base_sensitivity: torch.Tensor, units: in
     by_part = {p: [u for u in range(d) if base_parts[u] == p] for p in parts}
     order = torch.randperm(d, generator=gen).tolist()
     mixing = torch.zeros(units, d)
-    kind, sources = [], []
+    kind: list[str] = []
+    sources: list[tuple[int, ...]] = []
     for j in range(units):
         if j % 2 == 0:
             k = order[(j // 2) % d]
@@ -94,6 +95,9 @@ class WideToyClassifier(nn.Module):
     """The bundled toy classifier with ``units`` derived penultimate units (``Classifier``
     protocol): ``features`` gives r' = M r [N, units] (non-negative), ``head`` the bundled
     head on M⁺ r'. ``unit_kind`` holds the construction's kind of every unit."""
+
+    mixing: torch.Tensor  # buffers, declared for the type checker
+    unmixing: torch.Tensor
 
     def __init__(self, base: ToyClassifier, layout: WideLayout) -> None:
         super().__init__()

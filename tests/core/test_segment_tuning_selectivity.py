@@ -22,6 +22,7 @@ from linkstyle_core.selectivity import (
     random_readouts,
     selectivity_table,
     sensitivity_profiles,
+    significance_line,
     specificity_p,
     two_stage_q,
     unit_parts_table,
@@ -235,6 +236,31 @@ def test_specificity_p_counts_the_null_at_or_above() -> None:
     p = specificity_p(np.array([0.05, 0.3, 0.5, np.nan]), null)
     np.testing.assert_allclose(p[:3], [5 / 5, 3 / 5, 1 / 5])
     assert np.isnan(p[3])
+
+
+@pytest.mark.parametrize("effects", [0, 5, 60, 190])
+def test_the_significance_line_separates_significant_units_from_the_others(effects: int) -> None:
+    """A unit's concentration exceeds the run's line exactly when the test calls it
+    significant: the bars' line and q tell the same story, with few or many effects, ties in
+    the read-outs and none significant."""
+    rng = np.random.default_rng(effects)
+    null = np.round(rng.beta(4, 5, 4000), 3)  # rounded: many ties
+    conc = np.concatenate([np.round(rng.beta(4, 5, 200 - effects), 3),
+                           rng.uniform(0.6, 0.99, effects)])
+    p = specificity_p(conc, null)
+    q = two_stage_q(p)
+    line = significance_line(null, p, q)
+    np.testing.assert_array_equal(conc > line, q < 0.05)
+    assert ((q < 0.05).sum() > 0) == (effects > 0)
+    if effects == 0:  # the line a single unit would have to pass: beyond all but a few
+        assert line >= np.quantile(null, 0.999)
+
+
+def test_the_significance_line_is_out_of_reach_when_no_p_can_pass() -> None:
+    """With 2048 units and 40 read-outs, no p (at least 1/41) passes BH for one unit."""
+    null = np.linspace(0.2, 0.8, 40)
+    p = specificity_p(np.full(2048, 0.5), null)
+    assert significance_line(null, p, two_stage_q(p)) == 1.0
 
 
 def test_small_parts_are_masked_by_their_base_area() -> None:

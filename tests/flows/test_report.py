@@ -144,10 +144,13 @@ def test_every_unit_gets_a_page_and_the_units_table_filters(report: dict[str, An
     for unit in light[:3]:
         dom = rendered_dom(tmp_path / "all" / "units" / f"unit-{unit}.html")
         assert "figure strips" in dom and f"linkstyle unit {unit}" in dom
-        # the closed loop (a line per sample) and a bar and a tick per part, as inline SVG
+        # the closed loop (a line per sample), a bar per part and the significance line, as
+        # inline SVG; the top part's bar coloured exactly when the unit is significant
         svg = dom[dom.index("<svg"):dom.index("</svg>")]
         assert svg.count("<polyline") == 4 and svg.count("<rect") == 6
-        assert svg.count('stroke-width="2"') == 6
+        assert svg.count('stroke-dasharray="4 2"') == 1
+        significant = bool(units.set_index("unit").loc[unit, "significant"])
+        assert len(re.findall(r'<rect[^>]*fill="#c44e52"', svg)) == int(significant)
         strips = Image.open(tmp_path / "all" / "img" / f"unit-{unit}.png")
         # 4 samples x (3 steps and the difference), 64 px tiles 2 px apart, shown twice
         assert strips.size == (2 * (4 * 64 + 3 * 2), 2 * (4 * 64 + 3 * 2))

@@ -73,6 +73,25 @@ def test_selective_parts_match_the_ground_truth(toy_run) -> None:
     assert parts.drop("all")["part_selective"].sum() == m["n_selective"]
 
 
+def test_the_bars_line_is_the_verdict(toy_run) -> None:
+    """Every unit of the run: its top part's bar is beyond the significance line, and drawn in
+    colour, exactly when the test calls it significant; no other bar is (the picture and the
+    test tell the same story)."""
+    from flows.stages import analysis_keys
+    from tasks.context import as_config, models_for
+    from tasks.unit_view import RunView
+
+    cfg = as_config(toy_run["config"])
+    run = RunView(toy_run["store"], analysis_keys(cfg, models_for(cfg)), images=False)
+    units = run.units.set_index("unit")
+    assert ((units["concentration"] > run.line) == units["significant"]).all()
+    for unit, row in units.iterrows():
+        view = run.unit(int(unit))
+        coloured = [p for p, hot in zip(view["part_names"], view["highlighted"], strict=True)
+                    if hot]
+        assert coloured == ([row["top_part"]] if row["significant"] else [])
+
+
 def test_random_units_are_not_significant(tmp_path_factory) -> None:
     """Negative control: units replaced by random rotations of themselves are exactly what the
     null directions are, so the specificity test calls at most 5% of them significant.
