@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -124,28 +123,6 @@ def test_ray_matches_the_sequential_run(sequential, tmp_path) -> None:
 
 
 # -- S3 --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, str]]:
-    """A local S3-compatible server (moto's server mode) on 127.0.0.1 with one bucket; the
-    credentials and endpoint are the usual AWS environment variables, set for this process and
-    for the command lines the test starts."""
-    pytest.importorskip("s3fs", reason="the s3 extra is not installed")
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        import fsspec
-
-        fsspec.filesystem("s3", use_listings_cache=False).mkdir("linkstyle-test")
-        yield env
-    server.stop()
-
-
 def _counts(out: str) -> dict[str, tuple[int, int, int]]:
     """The command's per-stage line: stage -> (computed, from cache, already stored)."""
     found = re.findall(r"^\s+(\w+)\s+computed\s+(\d+)\s+from cache\s+(\d+)\s+already stored"

@@ -306,41 +306,26 @@ def test_the_page_picks_a_unit_drags_it_and_walks_a_counterfactual(served) -> No
         assert after[0] > 0.6 and after[1] > before + 0.3 and after[2] == 10
 
 
-def test_a_run_on_s3_is_explored_as_the_same_run_on_disk(run, served, monkeypatch) -> None:
+def test_a_run_on_s3_is_explored_as_the_same_run_on_disk(run, served, s3) -> None:
     """The same finished run copied to an S3 bucket (a local moto server): the explorer opened
     on ``s3://`` lists the same units and renders the same frame, to the pixel."""
-    pytest.importorskip("s3fs", reason="the s3 extra is not installed")
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
     import fsspec
 
     from storage import ArtifactStore
 
-    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
+    fs = fsspec.filesystem("s3", use_listings_cache=False)
+    fs.put(str(run["config"].artifact_root) + "/", "linkstyle-test/explore", recursive=True)
+    store = ArtifactStore("s3://linkstyle-test/explore")
+    assert store.root_uri.startswith("s3://")
+    cfg = run["config"].model_copy(update={"artifact_root": "s3://linkstyle-test/explore"})
+    session = ExploreSession(store, run["keys"], models_for(cfg), cfg, run["run_id"])
+    remote = start(session)
     try:
-        host, port = s3.get_host_and_port()
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1",
-                            "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-            monkeypatch.setenv(name, value)
-        # an s3 filesystem cached by an earlier test would still point at its stopped server
-        fsspec.get_filesystem_class("s3").clear_instance_cache()
-        fs = fsspec.filesystem("s3", use_listings_cache=False)
-        fs.mkdir("explore-test")
-        fs.put(str(run["config"].artifact_root) + "/", "explore-test/root", recursive=True)
-        store = ArtifactStore("s3://explore-test/root")
-        assert store.root_uri.startswith("s3://")
-        cfg = run["config"].model_copy(update={"artifact_root": "s3://explore-test/root"})
-        session = ExploreSession(store, run["keys"], models_for(cfg), cfg, run["run_id"])
-        remote = start(session)
-        try:
-            assert _get(remote, "/api/units")[1] == _get(served, "/api/units")[1]
-            query = f"/api/frame?class=1&index=0&units={EYE}&values=3.0"
-            status, there = _get(remote, query)
-            here = _get(served, query)[1]
-            assert status == 200, there
-            assert there["image"] == here["image"] and there["units"] == here["units"]
-        finally:
-            remote.stop()
+        assert _get(remote, "/api/units")[1] == _get(served, "/api/units")[1]
+        query = f"/api/frame?class=1&index=0&units={EYE}&values=3.0"
+        status, there = _get(remote, query)
+        here = _get(served, query)[1]
+        assert status == 200, there
+        assert there["image"] == here["image"] and there["units"] == here["units"]
     finally:
-        s3.stop()
+        remote.stop()
