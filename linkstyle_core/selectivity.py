@@ -219,19 +219,12 @@ def specificity_p(stat: np.ndarray, null_stat: np.ndarray) -> np.ndarray:
 
 def significance_line(null_concentration: np.ndarray, p: np.ndarray, q: np.ndarray,
                       alpha: float = 0.05) -> float:
-    """The concentration a profile's top part must exceed to be significant in this run: the
-    specificity test's verdict drawn as one line on the share axis, the same for every part
-    (the test asks whether the top part's share, whatever the part, is beyond the random
-    read-outs' concentration).
-
-    null_concentration [R]: the random read-outs' concentrations; p, q [U]: the units'
-    ``specificity_p`` and ``specificity_q``. With p* the largest p of a significant unit (q <
-    alpha), a unit is significant exactly when at most n = (R + 1) p* - 1 read-outs reach its
-    concentration, that is when its concentration exceeds the (n + 1)-th largest read-out
-    concentration: the line. Where no unit is significant, p* is the p the two-stage
-    procedure would pass for a single unit, alpha / (1 + alpha) / U; where not even a unit
-    beyond every read-out would pass (p* < 1 / (R + 1)), the line is 1, which no share exceeds.
-    """
+    """The share a profile's top part must exceed to be significant in this run, the same for
+    every part: the test drawn on the bars. null_concentration [R]: the random read-outs'; p, q
+    [U]: the units' ``specificity_p`` and ``specificity_q``. With p* the largest p with q <
+    alpha (else alpha / (1 + alpha) / U, what one unit would need), a unit is significant
+    exactly when at most n = (R + 1) p* - 1 read-outs reach its concentration: when it exceeds
+    the (n + 1)-th largest read-out's. 1 where no p can pass (p* < 1 / (R + 1))."""
     null = np.sort(null_concentration[np.isfinite(null_concentration)])[::-1]
     significant = np.asarray(q) < alpha
     p_star = (float(np.nanmax(np.asarray(p)[significant])) if significant.any()
