@@ -43,7 +43,7 @@ def selectivity_key(config: AnalysisConfig, tune_key: str, null_key: str) -> str
                        {"tune": tune_key, "null": null_key})
 
 
-def _changes(art: Artifact, min_area: float) -> np.ndarray:
+def stored_changes(art: Artifact, min_area: float) -> np.ndarray:
     """First -> last change [K, Ns, P, M'], parts below ``min_area`` in a base image masked."""
     change = first_last_change(art.load("measures"), art.load("motion"))
     return mask_small_parts(change, art.load_common("base_area"), min_area)
@@ -78,8 +78,8 @@ def score_units(config: dict[str, Any], key: str, tune_key: str, null_key: str) 
     parts = [all_parts[j] for j in fg]
     units = tuned.load("unit")
     min_area = cfg.tuning.min_part_area
-    change = _changes(tuned, min_area)
-    null_change = _changes(null, min_area)
+    change = stored_changes(tuned, min_area)
+    null_change = stored_changes(null, min_area)
     table = selectivity_table(units, change, null_change, all_parts)
 
     null_means = direction_means(null_change)

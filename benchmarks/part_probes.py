@@ -1,0 +1,222 @@
+"""Part-local probes from the generator's Jacobian, against the toy world's ground truth.
+
+    python benchmarks/part_probes.py --root DIR [--config FILE] [--weights NAME] [--seed N]
+                                     [--probes 384] [--subspace 8] [--json]
+    python benchmarks/part_probes.py --factors
+
+The sensitivity profile of docs/tuning.md regresses a unit's response along random probes on
+the parts those probes change, and random probes move the parts together (each part's columns
+of the design are explained at R² 0.77-0.96 by the others'). This asks whether probes that
+change one part at a time give every part's units the same share. It reads a finished toy
+analysis under ``--root`` (the link, segmenter, directions and null of ``linkstyle run`` with
+the same config; ``--weights`` and ``--seed`` set ``classifier.weights`` and ``data.seed`` =
+``tuning.seed`` on top of ``--config``) and:
+
+1. For each part, the ``--subspace`` latent directions that change its pixels most against
+   the other pixels (``part_probes.part_subspaces``, on the null's samples and their
+   segmentation).
+2. ``--probes`` probes, the parts in turn, each a random combination of its part's
+   directions with the null probes' median latent length, rendered on the null's samples as
+   the null is (first and last step).
+3. Locality: per probe part, the median share of the probe's squared part change (the
+   profile's measures in null SDs) that falls on its own part; random probes for comparison.
+4. A unit's direct profile: per part, its mean squared re-encoded change (training SDs) along
+   that part's probes; its share of the sum. Printed per part: the median share of the
+   part-selective units (ground-truth concentration >= 0.6), the mixed units' (< 0.5) 90th
+   percentile, and the verdict "share >= tau" per part with counts (``validation.part_table``),
+   beside the run's own verdict.
+
+``--factors`` measures instead how local the ground truth's own interventions are: for each
+factor of the toy renderer (moved by one within-species SD either way, as
+``toyworld.ground_truth`` moves it), the share of the squared pixel change that falls on each
+part's pixels (half by the label of either version of the image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TAUS = (0.5, 0.6, 0.7, 0.8)
+
+
+def factor_locality(n_per_class: int = 20, seed: int = 4242) -> dict[str, dict[str, float]]:
+    """factor -> part (background included) -> share of the factor's squared pixel change."""
+    from linkstyle_core.toyworld.factors import factor_interventions
+    from linkstyle_core.toyworld.renderer import PARTS, render
+
+    out = {}
+    for _, name, low, high in factor_interventions(n_per_class, seed):
+        a, b = render(low), render(high)
+        change = ((a.images - b.images) ** 2).sum(1)
+        total = float(change.sum())
+        out[name] = {part: float((change * ((a.labels == k).float() + (b.labels == k).float())
+                                  / 2).sum()) / total for k, part in enumerate(PARTS)}
+    return out
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from flows.stages import analysis_keys
+    from linkstyle_core.config import AnalysisConfig
+    from linkstyle_core.part_probes import direct_profiles, part_probe_directions, part_subspaces
+    from linkstyle_core.render import broadcast_w
+    from linkstyle_core.selectivity import (
+        ALL_MEASURES,
+        SENSITIVITY_MEASURES,
+        direction_means,
+        first_last_change,
+        mask_small_parts,
+        null_reference,
+    )
+    from linkstyle_core.tuning import render_with_features
+    from linkstyle_core.validation import part_table, part_table_cells, validate
+    from tasks.context import models_for, store_for
+    from tasks.score import stored_changes
+    from tasks.trajectories import tune_directions, tuning_inputs
+    from tasks.validate import MIXED_CONCENTRATION, SELECTIVE_CONCENTRATION, ground_truth
+
+    raw = AnalysisConfig.from_yaml(args.config).model_dump() if args.config else {}
+    raw["artifact_root"] = args.root
+    if args.weights:
+        raw.setdefault("classifier", {}).update({"kind": "toy", "weights": args.weights})
+    if args.seed is not None:
+        raw.setdefault("data", {})["seed"] = args.seed
+        raw.setdefault("tuning", {})["seed"] = args.seed
+    cfg = AnalysisConfig.from_dict(raw)
+    models, store = models_for(cfg), store_for(cfg)
+    keys = analysis_keys(cfg, models)
+    for stage in ("null", "selectivity"):
+        if not store.exists(stage, keys[stage]):
+            sys.exit(f"no finished {stage} for this config under {args.root}: run "
+                     "`linkstyle run` with the same config first")
+    t0 = time.perf_counter()
+    null = store.open("null", keys["null"])
+    inp = tuning_inputs(cfg, models, keys, per_class=cfg.tuning.null_samples_per_class)
+    names = list(inp["parts"])
+    fg = [j for j, p in enumerate(names) if p != "background"]
+    parts = [names[j] for j in fg]
+    gen = models.generator
+    with torch.no_grad():
+        _, features = render_with_features(gen, broadcast_w(inp["w0"], gen.num_ws))
+        labels = inp["segmenter"].predict(features)
+    subspaces = part_subspaces(gen, inp["w0"], labels, fg, args.subspace)
+    t_jac = time.perf_counter() - t0
+
+    dirs, which = part_probe_directions(subspaces, args.probes, cfg.tuning.seed)
+    length = float(np.median(null.load("latent_step")))
+    samples = len(inp["w0"])
+    offsets = torch.tensor([-0.5, 0.5]).expand(args.probes, samples, 2).contiguous()
+    latent = torch.tensor(dirs * length, dtype=torch.float32)
+    readout = torch.zeros(args.probes, inp["r"].shape[1])
+    t1 = time.perf_counter()
+    res = tune_directions(cfg, models, inp, latent, readout, offsets, lambda n: None)
+    t_render = time.perf_counter() - t1
+
+    null_means = direction_means(stored_changes(null, cfg.tuning.min_part_area))
+    mean0, sd0 = null_reference(null_means)
+    change = mask_small_parts(first_last_change(res.measures.numpy(), res.motion.numpy()),
+                              inp["base_area"].numpy(), cfg.tuning.min_part_area)
+    cols = [ALL_MEASURES.index(m) for m in SENSITIVITY_MEASURES]
+
+    def part_power(means: np.ndarray) -> np.ndarray:          # [K, P] squared part change
+        e = np.nan_to_num(((means - mean0) / sd0)[:, fg][..., cols])
+        return (e ** 2).sum(-1)
+
+    own = part_power(direction_means(change))
+    rand = part_power(null_means)
+    locality = {p: float(np.median(own[which == j, j] / own[which == j].sum(1)))
+                for j, p in enumerate(parts)}
+    locality_random = {p: float(np.median(rand[:, j] / rand.sum(1))) for j, p in enumerate(parts)}
+
+    response = (res.reencoded_change / inp["r_std"].clamp_min(1e-8)).numpy()  # [K, D]
+    profile = direct_profiles(response, which, len(fg))
+    share = profile / profile.sum(1, keepdims=True)
+    summary = store.open("selectivity", keys["selectivity"]).table("units")
+    units = summary["unit"].to_numpy()
+    truth, _ = ground_truth(cfg, models, store)
+    truth = truth[truth["unit"].isin(units)].copy()
+    truth["evaluated"] = truth["gt_sensitivity"] > 0
+    top = np.asarray(parts, dtype=object)[share[units].argmax(1)]
+    top_share = share[units].max(1)
+
+    def verdict(significant: np.ndarray, top_part: np.ndarray) -> tuple[pd.DataFrame, str]:
+        rows = pd.DataFrame({"unit": units, "top_part": top_part, "significant": significant,
+                             "concentration": top_share})
+        _, table = validate(rows, truth, parts, SELECTIVE_CONCENTRATION, MIXED_CONCENTRATION)
+        evaluated = table[table["evaluated"]]
+        others = evaluated[~evaluated["gt_selective"]]
+        return part_table(table, parts), (f"{int(others['significant'].sum())} of "
+                                           f"{len(others)} not part-selective called")
+
+    gt = truth.set_index("unit").loc[units]
+    selective = gt["gt_concentration"].to_numpy() >= SELECTIVE_CONCENTRATION
+    mixed = gt["gt_concentration"].to_numpy() < MIXED_CONCENTRATION
+    medians = {p: float(np.median(share[units][selective & (gt["gt_part"] == p).to_numpy(), j]))
+               for j, p in enumerate(parts)
+               if (selective & (gt["gt_part"] == p).to_numpy()).sum()}
+    runs = {"the run's test": verdict(summary["significant"].to_numpy(bool),
+                                      summary["top_part"].to_numpy())}
+    for tau in TAUS:
+        runs[f"direct share >= {tau}"] = verdict(top_share >= tau, top)
+    return {
+        "classifier": cfg.classifier.weights or "bundled", "seed": cfg.tuning.seed,
+        "probes": args.probes, "subspace": args.subspace, "jacobian_s": t_jac, "render_s": t_render,
+        "locality": locality, "locality_random": locality_random,
+        "median_share_selective": medians,
+        "mixed_q90": float(np.quantile(top_share[mixed], 0.9)) if mixed.any() else None,
+        "verdicts": {name: {"parts": part_table_cells(table).to_dict("records"), "others": other}
+                     for name, (table, other) in runs.items()},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", help="the artifact root of a finished toy run")
+    ap.add_argument("--config", help="the run's config file (default: the defaults)")
+    ap.add_argument("--weights", help="classifier.weights (bundled, mixed, ordinary, a file)")
+    ap.add_argument("--seed", type=int, help="data.seed and tuning.seed")
+    ap.add_argument("--probes", type=int, default=384)
+    ap.add_argument("--subspace", type=int, default=8)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--factors", action="store_true",
+                    help="how local the ground truth's factor interventions are (no run needed)")
+    args = ap.parse_args()
+    if args.factors:
+        shares = pd.DataFrame(factor_locality()).T
+        print(json.dumps(shares.to_dict("index"), indent=1) if args.json
+              else shares.to_string(float_format=lambda v: f"{v:.2f}"))
+        return
+    if not args.root:
+        ap.error("--root is required (or --factors)")
+    out = measure(args)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"{out['classifier']}, seed {out['seed']}: {out['probes']} probes, "
+          f"Jacobians {out['jacobian_s']:.0f} s, rendering {out['render_s']:.0f} s")
+    print("own part's share of a probe's squared part change (median): part-local "
+          + " ".join(f"{p} {v:.2f}" for p, v in out["locality"].items()) + "; random "
+          + " ".join(f"{p} {v:.2f}" for p, v in out["locality_random"].items()))
+    print("median direct share of part-selective units: "
+          + " ".join(f"{p} {v:.2f}" for p, v in out["median_share_selective"].items())
+          + f"; mixed units' 90th percentile: {out['mixed_q90']}")
+    for name, v in out["verdicts"].items():
+        print(f"\n{name} ({v['others']})")
+        print(pd.DataFrame(v["parts"]).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
