@@ -212,7 +212,8 @@ def main() -> None:
           + " ".join(f"{p} {v:.2f}" for p, v in out["locality_random"].items()))
     print("median direct share of part-selective units: "
           + " ".join(f"{p} {v:.2f}" for p, v in out["median_share_selective"].items())
-          + f"; mixed units' 90th percentile: {out['mixed_q90']}")
+          + "; mixed units' 90th percentile: "
+          + ("none" if out["mixed_q90"] is None else f"{out['mixed_q90']:.2f}"))
     for name, v in out["verdicts"].items():
         print(f"\n{name} ({v['others']})")
         print(pd.DataFrame(v["parts"]).to_string(index=False))
