@@ -24,7 +24,10 @@ the same config; ``--weights`` and ``--seed`` set ``classifier.weights`` and ``d
    that part's probes; its share of the sum. Printed per part: the median share of the
    part-selective units (ground-truth concentration >= 0.6), the mixed units' (< 0.5) 90th
    percentile, and the verdict "share >= tau" per part with counts (``validation.part_table``),
-   beside the run's own verdict.
+   beside the run's own verdict. The same against a ground truth from the pixel-local factors
+   alone (``local_factors``: at least 90% of their pixel change, among the parts, on their own
+   part): the correlation of the top share with its concentration, and the called units it
+   calls mixed.
 
 ``--factors`` measures instead how local the ground truth's own interventions are: for each
 factor of the toy renderer (moved by one within-species SD either way, as
@@ -63,6 +66,20 @@ def factor_locality(n_per_class: int = 20, seed: int = 4242) -> dict[str, dict[s
         total = float(change.sum())
         out[name] = {part: float((change * ((a.labels == k).float() + (b.labels == k).float())
                                   / 2).sum()) / total for k, part in enumerate(PARTS)}
+    return out
+
+
+def local_factors(min_share: float = 0.9) -> dict[str, list[str]]:
+    """part -> its pixel-local factors: those whose squared pixel change, among the creature's
+    parts (background left out), falls at least ``min_share`` on their own part."""
+    from linkstyle_core.toyworld.factors import FACTOR_PARTS
+
+    out: dict[str, list[str]] = {}
+    for factor, shares in factor_locality().items():
+        part = FACTOR_PARTS.get(factor)
+        fg = {p: v for p, v in shares.items() if p != "background"}
+        if part is not None and fg[part] >= min_share * sum(fg.values()):
+            out.setdefault(part, []).append(factor)
     return out
 
 
@@ -167,16 +184,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     medians = {p: float(np.median(share[units][selective & (gt["gt_part"] == p).to_numpy(), j]))
                for j, p in enumerate(parts)
                if (selective & (gt["gt_part"] == p).to_numpy()).sum()}
+    local = local_factors()
+    part_sens = np.stack([gt[[f"sens_{f}" for f in local.get(p, [])]].sum(axis=1).to_numpy()
+                          for p in parts], 1)
+    local_conc = part_sens.max(1) / np.where(part_sens.sum(1) > 0, part_sens.sum(1), np.inf)
     runs = {"the run's test": verdict(summary["significant"].to_numpy(bool),
                                       summary["top_part"].to_numpy())}
     for tau in TAUS:
-        runs[f"direct share >= {tau}"] = verdict(top_share >= tau, top)
+        called = top_share >= tau
+        table, other = verdict(called, top)
+        local_mixed = int((called & (local_conc < MIXED_CONCENTRATION)).sum())
+        runs[f"direct share >= {tau}"] = (table, f"{other}; {local_mixed} of {int(called.sum())} "
+                                          "called mixed by the pixel-local factors")
     return {
         "classifier": cfg.classifier.weights or "bundled", "seed": cfg.tuning.seed,
         "probes": args.probes, "subspace": args.subspace, "jacobian_s": t_jac, "render_s": t_render,
         "locality": locality, "locality_random": locality_random,
         "median_share_selective": medians,
         "mixed_q90": float(np.quantile(top_share[mixed], 0.9)) if mixed.any() else None,
+        "local_factors": local,
+        "correlation": {
+            "ground truth": float(np.corrcoef(top_share, gt["gt_concentration"])[0, 1]),
+            "pixel-local factors": float(np.corrcoef(top_share, local_conc)[0, 1])},
         "verdicts": {name: {"parts": part_table_cells(table).to_dict("records"), "others": other}
                      for name, (table, other) in runs.items()},
     }
@@ -214,6 +243,10 @@ def main() -> None:
           + " ".join(f"{p} {v:.2f}" for p, v in out["median_share_selective"].items())
           + "; mixed units' 90th percentile: "
           + ("none" if out["mixed_q90"] is None else f"{out['mixed_q90']:.2f}"))
+    print("correlation of the top share with the ground truth's concentration: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in out["correlation"].items())
+          + " (pixel-local factors: " + ", ".join(f for fs in out["local_factors"].values()
+                                                  for f in fs) + ")")
     for name, v in out["verdicts"].items():
         print(f"\n{name} ({v['others']})")
         print(pd.DataFrame(v["parts"]).to_string(index=False))
