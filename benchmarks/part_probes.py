@@ -179,8 +179,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                            f"{len(others)} not part-selective called")
 
     gt = truth.set_index("unit").loc[units]
-    selective = gt["gt_concentration"].to_numpy() >= SELECTIVE_CONCENTRATION
-    mixed = gt["gt_concentration"].to_numpy() < MIXED_CONCENTRATION
+    evaluated = gt["evaluated"].to_numpy()
+    selective = evaluated & (gt["gt_concentration"].to_numpy() >= SELECTIVE_CONCENTRATION)
+    mixed = evaluated & (gt["gt_concentration"].to_numpy() < MIXED_CONCENTRATION)
     medians = {p: float(np.median(share[units][selective & (gt["gt_part"] == p).to_numpy(), j]))
                for j, p in enumerate(parts)
                if (selective & (gt["gt_part"] == p).to_numpy()).sum()}
