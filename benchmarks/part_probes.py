@@ -1,7 +1,8 @@
 """Part-local probes from the generator's Jacobian, against the toy world's ground truth.
 
     python benchmarks/part_probes.py --root DIR [--config FILE] [--weights NAME] [--seed N]
-                                     [--probes 384] [--subspace 8] [--json]
+                                     [--probes 384] [--subspace 8] [--natural 0.995]
+                                     [--mahalanobis] [--all-units] [--save FILE.npz] [--json]
     python benchmarks/part_probes.py --factors
 
 The sensitivity profile of docs/tuning.md regresses a unit's response along random probes on
@@ -14,20 +15,25 @@ the same config; ``--weights`` and ``--seed`` set ``classifier.weights`` and ``d
 
 1. For each part, the ``--subspace`` latent directions that change its pixels most against
    the other pixels (``part_probes.part_subspaces``, on the null's samples and their
-   segmentation).
+   segmentation); with ``--natural VAR``, only among the principal axes of the paired
+   latents' spread within classes that hold VAR of it (``part_probes.natural_basis``).
 2. ``--probes`` probes, the parts in turn, each a random combination of its part's
-   directions with the null probes' median latent length, rendered on the null's samples as
-   the null is (first and last step).
+   directions (of unit length, or with ``--mahalanobis`` one SD of that spread), at a median
+   latent length of the null probes', rendered on the null's samples as the null is (first
+   and last step).
 3. Locality: per probe part, the median share of the probe's squared part change (the
    profile's measures in null SDs) that falls on its own part; random probes for comparison.
 4. A unit's direct profile: per part, its mean squared re-encoded change (training SDs) along
    that part's probes; its share of the sum. Printed per part: the median share of the
    part-selective units (ground-truth concentration >= 0.6), the mixed units' (< 0.5) 90th
    percentile, and the verdict "share >= tau" per part with counts (``validation.part_table``),
-   beside the run's own verdict. The same against a ground truth from the pixel-local factors
-   alone (``local_factors``: at least 90% of their pixel change, among the parts, on their own
-   part): the correlation of the top share with its concentration, and the called units it
-   calls mixed.
+   beside the run's own verdict, and the verdict "share above tau given the probes drawn"
+   (``part_probes.share_test``, two-stage q < 0.05 over the units). The same against a
+   ground truth from the pixel-local factors alone (``local_factors``: at least 90% of their
+   pixel change, among the parts, on their own part): the correlation of the top share with
+   its concentration, and the called units it calls mixed. ``--all-units`` profiles every
+   unit of the classifier, not only those the run tuned; ``--save`` writes the probes, their
+   responses and the ground truth.
 
 ``--factors`` measures instead how local the ground truth's own interventions are: for each
 factor of the toy renderer (moved by one within-species SD either way, as
@@ -52,6 +58,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 TAUS = (0.5, 0.6, 0.7, 0.8)
+TESTED = (0.65, 0.7, 0.75)
 
 
 def factor_locality(n_per_class: int = 20, seed: int = 4242) -> dict[str, dict[str, float]]:
@@ -88,7 +95,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from flows.stages import analysis_keys
     from linkstyle_core.config import AnalysisConfig
-    from linkstyle_core.part_probes import direct_profiles, part_probe_directions, part_subspaces
+    from linkstyle_core.part_probes import (
+        direct_profiles,
+        natural_basis,
+        part_probe_directions,
+        part_subspaces,
+        share_test,
+    )
     from linkstyle_core.render import broadcast_w
     from linkstyle_core.selectivity import (
         ALL_MEASURES,
@@ -97,6 +110,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         first_last_change,
         mask_small_parts,
         null_reference,
+        two_stage_q,
     )
     from linkstyle_core.tuning import render_with_features
     from linkstyle_core.validation import part_table, part_table_cells, validate
@@ -129,11 +143,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         _, features = render_with_features(gen, broadcast_w(inp["w0"], gen.num_ws))
         labels = inp["segmenter"].predict(features)
-    subspaces = part_subspaces(gen, inp["w0"], labels, fg, args.subspace)
+    basis = None
+    if args.natural:
+        train = store.open("paired", keys["train"])
+        basis = natural_basis(train.load("w"), train.load("label"), args.natural)
+    subspaces = part_subspaces(gen, inp["w0"], labels, fg, args.subspace, basis)
     t_jac = time.perf_counter() - t0
 
-    dirs, which = part_probe_directions(subspaces, args.probes, cfg.tuning.seed)
-    length = float(np.median(null.load("latent_step")))
+    dirs, which = part_probe_directions(subspaces, args.probes, cfg.tuning.seed,
+                                        basis if args.mahalanobis else None)
+    # the probes' median latent length is the null probes'
+    length = float(np.median(null.load("latent_step"))) / np.median(np.linalg.norm(dirs, axis=1))
     samples = len(inp["w0"])
     offsets = torch.tensor([-0.5, 0.5]).expand(args.probes, samples, 2).contiguous()
     latent = torch.tensor(dirs * length, dtype=torch.float32)
@@ -162,7 +182,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     profile = direct_profiles(response, which, len(fg))
     share = profile / profile.sum(1, keepdims=True)
     summary = store.open("selectivity", keys["selectivity"]).table("units")
-    units = summary["unit"].to_numpy()
+    units = np.arange(response.shape[1]) if args.all_units else summary["unit"].to_numpy()
     truth, _ = ground_truth(cfg, models, store)
     truth = truth[truth["unit"].isin(units)].copy()
     truth["evaluated"] = truth["gt_sensitivity"] > 0
@@ -189,16 +209,32 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     part_sens = np.stack([gt[[f"sens_{f}" for f in local.get(p, [])]].sum(axis=1).to_numpy()
                           for p in parts], 1)
     local_conc = part_sens.max(1) / np.where(part_sens.sum(1) > 0, part_sens.sum(1), np.inf)
-    runs = {"the run's test": verdict(summary["significant"].to_numpy(bool),
-                                      summary["top_part"].to_numpy())}
+    runs = {} if args.all_units else {
+        "the run's test": verdict(summary["significant"].to_numpy(bool),
+                                  summary["top_part"].to_numpy())}
+    for tau in TESTED:
+        _, p = share_test(response[:, units], which, len(fg), tau, seed=cfg.tuning.seed)
+        runs[f"share above {tau} given the probes drawn (q < 0.05)"] = verdict(
+            two_stage_q(p) < 0.05, top)
     for tau in TAUS:
         called = top_share >= tau
         table, other = verdict(called, top)
         local_mixed = int((called & (local_conc < MIXED_CONCENTRATION)).sum())
         runs[f"direct share >= {tau}"] = (table, f"{other}; {local_mixed} of {int(called.sum())} "
                                           "called mixed by the pixel-local factors")
+    if args.save:
+        np.savez(args.save, response=response, which=which, own=own, units=units,
+                 parts=np.asarray(parts), gt_part=gt["gt_part"].to_numpy().astype(str),
+                 gt_concentration=gt["gt_concentration"].to_numpy(), evaluated=evaluated,
+                 sens=gt[[c for c in gt.columns if c.startswith("sens_")]].to_numpy(),
+                 sens_names=np.asarray([c for c in gt.columns if c.startswith("sens_")]),
+                 significant=np.isin(units, summary["unit"][summary["significant"]]),
+                 run_top=summary.set_index("unit")["top_part"].reindex(units).fillna("")
+                 .to_numpy().astype(str),
+                 directions=dirs, basis=np.zeros((0, 0)) if basis is None else basis)
     return {
-        "classifier": cfg.classifier.weights or "bundled", "seed": cfg.tuning.seed,
+        "classifier": cfg.classifier.weights or cfg.classifier.target or "bundled",
+        "seed": cfg.tuning.seed,
         "probes": args.probes, "subspace": args.subspace, "jacobian_s": t_jac, "render_s": t_render,
         "locality": locality, "locality_random": locality_random,
         "median_share_selective": medians,
@@ -220,6 +256,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, help="data.seed and tuning.seed")
     ap.add_argument("--probes", type=int, default=384)
     ap.add_argument("--subspace", type=int, default=8)
+    ap.add_argument("--natural", type=float, default=0.0, metavar="VAR",
+                    help="restrict the probes to the principal axes of the paired latents' "
+                         "spread within classes that hold this share of it (default: all of W)")
+    ap.add_argument("--mahalanobis", action="store_true",
+                    help="with --natural: every probe one SD of the latents' spread long, "
+                         "not one unit of W")
+    ap.add_argument("--save", help="write the probes' responses and the ground truth to this .npz")
+    ap.add_argument("--all-units", action="store_true",
+                    help="profile every unit of the classifier, not only the run's tuned ones "
+                         "(the run's own verdict is then left out)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--factors", action="store_true",
                     help="how local the ground truth's factor interventions are (no run needed)")

@@ -4,9 +4,12 @@ The sensitivity profile's random probes move the parts together (docs/tuning.md,
 a regression on their part changes has little independent variation to credit each part with.
 These probes are found from the generator itself: for part p, the directions in W whose
 change of the image, per pixel, is largest on p's pixels against the rest of the image, summed
-over samples (a generalized eigenproblem on the Jacobian of the image with respect to w).
-A unit's direct profile is then its mean squared response along each part's probes.
-``benchmarks/part_probes.py`` measures them against the toy world's ground truth.
+over samples (a generalized eigenproblem on the Jacobian of the image with respect to w),
+optionally only among the principal axes of the latents' own spread (``natural_basis``) and
+one standard deviation of it long. A unit's direct profile is then its mean squared response
+along each part's probes, and ``share_test`` asks whether its top part's share is above a
+line given the probes drawn. ``benchmarks/part_probes.py`` measures them against the toy
+world's ground truth.
 """
 
 from __future__ import annotations
@@ -21,54 +24,119 @@ from linkstyle_core.models.protocols import Generator
 from linkstyle_core.render import broadcast_w
 
 
+def natural_basis(w: np.ndarray, labels: np.ndarray | None, variance: float) -> np.ndarray:
+    """w [N, w_dim] (samples of the generator's own latent distribution, e.g. the paired data)
+    -> [w_dim, m]: the principal axes of w's spread within its classes (``labels`` [N]; all
+    one class if None) that hold ``variance`` of it, each scaled by its standard deviation.
+    Directions outside them are ones the generator's mapping never produces."""
+    if not 0 < variance <= 1:
+        raise ValueError(f"variance must be in (0, 1], got {variance}")
+    w = np.asarray(w, dtype=np.float64)
+    groups = np.zeros(len(w), dtype=int) if labels is None else np.asarray(labels)
+    centred = w.copy()
+    for g in np.unique(groups):
+        centred[groups == g] -= w[groups == g].mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    spread = s ** 2 / max(len(centred) - 1, 1)
+    m = int(np.searchsorted(np.cumsum(spread) / spread.sum(), variance) + 1)
+    return vt[:m].T * np.sqrt(spread[:m])
+
+
 def part_subspaces(generator: Generator, w0: torch.Tensor, labels: torch.Tensor,
-                   parts: Sequence[int], k: int) -> list[np.ndarray]:
+                   parts: Sequence[int], k: int,
+                   basis: np.ndarray | None = None) -> list[np.ndarray]:
     """For each part label in ``parts``, [w_dim, k] unit-norm columns: the top ``k``
     generalized eigenvectors of (sum_i J_i,p^T J_i,p / |p_i|, sum_i J_i,o^T J_i,o / |o_i|),
-    J_i the Jacobian of sample i's image with respect to its w (every colour channel), p_i
-    the pixels of the part in ``labels`` [Ns, H, W] (the segmentation of the base images of
-    w0 [Ns, w_dim]) and o_i the other pixels. The first columns change the part's pixels
-    most against the others', per pixel. Forward-mode differentiation, w_dim passes per
-    sample."""
-    if k < 1 or k > generator.w_dim:
-        raise ValueError(f"k must be between 1 and w_dim ({generator.w_dim}), got {k}")
+    J_i the Jacobian of sample i's image with respect to its latent (every colour channel),
+    p_i the pixels of the part in ``labels`` [Ns, H, W] (the segmentation of the base images
+    of w0 [Ns, w_dim]) and o_i the other pixels. The first columns change the part's pixels
+    most against the others', per pixel. ``basis`` [w_dim, m] (``natural_basis``) restricts
+    the directions to its span, with the latent's coordinates along it; default all of W.
+    Forward-mode differentiation, one pass per coordinate and sample."""
     dim = generator.w_dim
-    inside = np.zeros((len(parts), dim, dim))
+    coords = torch.eye(dim) if basis is None else torch.as_tensor(basis, dtype=torch.float32)
+    if coords.shape[0] != dim:
+        raise ValueError(f"basis must be [w_dim, m] = [{dim}, m], got {tuple(coords.shape)}")
+    m = coords.shape[1]
+    if k < 1 or k > m:
+        raise ValueError(f"k must be between 1 and the latent's {m} coordinates, got {k}")
+    inside = np.zeros((len(parts), m, m))
     outside = np.zeros_like(inside)
-
-    def image(w: torch.Tensor) -> torch.Tensor:
-        return generator.synthesis(broadcast_w(w[None], generator.num_ws))[0]
-
     for i in range(len(w0)):
-        jac = torch.func.jacfwd(image)(w0[i]).detach().double().cpu()   # [3, H, W, dim]
-        jac = jac.permute(1, 2, 0, 3).reshape(-1, jac.shape[0], dim).numpy()
+        base, axes = w0[i], coords.to(w0.device, w0.dtype)
+
+        def image(a: torch.Tensor, base: torch.Tensor = base, axes: torch.Tensor = axes
+                  ) -> torch.Tensor:
+            return generator.synthesis(broadcast_w((base + axes @ a)[None], generator.num_ws))[0]
+
+        jac = torch.func.jacfwd(image)(torch.zeros(m, device=w0.device, dtype=w0.dtype))
+        jac = jac.detach().double().cpu().permute(1, 2, 0, 3)         # [H, W, 3, m]
+        jac = jac.reshape(-1, jac.shape[2], m).numpy()
         label = labels[i].reshape(-1).cpu().numpy()
         for j, part in enumerate(parts):
             own = label == part
-            a, b = jac[own].reshape(-1, dim), jac[~own].reshape(-1, dim)
+            a, b = jac[own].reshape(-1, m), jac[~own].reshape(-1, m)
             inside[j] += a.T @ a / max(int(own.sum()), 1)
             outside[j] += b.T @ b / max(int((~own).sum()), 1)
     out = []
     for j in range(len(parts)):
-        floor = 1e-6 * max(np.trace(outside[j]), 1e-12) / dim
-        _, vectors = eigh(inside[j], outside[j] + floor * np.eye(dim))
-        top = vectors[:, ::-1][:, :k]
+        floor = 1e-6 * max(np.trace(outside[j]), 1e-12) / m
+        _, vectors = eigh(inside[j], outside[j] + floor * np.eye(m))
+        top = coords.double().numpy() @ vectors[:, ::-1][:, :k]
         out.append(top / np.linalg.norm(top, axis=0))
     return out
 
 
-def part_probe_directions(subspaces: Sequence[np.ndarray], count: int,
-                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` unit-norm latent directions, the parts in turn, each a Gaussian combination
-    of its part's subspace columns: (directions [count, w_dim], part index of each [count])."""
+def part_probe_directions(subspaces: Sequence[np.ndarray], count: int, seed: int = 0,
+                          basis: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` latent directions, the parts in turn, each a Gaussian combination of its
+    part's subspace columns: (directions [count, w_dim], part index of each [count]). Each has
+    unit length, or with ``basis`` (``natural_basis``) unit length in its coordinates: one
+    standard deviation of the latent's own spread, whichever part it moves."""
     rng = np.random.default_rng(seed)
     which = np.arange(count) % len(subspaces)
     dirs = np.stack([subspaces[int(j)] @ rng.standard_normal(subspaces[int(j)].shape[1])
                      for j in which])
-    return dirs / np.linalg.norm(dirs, axis=1, keepdims=True), which
+    coords = dirs if basis is None else dirs @ np.linalg.pinv(basis).T
+    return dirs / np.linalg.norm(coords, axis=1, keepdims=True), which
 
 
 def direct_profiles(response: np.ndarray, which: np.ndarray, n_parts: int) -> np.ndarray:
     """response [K, C] (each channel's change along each probe), which [K] (each probe's
     part) -> [C, n_parts]: the mean squared response along each part's probes."""
     return np.stack([(response[which == j] ** 2).mean(0) for j in range(n_parts)], 1)
+
+
+def share_test(response: np.ndarray, which: np.ndarray, n_parts: int, tau: float,
+               resamples: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Is a unit's top part's share of its direct profile above ``tau``, given the probes
+    drawn? response [K, C], which [K] -> (share [C, n_parts], p [C]): the share of each part
+    in each unit's direct profile, and a one-sided p for its top part's share being above
+    ``tau``: the distance of the share from ``tau`` on the logit scale, in units of its
+    bootstrap standard deviation (the probes resampled with replacement within each part,
+    ``resamples`` times), read off the normal distribution. More probes make the resampled
+    shares tighter, so a unit above ``tau`` only gets a smaller p."""
+    from scipy.special import logit
+    from scipy.stats import norm
+
+    if not 0 < tau < 1:
+        raise ValueError(f"tau must be in (0, 1), got {tau}")
+    groups = [np.flatnonzero(which == j) for j in range(n_parts)]
+    if any(len(g) < 2 for g in groups):
+        raise ValueError("every part needs at least 2 probes to resample")
+    squared = np.asarray(response, dtype=np.float64) ** 2
+
+    def shares(picks: Sequence[np.ndarray]) -> np.ndarray:
+        profile = np.stack([squared[g].mean(0) for g in picks], 1)
+        total = profile.sum(1, keepdims=True)
+        return profile / np.where(total > 0, total, np.inf)
+
+    share = shares(groups)
+    top = share.argmax(1)
+    rng = np.random.default_rng(seed)
+    again = np.stack([shares([rng.choice(g, len(g)) for g in groups])[np.arange(len(top)), top]
+                      for _ in range(resamples)])
+    eps = 1e-6
+    spread = logit(np.clip(again, eps, 1 - eps)).std(0)
+    z = (logit(np.clip(share.max(1), eps, 1 - eps)) - logit(tau)) / np.maximum(spread, eps)
+    return share, norm.sf(z)

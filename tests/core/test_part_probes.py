@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from linkstyle_core.part_probes import direct_profiles, part_probe_directions, part_subspaces
+from linkstyle_core.part_probes import (
+    direct_profiles,
+    natural_basis,
+    part_probe_directions,
+    part_subspaces,
+    share_test,
+)
 
 
 class BandGenerator:
@@ -49,10 +55,45 @@ def test_part_subspaces_span_the_directions_that_draw_on_the_part_alone(part, ow
     assert np.linalg.norm(three[own, 2]) < 0.9
 
 
-def test_part_subspaces_refuse_a_subspace_larger_than_w():
+def test_part_subspaces_refuse_a_subspace_larger_than_the_latent():
     gen = BandGenerator()
-    with pytest.raises(ValueError, match="between 1 and w_dim"):
+    with pytest.raises(ValueError, match="between 1 and the latent's 7 coordinates"):
         part_subspaces(gen, torch.zeros(1, gen.w_dim), _labels(1), [1], k=8)
+    with pytest.raises(ValueError, match="between 1 and the latent's 2 coordinates"):
+        part_subspaces(gen, torch.zeros(1, gen.w_dim), _labels(1), [1], k=3,
+                       basis=np.eye(7)[:, :2])
+
+
+def test_natural_basis_keeps_the_spread_within_classes_scaled_by_its_sd():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 500)
+    # classes far apart along dim 6; within them dims 0 and 1 vary (sd 3 and 1), dim 5 barely
+    w = np.zeros((2000, 7))
+    w[:, 6] = 50.0 * labels
+    w[:, 0] = 3.0 * rng.standard_normal(2000)
+    w[:, 1] = 1.0 * rng.standard_normal(2000)
+    w[:, 5] = 1e-3 * rng.standard_normal(2000)
+    basis = natural_basis(w, labels, variance=0.99)
+    assert basis.shape == (7, 2)
+    np.testing.assert_allclose(np.abs(basis[[0, 1], [0, 1]]), [3.0, 1.0], rtol=0.05)
+    assert np.abs(basis[2:]).max() < 0.01
+    # without the classes, their offsets dominate
+    assert np.abs(natural_basis(w, None, variance=0.99)[6, 0]) > 10
+    with pytest.raises(ValueError, match="variance"):
+        natural_basis(w, labels, variance=0.0)
+
+
+def test_part_subspaces_stay_in_the_natural_basis():
+    gen = BandGenerator()
+    w0 = torch.randn(3, gen.w_dim, generator=torch.Generator().manual_seed(1))
+    rng = np.random.default_rng(2)
+    basis = rng.standard_normal((gen.w_dim, 3)) * [2.0, 1.0, 0.5]
+    # dims 0 and 1 (part 1's) in the basis: part 1's top direction is the basis's mix of them
+    basis[:, 0] = [1.0, 2.0, 0, 0, 0, 0, 0]
+    [sub] = part_subspaces(gen, w0, _labels(3), [1], k=2, basis=basis)
+    q, _ = np.linalg.qr(basis)
+    np.testing.assert_allclose(q @ (q.T @ sub), sub, atol=1e-8)
+    np.testing.assert_allclose(np.abs(sub[:, 0]), np.abs(basis[:, 0]) / np.sqrt(5), atol=1e-6)
 
 
 def test_part_probe_directions_take_the_parts_in_turn_within_their_subspaces():
@@ -73,3 +114,32 @@ def test_direct_profiles_average_the_squared_response_per_probe_part():
     response = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 4.0]])
     np.testing.assert_allclose(direct_profiles(response, which, 2),
                                [[5.0, 0.0], [0.0, 10.0]])
+
+
+def _responses(probes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three units over 3 parts' probes: one reads part 0 alone, one all parts alike, one
+    part 0 at a share of 0.8 of its mean squared response; every response noisy."""
+    rng = np.random.default_rng(seed)
+    which = np.arange(probes) % 3
+    gains = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.3535, 0.3535]])
+    response = gains[:, which].T * rng.standard_normal((probes, 1))
+    return response + 0.05 * rng.standard_normal(response.shape), which
+
+
+def test_share_test_calls_the_unit_of_one_part_and_not_the_one_of_all():
+    response, which = _responses(192, 0)
+    share, p = share_test(response, which, 3, tau=0.7, resamples=200)
+    assert share.shape == (3, 3)
+    np.testing.assert_allclose(share.sum(1), 1.0)
+    assert share[0, 0] > 0.95 and p[0] < 0.01
+    assert share[1].max() < 0.6 and p[1] > 0.5
+    with pytest.raises(ValueError, match="tau"):
+        share_test(response, which, 3, tau=1.0)
+
+
+def test_share_test_finds_a_unit_above_the_line_more_surely_with_more_probes():
+    # the third unit's share is 0.8, above a line at 0.7: its p falls as the probes grow
+    medians = [np.median([share_test(*_responses(n, seed), 3, tau=0.7, resamples=200)[1][2]
+                          for seed in range(5)]) for n in (48, 192, 768)]
+    assert medians[0] > medians[1] > medians[2], medians
+    assert medians[2] < 0.01
