@@ -1,7 +1,7 @@
 """Part-local probes from the generator's Jacobian, against the toy world's ground truth.
 
     python benchmarks/part_probes.py --root DIR [--config FILE] [--weights NAME] [--seed N]
-                                     [--probes 384] [--subspace 8] [--natural 0.995]
+                                     [--probes 384] [--subspace 8] [--natural VAR]
                                      [--mahalanobis] [--all-units] [--save FILE.npz] [--json]
     python benchmarks/part_probes.py --factors
 
@@ -277,6 +277,8 @@ def main() -> None:
         return
     if not args.root:
         ap.error("--root is required (or --factors)")
+    if args.mahalanobis and not args.natural:
+        ap.error("--mahalanobis measures a probe's length in the axes of --natural: give both")
     out = measure(args)
     if args.json:
         print(json.dumps(out, indent=1))

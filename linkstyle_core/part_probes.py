@@ -124,10 +124,11 @@ def share_test(response: np.ndarray, which: np.ndarray, n_parts: int, tau: float
     groups = [np.flatnonzero(which == j) for j in range(n_parts)]
     if any(len(g) < 2 for g in groups):
         raise ValueError("every part needs at least 2 probes to resample")
-    squared = np.asarray(response, dtype=np.float64) ** 2
+    response = np.asarray(response, dtype=np.float64)
 
     def shares(picks: Sequence[np.ndarray]) -> np.ndarray:
-        profile = np.stack([squared[g].mean(0) for g in picks], 1)
+        rows = np.concatenate(picks)
+        profile = direct_profiles(response[rows], which[rows], n_parts)
         total = profile.sum(1, keepdims=True)
         return profile / np.where(total > 0, total, np.inf)
 
