@@ -34,6 +34,8 @@ the same config; ``--weights`` and ``--seed`` set ``classifier.weights`` and ``d
    its concentration, and the called units it calls mixed. ``--all-units`` profiles every
    unit of the classifier, not only those the run tuned; ``--save`` writes the probes, their
    responses and the ground truth.
+5. With ``--curve N,N,...``: the share test's discoveries on ``--draws`` random subsets of N
+   of the probes each (``probe_curve``), the probe curve of more probes against fewer.
 
 ``--factors`` measures instead how local the ground truth's own interventions are: for each
 factor of the toy renderer (moved by one within-species SD either way, as
@@ -59,6 +61,7 @@ if str(REPO) not in sys.path:
 
 TAUS = (0.5, 0.6, 0.7, 0.8)
 TESTED = (0.65, 0.7, 0.75)
+CURVE_TAU = 0.7
 
 
 def factor_locality(n_per_class: int = 20, seed: int = 4242) -> dict[str, dict[str, float]]:
@@ -87,6 +90,35 @@ def local_factors(min_share: float = 0.9) -> dict[str, list[str]]:
         fg = {p: v for p, v in shares.items() if p != "background"}
         if part is not None and fg[part] >= min_share * sum(fg.values()):
             out.setdefault(part, []).append(factor)
+    return out
+
+
+def probe_curve(response: np.ndarray, which: np.ndarray, n_parts: int, evaluated: np.ndarray,
+                selective: np.ndarray, gt_index: np.ndarray, counts: list[int], draws: int,
+                seed: int) -> list[dict[str, float]]:
+    """The share test's discoveries (line ``CURVE_TAU``) on random subsets of the probes:
+    ``draws`` subsets of each count in ``counts``, the parts equally. Per count the mean, SD
+    and range over the subsets of the evaluated units called, and of the part-selective units
+    found with their ground-truth part (``gt_index``: its index among the probed parts)."""
+    from linkstyle_core.part_probes import share_test
+    from linkstyle_core.selectivity import two_stage_q
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for count in counts:
+        called, found = [], []
+        for draw in range(draws):
+            rows = np.concatenate([rng.choice(np.flatnonzero(which == j), count // n_parts,
+                                              replace=False) for j in range(n_parts)])
+            share, p = share_test(response[rows], which[rows], n_parts, CURVE_TAU, seed=draw)
+            hit = (two_stage_q(p) < 0.05) & evaluated
+            called.append(int(hit.sum()))
+            found.append(int((hit & selective & (share.argmax(1) == gt_index)).sum()))
+        out.append({"probes": count, "called_mean": float(np.mean(called)),
+                    "called_sd": float(np.std(called)), "called_min": min(called),
+                    "called_max": max(called), "found_mean": float(np.mean(found)),
+                    "found_min": min(found), "found_max": max(found),
+                    "part_selective": int(selective.sum())})
     return out
 
 
@@ -222,6 +254,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         local_mixed = int((called & (local_conc < MIXED_CONCENTRATION)).sum())
         runs[f"direct share >= {tau}"] = (table, f"{other}; {local_mixed} of {int(called.sum())} "
                                           "called mixed by the pixel-local factors")
+    gt_index = np.array([parts.index(p) if p in parts else -1 for p in gt["gt_part"]])
+    curve = probe_curve(response[:, units], which, len(fg), evaluated, selective, gt_index,
+                        args.curve, args.draws, cfg.tuning.seed) if args.curve else []
     if args.save:
         np.savez(args.save, response=response, which=which, own=own, units=units,
                  parts=np.asarray(parts), gt_part=gt["gt_part"].to_numpy().astype(str),
@@ -243,6 +278,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "correlation": {
             "ground truth": float(np.corrcoef(top_share, gt["gt_concentration"])[0, 1]),
             "pixel-local factors": float(np.corrcoef(top_share, local_conc)[0, 1])},
+        "curve": curve,
         "verdicts": {name: {"parts": part_table_cells(table).to_dict("records"), "others": other}
                      for name, (table, other) in runs.items()},
     }
@@ -266,6 +302,10 @@ def main() -> None:
     ap.add_argument("--all-units", action="store_true",
                     help="profile every unit of the classifier, not only the run's tuned ones "
                          "(the run's own verdict is then left out)")
+    ap.add_argument("--curve", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                    metavar="N,N,...", help="the share test's discoveries on random subsets of "
+                    "that many of the probes (multiples of the part count)")
+    ap.add_argument("--draws", type=int, default=8, help="subsets per count for --curve")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--factors", action="store_true",
                     help="how local the ground truth's factor interventions are (no run needed)")
@@ -277,6 +317,8 @@ def main() -> None:
         return
     if not args.root:
         ap.error("--root is required (or --factors)")
+    if any(not 0 < n <= args.probes for n in args.curve):
+        ap.error(f"--curve counts must lie between 1 and --probes ({args.probes})")
     if args.mahalanobis and not args.natural:
         ap.error("--mahalanobis measures a probe's length in the axes of --natural: give both")
     out = measure(args)
@@ -296,6 +338,9 @@ def main() -> None:
           + ", ".join(f"{k} {v:.2f}" for k, v in out["correlation"].items())
           + " (pixel-local factors: " + ", ".join(f for fs in out["local_factors"].values()
                                                   for f in fs) + ")")
+    if out["curve"]:
+        print(f"\nthe share test (tau {CURVE_TAU}) on random subsets of the probes:")
+        print(pd.DataFrame(out["curve"]).to_string(index=False, float_format=lambda v: f"{v:.0f}"))
     for name, v in out["verdicts"].items():
         print(f"\n{name} ({v['others']})")
         print(pd.DataFrame(v["parts"]).to_string(index=False))
