@@ -62,11 +62,11 @@ def part_subspaces(generator: Generator, w0: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"k must be between 1 and the latent's {m} coordinates, got {k}")
     inside = np.zeros((len(parts), m, m))
     outside = np.zeros_like(inside)
+    axes = coords.to(w0.device, w0.dtype)
     for i in range(len(w0)):
-        base, axes = w0[i], coords.to(w0.device, w0.dtype)
+        base = w0[i]
 
-        def image(a: torch.Tensor, base: torch.Tensor = base, axes: torch.Tensor = axes
-                  ) -> torch.Tensor:
+        def image(a: torch.Tensor, base: torch.Tensor = base) -> torch.Tensor:
             return generator.synthesis(broadcast_w((base + axes @ a)[None], generator.num_ws))[0]
 
         jac = torch.func.jacfwd(image)(torch.zeros(m, device=w0.device, dtype=w0.dtype))
@@ -79,10 +79,11 @@ def part_subspaces(generator: Generator, w0: torch.Tensor, labels: torch.Tensor,
             inside[j] += a.T @ a / max(int(own.sum()), 1)
             outside[j] += b.T @ b / max(int((~own).sum()), 1)
     out = []
+    to_latent = coords.double().numpy()
     for j in range(len(parts)):
         floor = 1e-6 * max(np.trace(outside[j]), 1e-12) / m
         _, vectors = eigh(inside[j], outside[j] + floor * np.eye(m))
-        top = coords.double().numpy() @ vectors[:, ::-1][:, :k]
+        top = to_latent @ vectors[:, ::-1][:, :k]
         out.append(top / np.linalg.norm(top, axis=0))
     return out
 
