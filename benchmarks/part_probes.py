@@ -28,12 +28,17 @@ the same config; ``--weights`` and ``--seed`` set ``classifier.weights`` and ``d
    part-selective units (ground-truth concentration >= 0.6), the mixed units' (< 0.5) 90th
    percentile, and the verdict "share >= tau" per part with counts (``validation.part_table``),
    beside the run's own verdict, and the verdict "share above tau given the probes drawn"
-   (``part_probes.share_test``, two-stage q < 0.05 over the units). The same against a
+   (``part_probes.share_test``, two-stage q < 0.05 over the units), and today's question on
+   the direct profile: the top share ranked among the random read-outs' (``RANDOM_READOUTS``
+   unit-norm mixtures of every unit, profiled from the same probes). The same against a
    ground truth from the pixel-local factors alone (``local_factors``: at least 90% of their
    pixel change, among the parts, on their own part): the correlation of the top share with
    its concentration, and the called units it calls mixed. ``--all-units`` profiles every
    unit of the classifier, not only those the run tuned; ``--save`` writes the probes, their
-   responses and the ground truth.
+   responses and the ground truth. Also per part, how much more its probes move the units
+   than one-SD moves of its factors do (the ground truth's squared sensitivities; log10,
+   each unit's scale removed, relative to the parts' mean): a bias the same on every
+   classifier is the probes', not the units'.
 5. With ``--curve N,N,...``: the share test's discoveries on ``--draws`` random subsets of N
    of the probes each (``probe_curve``), the probe curve of more probes against fewer.
 
@@ -142,6 +147,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         first_last_change,
         mask_small_parts,
         null_reference,
+        random_readouts,
+        specificity_p,
         two_stage_q,
     )
     from linkstyle_core.tuning import render_with_features
@@ -248,12 +255,31 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         _, p = share_test(response[:, units], which, len(fg), tau, seed=cfg.tuning.seed)
         runs[f"share above {tau} given the probes drawn (q < 0.05)"] = verdict(
             two_stage_q(p) < 0.05, top)
+    # today's question on the direct profile: the unit's top share ranked among random
+    # read-outs of every unit (the null of ``selectivity.unit_summary``), profiled alike
+    readouts = response @ random_readouts(response.shape[1], seed=cfg.tuning.seed)
+    null_profile = direct_profiles(readouts, which, len(fg))
+    p_rank = specificity_p(top_share, (null_profile / null_profile.sum(1, keepdims=True)).max(1))
+    runs["top share ranked among random read-outs (q < 0.05)"] = verdict(
+        two_stage_q(p_rank) < 0.05, top)
     for tau in TAUS:
         called = top_share >= tau
         table, other = verdict(called, top)
         local_mixed = int((called & (local_conc < MIXED_CONCENTRATION)).sum())
         runs[f"direct share >= {tau}"] = (table, f"{other}; {local_mixed} of {int(called.sum())} "
                                           "called mixed by the pixel-local factors")
+    # each part's probe energy against the ground truth's squared factor sensitivities, per
+    # unit scale removed (alternating medians of the log ratio): how much more a part's probes
+    # move units than one-SD moves of its factors do, relative to the other parts
+    from linkstyle_core.toyworld.factors import FACTOR_PARTS
+
+    factor_energy = np.stack([(gt[[f"sens_{f}" for f, q in FACTOR_PARTS.items() if q == p]]
+                               .to_numpy() ** 2).sum(1) for p in parts], 1)
+    log_ratio = np.log10(profile[units][evaluated] + 1e-12) - np.log10(
+        factor_energy[evaluated] + 1e-12)
+    bias = np.zeros(len(parts))
+    for _ in range(20):
+        bias = np.median(log_ratio - np.median(log_ratio - bias, 1, keepdims=True), 0)
     gt_index = np.array([parts.index(p) if p in parts else -1 for p in gt["gt_part"]])
     curve = probe_curve(response[:, units], which, len(fg), evaluated, selective, gt_index,
                         args.curve, args.draws, cfg.tuning.seed) if args.curve else []
@@ -272,6 +298,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "seed": cfg.tuning.seed,
         "probes": args.probes, "subspace": args.subspace, "jacobian_s": t_jac, "render_s": t_render,
         "locality": locality, "locality_random": locality_random,
+        "energy_bias_log10": dict(zip(parts, (bias - bias.mean()).tolist(), strict=True)),
         "median_share_selective": medians,
         "mixed_q90": float(np.quantile(top_share[mixed], 0.9)) if mixed.any() else None,
         "local_factors": local,
@@ -338,6 +365,9 @@ def main() -> None:
           + ", ".join(f"{k} {v:.2f}" for k, v in out["correlation"].items())
           + " (pixel-local factors: " + ", ".join(f for fs in out["local_factors"].values()
                                                   for f in fs) + ")")
+    print("each part's probe energy on the units against one-SD moves of its factors "
+          "(log10, relative to the parts' mean): "
+          + " ".join(f"{p} {v:+.2f}" for p, v in out["energy_bias_log10"].items()))
     if out["curve"]:
         print(f"\nthe share test (tau {CURVE_TAU}) on random subsets of the probes:")
         print(pd.DataFrame(out["curve"]).to_string(index=False, float_format=lambda v: f"{v:.0f}"))
