@@ -1,8 +1,9 @@
 """Part-local probes from the generator's Jacobian, against the toy world's ground truth.
 
     python benchmarks/part_probes.py --root DIR [--config FILE] [--weights NAME] [--seed N]
-                                     [--probes 384] [--subspace 8] [--natural VAR]
-                                     [--mahalanobis] [--all-units] [--save FILE.npz] [--json]
+                                     [--probes 384] [--subspace 8] [--refine N]
+                                     [--natural VAR] [--mahalanobis] [--all-units]
+                                     [--save FILE.npz] [--json]
     python benchmarks/part_probes.py --factors
 
 The sensitivity profile of docs/tuning.md regresses a unit's response along random probes on
@@ -16,7 +17,10 @@ the same config; ``--weights`` and ``--seed`` set ``classifier.weights`` and ``d
 1. For each part, the ``--subspace`` latent directions that change its pixels most against
    the other pixels (``part_probes.part_subspaces``, on the null's samples and their
    segmentation); with ``--natural VAR``, only among the principal axes of the paired
-   latents' spread within classes that hold VAR of it (``part_probes.natural_basis``).
+   latents' spread within classes that hold VAR of it (``part_probes.natural_basis``). With
+   ``--refine N``: N such directions per part, each rendered, and the ``--subspace``
+   combinations of them whose change in the profile's measures is largest on the part
+   against the other parts (a generalized eigenproblem on the rendered changes).
 2. ``--probes`` probes, the parts in turn, each a random combination of its part's
    directions (of unit length, or with ``--mahalanobis`` one SD of that spread), at a median
    latent length of the null probes', rendered on the null's samples as the null is (first
@@ -129,6 +133,7 @@ def probe_curve(response: np.ndarray, which: np.ndarray, n_parts: int, evaluated
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
+    from scipy.linalg import eigh
 
     from flows.stages import analysis_keys
     from linkstyle_core.config import AnalysisConfig
@@ -186,30 +191,58 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.natural:
         train = store.open("paired", keys["train"])
         basis = natural_basis(train.load("w"), train.load("label"), args.natural)
-    subspaces = part_subspaces(gen, inp["w0"], labels, fg, args.subspace, basis)
-    t_jac = time.perf_counter() - t0
-
-    dirs, which = part_probe_directions(subspaces, args.probes, cfg.tuning.seed,
-                                        basis if args.mahalanobis else None)
-    # the probes' median latent length is the null probes'
-    length = float(np.median(null.load("latent_step"))) / np.median(np.linalg.norm(dirs, axis=1))
-    samples = len(inp["w0"])
-    offsets = torch.tensor([-0.5, 0.5]).expand(args.probes, samples, 2).contiguous()
-    latent = torch.tensor(dirs * length, dtype=torch.float32)
-    readout = torch.zeros(args.probes, inp["r"].shape[1])
-    t1 = time.perf_counter()
-    res = tune_directions(cfg, models, inp, latent, readout, offsets, lambda n: None)
-    t_render = time.perf_counter() - t1
-
     null_means = direction_means(stored_changes(null, cfg.tuning.min_part_area))
     mean0, sd0 = null_reference(null_means)
-    change = mask_small_parts(first_last_change(res.measures.numpy(), res.motion.numpy()),
-                              inp["base_area"].numpy(), cfg.tuning.min_part_area)
     cols = [ALL_MEASURES.index(m) for m in SENSITIVITY_MEASURES]
+    samples = len(inp["w0"])
+    step = float(np.median(null.load("latent_step")))
+
+    def render(directions: np.ndarray) -> Any:
+        """directions [K, w_dim] at the null probes' median latent length, as the null."""
+        scaled = directions * step / np.median(np.linalg.norm(directions, axis=1))
+        offsets = torch.tensor([-0.5, 0.5]).expand(len(scaled), samples, 2).contiguous()
+        return tune_directions(cfg, models, inp, torch.tensor(scaled, dtype=torch.float32),
+                               torch.zeros(len(scaled), inp["r"].shape[1]), offsets,
+                               lambda n: None)
+
+    def part_change(result: Any) -> np.ndarray:                # [K, P, M] mean change, null SDs
+        change = mask_small_parts(first_last_change(result.measures.numpy(),
+                                                    result.motion.numpy()),
+                                  inp["base_area"].numpy(), cfg.tuning.min_part_area)
+        return np.nan_to_num((direction_means(change) / sd0)[:, fg][..., cols])
 
     def part_power(means: np.ndarray) -> np.ndarray:          # [K, P] squared part change
         e = np.nan_to_num(((means - mean0) / sd0)[:, fg][..., cols])
         return (e ** 2).sum(-1)
+
+    whiten = None if basis is None else np.linalg.pinv(basis).T
+    if args.refine:
+        # each part's --refine most pixel-local directions, rendered one by one; the
+        # --subspace combinations of them whose measured change (the profile's measures) is
+        # largest on the part against the other parts
+        cand = part_subspaces(gen, inp["w0"], labels, fg, args.refine, basis)
+        flat = np.concatenate(cand, 1).T
+        flat /= np.linalg.norm(flat if whiten is None else flat @ whiten, axis=1, keepdims=True)
+        e = part_change(render(flat)).reshape(len(fg), args.refine, len(fg), -1)
+        subspaces = []
+        for j in range(len(fg)):
+            inside = e[j, :, j] @ e[j, :, j].T
+            outside = sum(e[j, :, q] @ e[j, :, q].T for q in range(len(fg)) if q != j)
+            floor = 1e-6 * max(np.trace(outside), 1e-12) / args.refine
+            _, vec = eigh(inside, outside + floor * np.eye(args.refine))
+            top = flat[j * args.refine:(j + 1) * args.refine].T @ vec[:, ::-1][:, :args.subspace]
+            subspaces.append(top / np.linalg.norm(top, axis=0))
+    else:
+        subspaces = part_subspaces(gen, inp["w0"], labels, fg, args.subspace, basis)
+    t_jac = time.perf_counter() - t0
+
+    dirs, which = part_probe_directions(subspaces, args.probes, cfg.tuning.seed,
+                                        basis if args.mahalanobis else None)
+    t1 = time.perf_counter()
+    res = render(dirs)
+    t_render = time.perf_counter() - t1
+    change = mask_small_parts(first_last_change(res.measures.numpy(), res.motion.numpy()),
+                              inp["base_area"].numpy(), cfg.tuning.min_part_area)
 
     own = part_power(direction_means(change))
     rand = part_power(null_means)
@@ -319,6 +352,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, help="data.seed and tuning.seed")
     ap.add_argument("--probes", type=int, default=384)
     ap.add_argument("--subspace", type=int, default=8)
+    ap.add_argument("--refine", type=int, default=0, metavar="N",
+                    help="find N pixel-local directions per part, render them, and keep the "
+                         "--subspace combinations most local in the profile's measures")
     ap.add_argument("--natural", type=float, default=0.0, metavar="VAR",
                     help="restrict the probes to the principal axes of the paired latents' "
                          "spread within classes that hold this share of it (default: all of W)")
@@ -346,6 +382,8 @@ def main() -> None:
         ap.error("--root is required (or --factors)")
     if any(not 0 < n <= args.probes for n in args.curve):
         ap.error(f"--curve counts must lie between 1 and --probes ({args.probes})")
+    if args.refine and args.refine < args.subspace:
+        ap.error("--refine must be at least --subspace")
     if args.mahalanobis and not args.natural:
         ap.error("--mahalanobis measures a probe's length in the axes of --natural: give both")
     out = measure(args)
