@@ -133,15 +133,16 @@ def probe_curve(response: np.ndarray, which: np.ndarray, n_parts: int, evaluated
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from scipy.linalg import eigh
 
     from flows.stages import analysis_keys
     from linkstyle_core.config import AnalysisConfig
     from linkstyle_core.part_probes import (
         direct_profiles,
         natural_basis,
+        part_energy_bias,
         part_probe_directions,
         part_subspaces,
+        refine_by_measured_change,
         share_test,
     )
     from linkstyle_core.render import broadcast_w
@@ -156,6 +157,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         specificity_p,
         two_stage_q,
     )
+    from linkstyle_core.toyworld.factors import FACTOR_PARTS
     from linkstyle_core.tuning import render_with_features
     from linkstyle_core.validation import part_table, part_table_cells, validate
     from tasks.context import models_for, store_for
@@ -205,33 +207,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                torch.zeros(len(scaled), inp["r"].shape[1]), offsets,
                                lambda n: None)
 
-    def part_change(result: Any) -> np.ndarray:                # [K, P, M] mean change, null SDs
+    def standard(result: Any, centre: bool) -> np.ndarray:    # [K, P, M] in null SDs
         change = mask_small_parts(first_last_change(result.measures.numpy(),
                                                     result.motion.numpy()),
                                   inp["base_area"].numpy(), cfg.tuning.min_part_area)
-        return np.nan_to_num((direction_means(change) / sd0)[:, fg][..., cols])
+        means = direction_means(change) - (mean0 if centre else 0.0)
+        return np.nan_to_num((means / sd0)[:, fg][..., cols])
 
-    def part_power(means: np.ndarray) -> np.ndarray:          # [K, P] squared part change
-        e = np.nan_to_num(((means - mean0) / sd0)[:, fg][..., cols])
-        return (e ** 2).sum(-1)
-
-    whiten = None if basis is None else np.linalg.pinv(basis).T
     if args.refine:
-        # each part's --refine most pixel-local directions, rendered one by one; the
-        # --subspace combinations of them whose measured change (the profile's measures) is
-        # largest on the part against the other parts
+        # each part's --refine most pixel-local directions, each rendered; the --subspace
+        # combinations of them most local in the profile's measures
         cand = part_subspaces(gen, inp["w0"], labels, fg, args.refine, basis)
-        flat = np.concatenate(cand, 1).T
-        flat /= np.linalg.norm(flat if whiten is None else flat @ whiten, axis=1, keepdims=True)
-        e = part_change(render(flat)).reshape(len(fg), args.refine, len(fg), -1)
-        subspaces = []
-        for j in range(len(fg)):
-            inside = e[j, :, j] @ e[j, :, j].T
-            outside = sum(e[j, :, q] @ e[j, :, q].T for q in range(len(fg)) if q != j)
-            floor = 1e-6 * max(np.trace(outside), 1e-12) / args.refine
-            _, vec = eigh(inside, outside + floor * np.eye(args.refine))
-            top = flat[j * args.refine:(j + 1) * args.refine].T @ vec[:, ::-1][:, :args.subspace]
-            subspaces.append(top / np.linalg.norm(top, axis=0))
+        if basis is not None:       # one SD of the spread each, as the probes
+            cand = [c / np.linalg.norm(np.linalg.pinv(basis) @ c, axis=0) for c in cand]
+        change = standard(render(np.concatenate(cand, 1).T), centre=False)
+        subspaces = refine_by_measured_change(
+            cand, change.reshape(len(fg), args.refine, *change.shape[1:]), args.subspace)
     else:
         subspaces = part_subspaces(gen, inp["w0"], labels, fg, args.subspace, basis)
     t_jac = time.perf_counter() - t0
@@ -241,11 +232,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     t1 = time.perf_counter()
     res = render(dirs)
     t_render = time.perf_counter() - t1
-    change = mask_small_parts(first_last_change(res.measures.numpy(), res.motion.numpy()),
-                              inp["base_area"].numpy(), cfg.tuning.min_part_area)
-
-    own = part_power(direction_means(change))
-    rand = part_power(null_means)
+    own = (standard(res, centre=True) ** 2).sum(-1)                 # [K, P] squared part change
+    rand = (np.nan_to_num(((null_means - mean0) / sd0)[:, fg][..., cols]) ** 2).sum(-1)
     locality = {p: float(np.median(own[which == j, j] / own[which == j].sum(1)))
                 for j, p in enumerate(parts)}
     locality_random = {p: float(np.median(rand[:, j] / rand.sum(1))) for j, p in enumerate(parts)}
@@ -301,18 +289,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         local_mixed = int((called & (local_conc < MIXED_CONCENTRATION)).sum())
         runs[f"direct share >= {tau}"] = (table, f"{other}; {local_mixed} of {int(called.sum())} "
                                           "called mixed by the pixel-local factors")
-    # each part's probe energy against the ground truth's squared factor sensitivities, per
-    # unit scale removed (alternating medians of the log ratio): how much more a part's probes
-    # move units than one-SD moves of its factors do, relative to the other parts
-    from linkstyle_core.toyworld.factors import FACTOR_PARTS
-
+    # each part's probe energy against one-SD moves of its factors (squared sensitivities)
     factor_energy = np.stack([(gt[[f"sens_{f}" for f, q in FACTOR_PARTS.items() if q == p]]
                                .to_numpy() ** 2).sum(1) for p in parts], 1)
-    log_ratio = np.log10(profile[units][evaluated] + 1e-12) - np.log10(
-        factor_energy[evaluated] + 1e-12)
-    bias = np.zeros(len(parts))
-    for _ in range(20):
-        bias = np.median(log_ratio - np.median(log_ratio - bias, 1, keepdims=True), 0)
+    bias = part_energy_bias(profile[units][evaluated], factor_energy[evaluated])
     gt_index = np.array([parts.index(p) if p in parts else -1 for p in gt["gt_part"]])
     curve = probe_curve(response[:, units], which, len(fg), evaluated, selective, gt_index,
                         args.curve, args.draws, cfg.tuning.seed) if args.curve else []
@@ -331,7 +311,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "seed": cfg.tuning.seed,
         "probes": args.probes, "subspace": args.subspace, "jacobian_s": t_jac, "render_s": t_render,
         "locality": locality, "locality_random": locality_random,
-        "energy_bias_log10": dict(zip(parts, (bias - bias.mean()).tolist(), strict=True)),
+        "energy_bias_log10": dict(zip(parts, bias.tolist(), strict=True)),
         "median_share_selective": medians,
         "mixed_q90": float(np.quantile(top_share[mixed], 0.9)) if mixed.any() else None,
         "local_factors": local,

@@ -8,8 +8,10 @@ over samples (a generalized eigenproblem on the Jacobian of the image with respe
 optionally only among the principal axes of the latents' own spread (``natural_basis``) and
 one standard deviation of it long. A unit's direct profile is then its mean squared response
 along each part's probes, and ``share_test`` asks whether its top part's share is above a
-line given the probes drawn. ``benchmarks/part_probes.py`` measures them against the toy
-world's ground truth.
+line given the probes drawn. ``refine_by_measured_change`` keeps the combinations of rendered
+candidates most local in the profile's own measures, and ``part_energy_bias`` compares each
+part's probe energy with a reference's. ``benchmarks/part_probes.py`` measures them against
+the toy world's ground truth.
 """
 
 from __future__ import annotations
@@ -88,6 +90,28 @@ def part_subspaces(generator: Generator, w0: torch.Tensor, labels: torch.Tensor,
     return out
 
 
+def refine_by_measured_change(candidates: Sequence[np.ndarray], change: np.ndarray,
+                              k: int) -> list[np.ndarray]:
+    """Each part's ``k`` combinations of its candidate directions (``candidates``: per part
+    [w_dim, N], as rendered) whose measured change is largest on the part against the other
+    parts: the top generalized eigenvectors of (E_p E_p^T, sum over q != p of E_q E_q^T), E_q
+    [N, M] the candidates' mean change in part q's M measures (``change`` [P, N, P, M], the
+    candidates of part p in row p), changes taken as linear in the combination. -> per part
+    [w_dim, k], unit-norm columns."""
+    out = []
+    for j, cand in enumerate(candidates):
+        n = cand.shape[1]
+        if not 1 <= k <= n:
+            raise ValueError(f"k must be between 1 and the {n} candidates, got {k}")
+        grams = np.einsum("aqm,bqm->qab", change[j], change[j])     # [P, N, N]
+        outside = grams.sum(0) - grams[j]
+        floor = 1e-6 * max(np.trace(outside), 1e-12) / n
+        _, vectors = eigh(grams[j], outside + floor * np.eye(n))
+        top = cand @ vectors[:, ::-1][:, :k]
+        out.append(top / np.linalg.norm(top, axis=0))
+    return out
+
+
 def part_probe_directions(subspaces: Sequence[np.ndarray], count: int, seed: int = 0,
                           basis: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``count`` latent directions, the parts in turn, each a Gaussian combination of its
@@ -106,6 +130,19 @@ def direct_profiles(response: np.ndarray, which: np.ndarray, n_parts: int) -> np
     """response [K, C] (each channel's change along each probe), which [K] (each probe's
     part) -> [C, n_parts]: the mean squared response along each part's probes."""
     return np.stack([(response[which == j] ** 2).mean(0) for j in range(n_parts)], 1)
+
+
+def part_energy_bias(profile: np.ndarray, reference: np.ndarray, rounds: int = 20) -> np.ndarray:
+    """profile, reference [C, P] (each channel's energy per part from the probes and from a
+    reference, e.g. squared ground-truth sensitivities) -> [P]: how much more each part's
+    probes move the channels than the reference, log10, relative to the parts' mean. The model
+    is log profile = log reference + a channel's scale + a part's bias, fitted by alternating
+    medians, so a few channels off the model do not move it."""
+    log_ratio = np.log10(profile + 1e-12) - np.log10(reference + 1e-12)
+    bias = np.zeros(log_ratio.shape[1])
+    for _ in range(rounds):
+        bias = np.median(log_ratio - np.median(log_ratio - bias, 1, keepdims=True), 0)
+    return bias - bias.mean()
 
 
 def share_test(response: np.ndarray, which: np.ndarray, n_parts: int, tau: float,

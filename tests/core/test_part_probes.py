@@ -10,8 +10,10 @@ import torch
 from linkstyle_core.part_probes import (
     direct_profiles,
     natural_basis,
+    part_energy_bias,
     part_probe_directions,
     part_subspaces,
+    refine_by_measured_change,
     share_test,
 )
 
@@ -143,3 +145,32 @@ def test_share_test_finds_a_unit_above_the_line_more_surely_with_more_probes():
                           for seed in range(5)]) for n in (48, 192, 768)]
     assert medians[0] > medians[1] > medians[2], medians
     assert medians[2] < 0.01
+
+
+def test_refine_by_measured_change_keeps_the_combination_local_in_the_measures():
+    rng = np.random.default_rng(0)
+    cand = np.linalg.qr(rng.standard_normal((6, 3)))[0]             # part 0's 3 candidates
+    # measured change [parts 2, candidates 3, parts 2, measures 2]: candidate 0 moves part 0
+    # and part 1, candidates 1 and 2 part 1 alone, in other measures; only the combination
+    # candidate 0 - candidate 2 leaves part 1 as it is
+    change = np.zeros((2, 3, 2, 2))
+    change[0, 0] = [[1.0, 0.5], [1.0, -0.5]]
+    change[0, 1] = [[0.0, 0.0], [0.0, 1.0]]
+    change[0, 2] = [[0.0, 0.0], [1.0, -0.5]]
+    change[1] = change[0]
+    [top, _] = refine_by_measured_change([cand, cand], change, k=1)
+    expected = (cand[:, 0] - cand[:, 2]) / np.sqrt(2)
+    np.testing.assert_allclose(np.abs(top[:, 0] @ expected), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="between 1 and the 3 candidates"):
+        refine_by_measured_change([cand], change[:1], k=4)
+
+
+def test_part_energy_bias_recovers_a_per_part_scale_under_per_unit_scales():
+    rng = np.random.default_rng(1)
+    reference = rng.uniform(0.01, 1.0, (200, 4))
+    bias = np.array([0.5, 0.0, -0.2, -0.3])                          # log10, mean 0
+    profile = reference * 10 ** bias * rng.uniform(0.1, 10.0, (200, 1))
+    profile[:5] *= 1e3                                               # a few units off the model
+    np.testing.assert_allclose(part_energy_bias(profile, reference), bias, atol=1e-6)
+    # without a bias there is none to find, whatever the units' scales
+    np.testing.assert_allclose(part_energy_bias(reference * 7.0, reference), 0.0, atol=1e-9)
