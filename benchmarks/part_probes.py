@@ -143,6 +143,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         part_probe_directions,
         part_subspaces,
         refine_by_measured_change,
+        sd_length,
         share_test,
     )
     from linkstyle_core.render import broadcast_w
@@ -207,11 +208,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                torch.zeros(len(scaled), inp["r"].shape[1]), offsets,
                                lambda n: None)
 
-    def standard(result: Any, centre: bool) -> np.ndarray:    # [K, P, M] in null SDs
-        change = mask_small_parts(first_last_change(result.measures.numpy(),
-                                                    result.motion.numpy()),
-                                  inp["base_area"].numpy(), cfg.tuning.min_part_area)
-        means = direction_means(change) - (mean0 if centre else 0.0)
+    def change_means(result: Any) -> np.ndarray:              # each direction's mean change
+        return direction_means(mask_small_parts(
+            first_last_change(result.measures.numpy(), result.motion.numpy()),
+            inp["base_area"].numpy(), cfg.tuning.min_part_area))
+
+    def standard(means: np.ndarray) -> np.ndarray:           # [K, P, M] in null SDs
         return np.nan_to_num((means / sd0)[:, fg][..., cols])
 
     if args.refine:
@@ -219,8 +221,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         # combinations of them most local in the profile's measures
         cand = part_subspaces(gen, inp["w0"], labels, fg, args.refine, basis)
         if basis is not None:       # one SD of the spread each, as the probes
-            cand = [c / np.linalg.norm(np.linalg.pinv(basis) @ c, axis=0) for c in cand]
-        change = standard(render(np.concatenate(cand, 1).T), centre=False)
+            cand = [c / sd_length(c.T, basis) for c in cand]
+        change = standard(change_means(render(np.concatenate(cand, 1).T)))
         subspaces = refine_by_measured_change(
             cand, change.reshape(len(fg), args.refine, *change.shape[1:]), args.subspace)
     else:
@@ -232,8 +234,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     t1 = time.perf_counter()
     res = render(dirs)
     t_render = time.perf_counter() - t1
-    own = (standard(res, centre=True) ** 2).sum(-1)                 # [K, P] squared part change
-    rand = (np.nan_to_num(((null_means - mean0) / sd0)[:, fg][..., cols]) ** 2).sum(-1)
+    own = (standard(change_means(res) - mean0) ** 2).sum(-1)      # [K, P] squared part change
+    rand = (standard(null_means - mean0) ** 2).sum(-1)
     locality = {p: float(np.median(own[which == j, j] / own[which == j].sum(1)))
                 for j, p in enumerate(parts)}
     locality_random = {p: float(np.median(rand[:, j] / rand.sum(1))) for j, p in enumerate(parts)}

@@ -80,14 +80,20 @@ def part_subspaces(generator: Generator, w0: torch.Tensor, labels: torch.Tensor,
             a, b = jac[own].reshape(-1, m), jac[~own].reshape(-1, m)
             inside[j] += a.T @ a / max(int(own.sum()), 1)
             outside[j] += b.T @ b / max(int((~own).sum()), 1)
-    out = []
     to_latent = coords.double().numpy()
-    for j in range(len(parts)):
-        floor = 1e-6 * max(np.trace(outside[j]), 1e-12) / m
-        _, vectors = eigh(inside[j], outside[j] + floor * np.eye(m))
-        top = to_latent @ vectors[:, ::-1][:, :k]
-        out.append(top / np.linalg.norm(top, axis=0))
-    return out
+    return [_most_local(inside[j], outside[j], to_latent, k) for j in range(len(parts))]
+
+
+def _most_local(inside: np.ndarray, outside: np.ndarray, columns: np.ndarray,
+                k: int) -> np.ndarray:
+    """The top ``k`` generalized eigenvectors of (inside, outside) [n, n], the outside term
+    floored at 1e-6 of its mean eigenvalue, as combinations of ``columns`` [w_dim, n]:
+    [w_dim, k], unit-norm columns."""
+    n = inside.shape[0]
+    floor = 1e-6 * max(np.trace(outside), 1e-12) / n
+    _, vectors = eigh(inside, outside + floor * np.eye(n))
+    top = columns @ vectors[:, ::-1][:, :k]
+    return top / np.linalg.norm(top, axis=0)
 
 
 def refine_by_measured_change(candidates: Sequence[np.ndarray], change: np.ndarray,
@@ -104,11 +110,7 @@ def refine_by_measured_change(candidates: Sequence[np.ndarray], change: np.ndarr
         if not 1 <= k <= n:
             raise ValueError(f"k must be between 1 and the {n} candidates, got {k}")
         grams = np.einsum("aqm,bqm->qab", change[j], change[j])     # [P, N, N]
-        outside = grams.sum(0) - grams[j]
-        floor = 1e-6 * max(np.trace(outside), 1e-12) / n
-        _, vectors = eigh(grams[j], outside + floor * np.eye(n))
-        top = cand @ vectors[:, ::-1][:, :k]
-        out.append(top / np.linalg.norm(top, axis=0))
+        out.append(_most_local(grams[j], grams.sum(0) - grams[j], cand, k))
     return out
 
 
@@ -122,8 +124,14 @@ def part_probe_directions(subspaces: Sequence[np.ndarray], count: int, seed: int
     which = np.arange(count) % len(subspaces)
     dirs = np.stack([subspaces[int(j)] @ rng.standard_normal(subspaces[int(j)].shape[1])
                      for j in which])
-    coords = dirs if basis is None else dirs @ np.linalg.pinv(basis).T
-    return dirs / np.linalg.norm(coords, axis=1, keepdims=True), which
+    return dirs / sd_length(dirs, basis)[:, None], which
+
+
+def sd_length(directions: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    """directions [K, w_dim] -> [K]: each one's length in the coordinates of ``basis``
+    (``natural_basis``: in standard deviations of the latent's own spread), or in W if None."""
+    coords = directions if basis is None else directions @ np.linalg.pinv(basis).T
+    return np.linalg.norm(coords, axis=1)
 
 
 def direct_profiles(response: np.ndarray, which: np.ndarray, n_parts: int) -> np.ndarray:

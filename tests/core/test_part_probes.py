@@ -14,6 +14,7 @@ from linkstyle_core.part_probes import (
     part_probe_directions,
     part_subspaces,
     refine_by_measured_change,
+    sd_length,
     share_test,
 )
 
@@ -174,3 +175,14 @@ def test_part_energy_bias_recovers_a_per_part_scale_under_per_unit_scales():
     np.testing.assert_allclose(part_energy_bias(profile, reference), bias, atol=1e-6)
     # without a bias there is none to find, whatever the units' scales
     np.testing.assert_allclose(part_energy_bias(reference * 7.0, reference), 0.0, atol=1e-9)
+
+
+def test_probes_with_a_basis_are_one_sd_of_it_long():
+    basis = np.diag([2.0, 0.5, 1.0])[:, :2]                          # SDs 2 and 0.5 on dims 0, 1
+    sub = np.eye(3)[:, :2]
+    dirs, _ = part_probe_directions([sub], 64, seed=3, basis=basis)
+    np.testing.assert_allclose(sd_length(dirs, basis), 1.0)
+    # in W the same probes are between 0.5 and 2 long, as their mix of the two axes
+    w_length = sd_length(dirs, None)
+    assert w_length.min() >= 0.5 - 1e-9 and w_length.max() <= 2.0 + 1e-9
+    assert w_length.max() - w_length.min() > 0.5
