@@ -2,8 +2,8 @@
 
     python benchmarks/part_probes.py --root DIR [--config FILE] [--weights NAME] [--seed N]
                                      [--probes 384] [--subspace 8] [--refine N]
-                                     [--natural VAR] [--mahalanobis] [--all-units]
-                                     [--save FILE.npz] [--json]
+                                     [--natural VAR] [--mahalanobis] [--sd-step F]
+                                     [--all-units] [--save FILE.npz] [--json]
     python benchmarks/part_probes.py --factors
 
 The sensitivity profile of docs/tuning.md regresses a unit's response along random probes on
@@ -23,8 +23,8 @@ the same config; ``--weights`` and ``--seed`` set ``classifier.weights`` and ``d
    against the other parts (a generalized eigenproblem on the rendered changes).
 2. ``--probes`` probes, the parts in turn, each a random combination of its part's
    directions (of unit length, or with ``--mahalanobis`` one SD of that spread), at a median
-   latent length of the null probes', rendered on the null's samples as the null is (first
-   and last step).
+   latent length of the null probes' (``--sd-step F``: F times their own), rendered on the
+   null's samples as the null is (first and last step).
 3. Locality: per probe part, the median share of the probe's squared part change (the
    profile's measures in null SDs) that falls on its own part; random probes for comparison.
 4. A unit's direct profile: per part, its mean squared re-encoded change (training SDs) along
@@ -201,8 +201,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     step = float(np.median(null.load("latent_step")))
 
     def render(directions: np.ndarray) -> Any:
-        """directions [K, w_dim] at the null probes' median latent length, as the null."""
-        scaled = directions * step / np.median(np.linalg.norm(directions, axis=1))
+        """directions [K, w_dim] at the null probes' median latent length, as the null, or
+        with --sd-step F at F times their own length (one SD each with --mahalanobis)."""
+        scaled = directions * (args.sd_step or step / np.median(np.linalg.norm(directions, 1)))
         offsets = torch.tensor([-0.5, 0.5]).expand(len(scaled), samples, 2).contiguous()
         return tune_directions(cfg, models, inp, torch.tensor(scaled, dtype=torch.float32),
                                torch.zeros(len(scaled), inp["r"].shape[1]), offsets,
@@ -228,11 +229,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     else:
         subspaces = part_subspaces(gen, inp["w0"], labels, fg, args.subspace, basis)
     t_jac = time.perf_counter() - t0
-
     dirs, which = part_probe_directions(subspaces, args.probes, cfg.tuning.seed,
                                         basis if args.mahalanobis else None)
-    t1 = time.perf_counter()
-    res = render(dirs)
+    t1, res = time.perf_counter(), render(dirs)
     t_render = time.perf_counter() - t1
     own = (standard(change_means(res) - mean0) ** 2).sum(-1)      # [K, P] squared part change
     rand = (standard(null_means - mean0) ** 2).sum(-1)
@@ -335,21 +334,22 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=384)
     ap.add_argument("--subspace", type=int, default=8)
     ap.add_argument("--refine", type=int, default=0, metavar="N",
-                    help="find N pixel-local directions per part, render them, and keep the "
-                         "--subspace combinations most local in the profile's measures")
+                    help="render N pixel-local directions per part; keep the --subspace "
+                         "combinations of them most local in the profile's measures")
     ap.add_argument("--natural", type=float, default=0.0, metavar="VAR",
                     help="restrict the probes to the principal axes of the paired latents' "
                          "spread within classes that hold this share of it (default: all of W)")
     ap.add_argument("--mahalanobis", action="store_true",
-                    help="with --natural: every probe one SD of the latents' spread long, "
-                         "not one unit of W")
+                    help="with --natural: each probe one SD of the latents' spread long")
+    ap.add_argument("--sd-step", type=float, default=0.0, metavar="F",
+                    help="with --mahalanobis: render each probe from -F/2 to +F/2 SD, not over "
+                         "the null's median latent step (about 200 SD on the 45-axis probes)")
     ap.add_argument("--save", help="write the probes' responses and the ground truth to this .npz")
     ap.add_argument("--all-units", action="store_true",
                     help="profile every unit of the classifier, not only the run's tuned ones "
                          "(the run's own verdict is then left out)")
     ap.add_argument("--curve", type=lambda v: [int(x) for x in v.split(",")], default=[],
-                    metavar="N,N,...", help="the share test's discoveries on random subsets of "
-                    "that many of the probes (multiples of the part count)")
+                    metavar="N,N,...", help="the share test on random subsets of N probes each")
     ap.add_argument("--draws", type=int, default=8, help="subsets per count for --curve")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--factors", action="store_true",
@@ -366,8 +366,8 @@ def main() -> None:
         ap.error(f"--curve counts must lie between 1 and --probes ({args.probes})")
     if args.refine and args.refine < args.subspace:
         ap.error("--refine must be at least --subspace")
-    if args.mahalanobis and not args.natural:
-        ap.error("--mahalanobis measures a probe's length in the axes of --natural: give both")
+    if (args.mahalanobis or args.sd_step) and not (args.natural and args.mahalanobis):
+        ap.error("--mahalanobis and --sd-step measure in the SDs of --natural: give all they need")
     out = measure(args)
     if args.json:
         print(json.dumps(out, indent=1))

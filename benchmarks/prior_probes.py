@@ -1,0 +1,243 @@
+"""Part probes as one-SD moves of the generator's prior z, against the toy world's ground truth.
+
+    python benchmarks/prior_probes.py --root DIR [--config FILE] [--subspace 4] [--probes 384]
+                                      [--sd 2] [--from paired|link] [--floor F] [--own-part N]
+                                      [--factor-axes] [--json]
+
+``benchmarks/part_probes.py`` finds its probes in W and renders them over the null's median
+latent step, about 200 of their own SDs on the 45 axes of the latents' spread; the ground truth
+moves one factor of the renderer by one SD either way. This measures probes that move the
+generator's own prior instead, each by a known number of its SDs. It reads a finished toy
+analysis under ``--root`` (the paired data, link, segmenter and null of ``linkstyle run`` with
+the same config) and:
+
+1. Takes the null's samples: their paired latents (``--from paired``, default) or the link's
+   prediction of them (``--from link``, the latents the null itself renders from), and
+   inverts each sample's paired latent to a z of the mapping at ``data.truncation`` (least
+   squares, Adam).
+2. Per part, the ``--subspace`` directions of z whose image change, through the synthesis at
+   the sample and the mapping's Jacobian at its z, is largest per pixel on the part against
+   the other pixels, pooled over the samples (the generalized eigenproblem of
+   ``part_probes.part_subspaces``, in z instead of W; ``--floor`` raises the floor on its
+   outside term, ``--own-part N`` keeps, of the N most local, the directions whose total pixel
+   energy is largest on the part). ``--factor-axes`` takes each part's own
+   factors instead (the toy renderer's factor i is z's coordinate i): a diagnosis that uses
+   the ground truth, not a method.
+3. ``--probes`` probes, the parts in turn, each a unit random combination of its part's
+   directions, rendered per sample from -``--sd``/2 to +``--sd``/2 SDs of z through the
+   mapping itself (its change added to the sample's latent).
+4. Two profiles per unit from each probe's per-sample response (training SDs): the direct
+   profile (the mean response over samples, squared, averaged over the part's probes, times
+   the part's number of directions: the sum over its axes, as the ground truth sums) and an
+   amplitude profile (the mean absolute response over samples, squared, averaged, and its
+   square root: nearer the ground truth's mean absolute change). Printed: the correlation of
+   the top share with the ground truth's concentration, each part's energy bias against the
+   factors' (``part_probes.part_energy_bias``), and the verdict "top share >= tau" per part
+   (``validation.part_table``) at several lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+LINES = {"direct": (0.6, 0.7, 0.8), "amplitude": (0.45, 0.5, 0.55)}
+
+
+def invert(generator: Any, w: Any, c: Any, truncation: float, steps: int = 2000,
+           seed: int = 0) -> Any:
+    """w [N, w_dim], c [N, c_dim] -> (z [N, z_dim] whose mapping is nearest w, its relative
+    residual [N]: distance to w over w's distance from its class average)."""
+    import torch
+
+    # from a random start: a mapping that normalizes z (as StyleGAN's does) is singular at 0
+    start = torch.randn(len(w), generator.z_dim, generator=torch.Generator().manual_seed(seed))
+    z = start.requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((generator.mapping(z, c, truncation)[:, 0] - w) ** 2).sum(1).mean().backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        avg = generator.mapping(torch.zeros_like(z), c, 0.0)[:, 0]
+        residual = (generator.mapping(z, c, truncation)[:, 0] - w).norm(dim=1)
+        return z.detach(), (residual / (w - avg).norm(dim=1)).numpy()
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from scipy.linalg import eigh
+
+    from flows.stages import analysis_keys
+    from linkstyle_core.config import AnalysisConfig
+    from linkstyle_core.part_probes import part_energy_bias
+    from linkstyle_core.render import broadcast_w
+    from linkstyle_core.toyworld.factors import FACTOR_PARTS, FACTORS
+    from linkstyle_core.tuning import render_with_features
+    from linkstyle_core.validation import part_table, part_table_cells, validate
+    from tasks.context import models_for, store_for
+    from tasks.trajectories import tuning_inputs
+    from tasks.validate import MIXED_CONCENTRATION, SELECTIVE_CONCENTRATION, ground_truth
+
+    raw = AnalysisConfig.from_yaml(args.config).model_dump() if args.config else {}
+    raw["artifact_root"] = args.root
+    cfg = AnalysisConfig.from_dict(raw)
+    models, store = models_for(cfg), store_for(cfg)
+    keys = analysis_keys(cfg, models)
+    if not store.exists("null", keys["null"]):
+        sys.exit(f"no finished null for this config under {args.root}: run `linkstyle run` "
+                 "with the same config first")
+    t0 = time.perf_counter()
+    gen, clf = models.generator, models.classifier
+    inp = tuning_inputs(cfg, models, keys, per_class=cfg.tuning.null_samples_per_class)
+    paired = torch.from_numpy(store.open("paired", keys["test"]).load("w"))[inp["picks"]].float()
+    c = torch.nn.functional.one_hot(inp["labels"].long().cpu(), gen.c_dim).float()
+    psi = cfg.data.truncation
+    z, residual = invert(gen, paired, c, psi)
+    w0 = paired if args.source == "paired" else inp["w0"].float().cpu()
+    names = list(inp["parts"])
+    fg = [j for j, p in enumerate(names) if p != "background"]
+    parts = [names[j] for j in fg]
+    with torch.no_grad():
+        _, features = render_with_features(gen, broadcast_w(w0, gen.num_ws))
+        labels = inp["segmenter"].predict(features).cpu()
+
+    def mapped(i: int, dz: torch.Tensor) -> torch.Tensor:       # w0[i] moved by dz in z
+        return w0[i] + (gen.mapping(z[i:i + 1] + dz, c[i:i + 1], psi)[:, 0]
+                        - gen.mapping(z[i:i + 1], c[i:i + 1], psi)[:, 0])
+
+    m = gen.z_dim
+    if args.factor_axes:
+        subspaces = [np.eye(m)[:, [FACTORS.index(f) for f, q in FACTOR_PARTS.items() if q == p]]
+                     for p in parts]
+    else:
+        inside = np.zeros((len(fg), m, m))
+        outside, energy = np.zeros_like(inside), np.zeros_like(inside)
+        for i in range(len(w0)):
+            def image(a: torch.Tensor, i: int = i) -> torch.Tensor:
+                return gen.synthesis(broadcast_w(mapped(i, a[None]), gen.num_ws))[0]
+
+            jac = torch.func.jacfwd(image)(torch.zeros(m)).detach().double()
+            jac = jac.permute(1, 2, 0, 3).reshape(-1, 3, m).numpy()
+            label = labels[i].reshape(-1).numpy()
+            for j, part in enumerate(fg):
+                own = label == part
+                a, b = jac[own].reshape(-1, m), jac[~own].reshape(-1, m)
+                energy[j] += a.T @ a
+                inside[j] += a.T @ a / max(int(own.sum()), 1)
+                outside[j] += b.T @ b / max(int((~own).sum()), 1)
+        subspaces = []
+        for j in range(len(fg)):
+            floor = args.floor * max(np.trace(outside[j]), 1e-12) / m
+            vectors = eigh(inside[j], outside[j] + floor * np.eye(m))[1][:, ::-1]
+            if args.own_part:       # only directions whose largest part energy is this part's
+                top = [v for v in vectors[:, :args.own_part].T
+                       if int(np.argmax(np.einsum("i,qij,j->q", v, energy, v))) == j]
+                vectors = np.stack(top or [vectors[:, 0]], 1)
+            subspaces.append(np.linalg.qr(vectors[:, :args.subspace])[0])
+    t_jac = time.perf_counter() - t0
+    rng = np.random.default_rng(cfg.tuning.seed)
+    which = np.arange(args.probes) % len(fg)
+    moves = np.stack([subspaces[j] @ rng.standard_normal(subspaces[j].shape[1]) for j in which])
+    dz = torch.tensor(moves / np.linalg.norm(moves, axis=1, keepdims=True), dtype=torch.float32)
+    r_std = inp["r_std"].cpu().clamp_min(1e-8)
+    per_sample = []
+    with torch.no_grad():
+        for k in range(args.probes):
+            ends = [torch.cat([mapped(i, sign * args.sd / 2 * dz[k][None]) for i in range(len(w0))])
+                    for sign in (1, -1)]
+            r = clf.features(clf.preprocess(gen.synthesis(broadcast_w(torch.cat(ends),
+                                                                      gen.num_ws))))
+            per_sample.append(((r[:len(w0)] - r[len(w0):]) / r_std).numpy())
+    response = np.stack(per_sample)                                  # [K, Ns, D]
+    t_render = time.perf_counter() - t0 - t_jac
+
+    truth, _ = ground_truth(cfg, models, store)
+    truth["evaluated"] = truth["gt_sensitivity"] > 0
+    units = np.arange(response.shape[2])
+    gt = truth.set_index("unit").loc[units]
+    evaluated = gt["evaluated"].to_numpy()
+    factor_energy = np.stack([(gt[[f"sens_{f}" for f, q in FACTOR_PARTS.items() if q == p]]
+                               .to_numpy() ** 2).sum(1) for p in parts], 1)
+    stats = {"direct": response.mean(1) ** 2, "amplitude": np.abs(response).mean(1) ** 2}
+    out: dict[str, Any] = {
+        "classifier": cfg.classifier.weights or "bundled", "samples": len(w0),
+        "inversion_residual_median": float(np.median(residual)), "jacobian_s": t_jac,
+        "render_s": t_render, "profiles": {}}
+    for name, energy in stats.items():
+        profile = np.stack([energy[which == j].mean(0) * subspaces[j].shape[1]   # summed
+                            for j in range(len(fg))], 1)                      # over its axes
+        scored = np.sqrt(profile) if name == "amplitude" else profile
+        share = scored / scored.sum(1, keepdims=True)
+        top, top_share = np.asarray(parts, dtype=object)[share.argmax(1)], share.max(1)
+        bias = part_energy_bias(profile[evaluated], factor_energy[evaluated])
+        verdicts = {}
+        for tau in LINES[name]:
+            rows = pd.DataFrame({"unit": units, "top_part": top, "significant": top_share >= tau,
+                                 "concentration": top_share})
+            _, table = validate(rows, truth, parts, SELECTIVE_CONCENTRATION, MIXED_CONCENTRATION)
+            verdicts[f"top share >= {tau}"] = part_table_cells(
+                part_table(table, parts)).to_dict("records")
+        out["profiles"][name] = {
+            "correlation": float(np.corrcoef(top_share[evaluated],
+                                             gt["gt_concentration"].to_numpy()[evaluated])[0, 1]),
+            "energy_bias_log10": dict(zip(parts, bias.tolist(), strict=True)),
+            "verdicts": verdicts}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", required=True, help="the artifact root of a finished toy run")
+    ap.add_argument("--config", help="the run's config file (default: the defaults)")
+    ap.add_argument("--subspace", type=int, default=4, help="directions of z per part")
+    ap.add_argument("--probes", type=int, default=384)
+    ap.add_argument("--sd", type=float, default=2.0,
+                    help="each probe's span in SDs of the prior (the ground truth's is 2)")
+    ap.add_argument("--from", dest="source", choices=("paired", "link"), default="paired",
+                    help="render from the samples' paired latents or the link's prediction")
+    ap.add_argument("--floor", type=float, default=1e-6,
+                    help="the locality eigenproblem's floor on the outside term, as a share of "
+                         "its mean per direction (larger: fewer directions that barely move)")
+    ap.add_argument("--own-part", type=int, default=0, metavar="N",
+                    help="of each part's N most local directions keep those that move its "
+                         "pixels more than any other part's (total energy)")
+    ap.add_argument("--factor-axes", action="store_true",
+                    help="each part's own factor axes of z (a diagnosis from the ground truth)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.probes < 12 or args.sd <= 0 or args.floor <= 0:
+        ap.error("--probes must be at least 12, --sd and --floor positive")
+    if args.own_part and args.own_part < args.subspace:
+        ap.error("--own-part must be at least --subspace")
+    out = measure(args)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"{out['classifier']}: {out['samples']} samples (inversion residual, median "
+          f"{out['inversion_residual_median']:.2f}), Jacobians {out['jacobian_s']:.0f} s, "
+          f"rendering {out['render_s']:.0f} s")
+    for name, p in out["profiles"].items():
+        print(f"\n{name} profile: correlation of the top share with the ground truth's "
+              f"concentration {p['correlation']:.2f}; energy bias (log10) "
+              + " ".join(f"{q} {v:+.2f}" for q, v in p["energy_bias_log10"].items()))
+        for line, cells in p["verdicts"].items():
+            print(f"\n{name}, {line}")
+            print(pd.DataFrame(cells).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
