@@ -174,7 +174,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                .to_numpy() ** 2).sum(1) for p in parts], 1)
     stats = {"direct": response.mean(1) ** 2, "amplitude": np.abs(response).mean(1) ** 2}
     out: dict[str, Any] = {
-        "classifier": cfg.classifier.weights or "bundled", "samples": len(w0),
+        "classifier": cfg.classifier.weights or cfg.classifier.target or "bundled",
+        "samples": len(w0),
         "inversion_residual_median": float(np.median(residual)), "jacobian_s": t_jac,
         "render_s": t_render, "profiles": {}}
     for name, energy in stats.items():
