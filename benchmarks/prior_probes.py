@@ -79,11 +79,10 @@ def invert(generator: Any, w: Any, c: Any, truncation: float, steps: int = 2000,
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from scipy.linalg import eigh
 
     from flows.stages import analysis_keys
     from linkstyle_core.config import AnalysisConfig
-    from linkstyle_core.part_probes import part_energy_bias
+    from linkstyle_core.part_probes import locality_grams, most_local, part_energy_bias
     from linkstyle_core.render import broadcast_w
     from linkstyle_core.toyworld.factors import FACTOR_PARTS, FACTORS
     from linkstyle_core.tuning import render_with_features
@@ -124,27 +123,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         subspaces = [np.eye(m)[:, [FACTORS.index(f) for f, q in FACTOR_PARTS.items() if q == p]]
                      for p in parts]
     else:
-        inside = np.zeros((len(fg), m, m))
-        outside, energy = np.zeros_like(inside), np.zeros_like(inside)
-        for i in range(len(w0)):
-            def image(a: torch.Tensor, i: int = i) -> torch.Tensor:
-                return gen.synthesis(broadcast_w(mapped(i, a[None]), gen.num_ws))[0]
+        def image(i: int, a: torch.Tensor) -> torch.Tensor:
+            return gen.synthesis(broadcast_w(mapped(i, a[None]), gen.num_ws))[0]
 
-            jac = torch.func.jacfwd(image)(torch.zeros(m)).detach().double()
-            jac = jac.permute(1, 2, 0, 3).reshape(-1, 3, m).numpy()
-            label = labels[i].reshape(-1).numpy()
-            for j, part in enumerate(fg):
-                own = label == part
-                a, b = jac[own].reshape(-1, m), jac[~own].reshape(-1, m)
-                energy[j] += a.T @ a
-                inside[j] += a.T @ a / max(int(own.sum()), 1)
-                outside[j] += b.T @ b / max(int((~own).sum()), 1)
+        inside, outside, energy = locality_grams(image, labels, fg, torch.zeros(m))
         subspaces = []
         for j in range(len(fg)):
-            floor = args.floor * max(np.trace(outside[j]), 1e-12) / m
-            vectors = eigh(inside[j], outside[j] + floor * np.eye(m))[1][:, ::-1]
+            vectors = most_local(inside[j], outside[j], np.eye(m),
+                                 args.own_part or args.subspace, args.floor)
             if args.own_part:       # only directions whose largest part energy is this part's
-                top = [v for v in vectors[:, :args.own_part].T
+                top = [v for v in vectors.T
                        if int(np.argmax(np.einsum("i,qij,j->q", v, energy, v))) == j]
                 vectors = np.stack(top or [vectors[:, 0]], 1)
             subspaces.append(np.linalg.qr(vectors[:, :args.subspace])[0])

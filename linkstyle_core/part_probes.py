@@ -16,7 +16,7 @@ the toy world's ground truth.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,35 +62,50 @@ def part_subspaces(generator: Generator, w0: torch.Tensor, labels: torch.Tensor,
     m = coords.shape[1]
     if k < 1 or k > m:
         raise ValueError(f"k must be between 1 and the latent's {m} coordinates, got {k}")
-    inside = np.zeros((len(parts), m, m))
-    outside = np.zeros_like(inside)
     axes = coords.to(w0.device, w0.dtype)
-    for i in range(len(w0)):
-        base = w0[i]
 
-        def image(a: torch.Tensor, base: torch.Tensor = base) -> torch.Tensor:
-            return generator.synthesis(broadcast_w((base + axes @ a)[None], generator.num_ws))[0]
+    def image(i: int, a: torch.Tensor) -> torch.Tensor:
+        return generator.synthesis(broadcast_w((w0[i] + axes @ a)[None], generator.num_ws))[0]
 
-        jac = torch.func.jacfwd(image)(torch.zeros(m, device=w0.device, dtype=w0.dtype))
+    inside, outside, _ = locality_grams(image, labels, parts,
+                                        torch.zeros(m, device=w0.device, dtype=w0.dtype))
+    to_latent = coords.double().numpy()
+    return [most_local(inside[j], outside[j], to_latent, k) for j in range(len(parts))]
+
+
+def locality_grams(image: Callable[[int, torch.Tensor], torch.Tensor], labels: torch.Tensor,
+                   parts: Sequence[int], origin: torch.Tensor
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``image(i, a)``: sample i's image [3, H, W] moved by coordinates ``a`` (``origin``, zeros
+    [m]: its base image); ``labels`` [Ns, H, W] the base images' segmentation. -> (inside,
+    outside, energy), each [len(parts), m, m]: per part, summed over the samples, J_p^T J_p /
+    |p|, J_o^T J_o / |o| and J_p^T J_p, J the Jacobian of the image at ``origin`` (every colour
+    channel), p the part's pixels and o the others. Forward mode, one pass per coordinate."""
+    m = origin.shape[0]
+    inside = np.zeros((len(parts), m, m))
+    outside, energy = np.zeros_like(inside), np.zeros_like(inside)
+    for i in range(len(labels)):
+        jac = torch.func.jacfwd(lambda a, i=i: image(i, a))(origin)
         jac = jac.detach().double().cpu().permute(1, 2, 0, 3)         # [H, W, 3, m]
         jac = jac.reshape(-1, jac.shape[2], m).numpy()
         label = labels[i].reshape(-1).cpu().numpy()
         for j, part in enumerate(parts):
             own = label == part
             a, b = jac[own].reshape(-1, m), jac[~own].reshape(-1, m)
-            inside[j] += a.T @ a / max(int(own.sum()), 1)
+            gram = a.T @ a
+            energy[j] += gram
+            inside[j] += gram / max(int(own.sum()), 1)
             outside[j] += b.T @ b / max(int((~own).sum()), 1)
-    to_latent = coords.double().numpy()
-    return [_most_local(inside[j], outside[j], to_latent, k) for j in range(len(parts))]
+    return inside, outside, energy
 
 
-def _most_local(inside: np.ndarray, outside: np.ndarray, columns: np.ndarray,
-                k: int) -> np.ndarray:
+def most_local(inside: np.ndarray, outside: np.ndarray, columns: np.ndarray,
+               k: int, floor: float = 1e-6) -> np.ndarray:
     """The top ``k`` generalized eigenvectors of (inside, outside) [n, n], the outside term
-    floored at 1e-6 of its mean eigenvalue, as combinations of ``columns`` [w_dim, n]:
-    [w_dim, k], unit-norm columns."""
+    floored at ``floor`` of its mean eigenvalue, as combinations of ``columns`` [w_dim, n]:
+    [w_dim, k], unit-norm columns, the most local first."""
     n = inside.shape[0]
-    floor = 1e-6 * max(np.trace(outside), 1e-12) / n
+    floor = floor * max(np.trace(outside), 1e-12) / n
     _, vectors = eigh(inside, outside + floor * np.eye(n))
     top = columns @ vectors[:, ::-1][:, :k]
     return top / np.linalg.norm(top, axis=0)
@@ -110,7 +125,7 @@ def refine_by_measured_change(candidates: Sequence[np.ndarray], change: np.ndarr
         if not 1 <= k <= n:
             raise ValueError(f"k must be between 1 and the {n} candidates, got {k}")
         grams = np.einsum("aqm,bqm->qab", change[j], change[j])     # [P, N, N]
-        out.append(_most_local(grams[j], grams.sum(0) - grams[j], cand, k))
+        out.append(most_local(grams[j], grams.sum(0) - grams[j], cand, k))
     return out
 
 
