@@ -2,7 +2,7 @@
 
     python benchmarks/prior_probes.py --root DIR [--config FILE] [--subspace 4] [--probes 384]
                                       [--sd 2] [--from paired|link] [--floor F] [--own-part N]
-                                      [--factor-axes] [--json]
+                                      [--factor-axes] [--per-sample] [--json]
 
 ``benchmarks/part_probes.py`` finds its probes in W and renders them over the null's median
 latent step, about 200 of their own SDs on the 45 axes of the latents' spread; the ground truth
@@ -26,6 +26,15 @@ the same config) and:
 3. ``--probes`` probes, the parts in turn, each a unit random combination of its part's
    directions, rendered per sample from -``--sd``/2 to +``--sd``/2 SDs of z through the
    mapping itself (its change added to the sample's latent).
+   ``--per-sample`` (after its latent is scaled to the prior's norm, sqrt(z_dim), so that a
+   unit move is one SD): each sample's own directions instead, from its own Jacobian, with
+   the border pixels of a part enclosed by another (an eye in a head) counted as the enclosed
+   part's (``part_probes.enclosed_borders``); of each part's ``--own-part`` most local, up to
+   ``--subspace`` whose total pixel energy is largest on the part (the background
+   competing). Directions found at one sample need not mean anything at another, so each is
+   rendered at its own sample only, and the one profile is each part's sum over its
+   directions of the mean absolute response over the samples (the ground truth's form: a
+   sum over the part's factors of the mean absolute change).
 4. Two profiles per unit from each probe's per-sample response (training SDs): the direct
    profile (the mean response over samples, squared, averaged over the part's probes, times
    the part's number of directions: the sum over its axes, as the ground truth sums) and an
@@ -52,7 +61,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-LINES = {"direct": (0.6, 0.7, 0.8), "amplitude": (0.45, 0.5, 0.55)}
+LINES = {"direct": (0.6, 0.7, 0.8), "amplitude": (0.45, 0.5, 0.55),
+         "per-sample": (0.45, 0.5, 0.55)}
 
 
 def invert(generator: Any, w: Any, c: Any, truncation: float, steps: int = 2000,
@@ -77,14 +87,82 @@ def invert(generator: Any, w: Any, c: Any, truncation: float, steps: int = 2000,
         return z.detach(), (residual / (w - avg).norm(dim=1)).numpy()
 
 
+def part_directions(args: argparse.Namespace, gen: Any, mapped: Any, labels: Any,
+                    fg: list[int], parts: list[str]) -> list[np.ndarray]:
+    """Per part [z_dim, k] orthonormal directions of z, shared by the samples (step 2)."""
+    import torch
+
+    from linkstyle_core.part_probes import locality_grams, most_local
+    from linkstyle_core.render import broadcast_w
+    from linkstyle_core.toyworld.factors import FACTOR_PARTS, FACTORS
+
+    m = gen.z_dim
+    if args.factor_axes:
+        return [np.eye(m)[:, [FACTORS.index(f) for f, q in FACTOR_PARTS.items() if q == p]]
+                for p in parts]
+
+    def image(i: int, a: torch.Tensor) -> torch.Tensor:
+        return gen.synthesis(broadcast_w(mapped(i, a[None]), gen.num_ws))[0]
+
+    inside, outside, energy = locality_grams(image, labels, fg, torch.zeros(m))
+    subspaces = []
+    for j in range(len(fg)):
+        vectors = most_local(inside[j], outside[j], np.eye(m), args.own_part or args.subspace,
+                             args.floor)
+        if args.own_part:           # only directions whose largest part energy is this part's
+            top = [v for v in vectors.T
+                   if int(np.argmax(np.einsum("i,qij,j->q", v, energy, v))) == j]
+            vectors = np.stack(top or [vectors[:, 0]], 1)
+        subspaces.append(np.linalg.qr(vectors[:, :args.subspace])[0])
+    return subspaces
+
+
+def per_sample_responses(args: argparse.Namespace, gen: Any, clf: Any, z: Any, c: Any,
+                         psi: float, w0: Any, labels: Any, names: list[str], fg: list[int],
+                         r_std: Any) -> np.ndarray:
+    """``--per-sample``: each sample's own part directions of z, each rendered over ``--sd``
+    SDs. -> [Ns, parts, --subspace, D] responses in training SDs (zero where a part has fewer
+    directions at that sample)."""
+    import torch
+
+    from linkstyle_core.part_probes import enclosed_borders, locality_grams, most_local
+    from linkstyle_core.render import broadcast_w
+
+    m, k, background = gen.z_dim, args.subspace, names.index("background")
+    out = np.zeros((len(w0), len(fg), k, r_std.shape[0]))
+    for i in range(len(w0)):
+        def mapped(dz: torch.Tensor, i: int = i) -> torch.Tensor:   # w0[i] moved by rows dz
+            ci = c[i:i + 1].expand(len(dz), -1)
+            return w0[i] + (gen.mapping(z[i:i + 1] + dz, ci, psi)[:, 0]
+                            - gen.mapping(z[i:i + 1], c[i:i + 1], psi)[:, 0])
+
+        label = enclosed_borders(labels[i], fg, background)[None]
+        inside, outside, energy = locality_grams(
+            lambda _, a: gen.synthesis(broadcast_w(mapped(a[None]), gen.num_ws))[0],
+            label, [*fg, background], torch.zeros(m))
+        dirs = np.zeros((len(fg), k, m))
+        for j in range(len(fg)):
+            kept = [v for v in most_local(inside[j], outside[j], np.eye(m), args.own_part,
+                                          args.floor).T
+                    if int(np.argmax(np.einsum("i,qij,j->q", v, energy, v))) == j][:k]
+            if kept:
+                dirs[j, :len(kept)] = np.stack(kept)
+        dz = torch.tensor(dirs.reshape(-1, m) * args.sd / 2, dtype=torch.float32)
+        with torch.no_grad():
+            r = clf.features(clf.preprocess(gen.synthesis(
+                broadcast_w(mapped(torch.cat([dz, -dz])), gen.num_ws))))
+        out[i] = ((r[:len(dz)] - r[len(dz):]) / r_std).numpy().reshape(len(fg), k, -1)
+    return out
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from flows.stages import analysis_keys
     from linkstyle_core.config import AnalysisConfig
-    from linkstyle_core.part_probes import locality_grams, most_local, part_energy_bias
+    from linkstyle_core.part_probes import part_energy_bias
     from linkstyle_core.render import broadcast_w
-    from linkstyle_core.toyworld.factors import FACTOR_PARTS, FACTORS
+    from linkstyle_core.toyworld.factors import FACTOR_PARTS
     from linkstyle_core.tuning import render_with_features
     from linkstyle_core.validation import part_table, part_table_cells, validate
     from tasks.context import models_for, store_for
@@ -119,57 +197,50 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         - gen.mapping(z[i:i + 1], c[i:i + 1], psi)[:, 0])
 
     m = gen.z_dim
-    if args.factor_axes:
-        subspaces = [np.eye(m)[:, [FACTORS.index(f) for f, q in FACTOR_PARTS.items() if q == p]]
-                     for p in parts]
-    else:
-        def image(i: int, a: torch.Tensor) -> torch.Tensor:
-            return gen.synthesis(broadcast_w(mapped(i, a[None]), gen.num_ws))[0]
-
-        inside, outside, energy = locality_grams(image, labels, fg, torch.zeros(m))
-        subspaces = []
-        for j in range(len(fg)):
-            vectors = most_local(inside[j], outside[j], np.eye(m),
-                                 args.own_part or args.subspace, args.floor)
-            if args.own_part:       # only directions whose largest part energy is this part's
-                top = [v for v in vectors.T
-                       if int(np.argmax(np.einsum("i,qij,j->q", v, energy, v))) == j]
-                vectors = np.stack(top or [vectors[:, 0]], 1)
-            subspaces.append(np.linalg.qr(vectors[:, :args.subspace])[0])
-    t_jac = time.perf_counter() - t0
-    rng = np.random.default_rng(cfg.tuning.seed)
-    which = np.arange(args.probes) % len(fg)
-    moves = np.stack([subspaces[j] @ rng.standard_normal(subspaces[j].shape[1]) for j in which])
-    dz = torch.tensor(moves / np.linalg.norm(moves, axis=1, keepdims=True), dtype=torch.float32)
     r_std = inp["r_std"].cpu().clamp_min(1e-8)
-    per_sample = []
-    with torch.no_grad():
-        for k in range(args.probes):
-            ends = [torch.cat([mapped(i, sign * args.sd / 2 * dz[k][None]) for i in range(len(w0))])
-                    for sign in (1, -1)]
-            r = clf.features(clf.preprocess(gen.synthesis(broadcast_w(torch.cat(ends),
-                                                                      gen.num_ws))))
-            per_sample.append(((r[:len(w0)] - r[len(w0):]) / r_std).numpy())
-    response = np.stack(per_sample)                                  # [K, Ns, D]
+    if args.per_sample:
+        z = z * m ** 0.5 / z.norm(dim=1, keepdim=True)    # the prior's norm: a unit move is 1 SD
+        t_jac = time.perf_counter() - t0
+        response = per_sample_responses(args, gen, clf, z, c, psi, w0, labels, names, fg, r_std)
+        profiles = {"per-sample": np.abs(response).mean(0).sum(1).T ** 2}   # [D, parts]
+    else:
+        subspaces = part_directions(args, gen, mapped, labels, fg, parts)
+        t_jac = time.perf_counter() - t0
+        rng = np.random.default_rng(cfg.tuning.seed)
+        which = np.arange(args.probes) % len(fg)
+        moves = np.stack([subspaces[j] @ rng.standard_normal(subspaces[j].shape[1])
+                          for j in which])
+        dz = torch.tensor(moves / np.linalg.norm(moves, axis=1, keepdims=True),
+                          dtype=torch.float32)
+        per_sample = []
+        with torch.no_grad():
+            for k in range(args.probes):
+                ends = [torch.cat([mapped(i, sign * args.sd / 2 * dz[k][None])
+                                   for i in range(len(w0))]) for sign in (1, -1)]
+                r = clf.features(clf.preprocess(gen.synthesis(broadcast_w(torch.cat(ends),
+                                                                          gen.num_ws))))
+                per_sample.append(((r[:len(w0)] - r[len(w0):]) / r_std).numpy())
+        response = np.stack(per_sample)                                  # [K, Ns, D]
+        stats = {"direct": response.mean(1) ** 2, "amplitude": np.abs(response).mean(1) ** 2}
+        profiles = {name: np.stack([energy[which == j].mean(0) * subspaces[j].shape[1]  # summed
+                                    for j in range(len(fg))], 1)          # over its axes
+                    for name, energy in stats.items()}
     t_render = time.perf_counter() - t0 - t_jac
 
     truth, _ = ground_truth(cfg, models, store)
     truth["evaluated"] = truth["gt_sensitivity"] > 0
-    units = np.arange(response.shape[2])
+    units = np.arange(r_std.shape[0])
     gt = truth.set_index("unit").loc[units]
     evaluated = gt["evaluated"].to_numpy()
     factor_energy = np.stack([(gt[[f"sens_{f}" for f, q in FACTOR_PARTS.items() if q == p]]
                                .to_numpy() ** 2).sum(1) for p in parts], 1)
-    stats = {"direct": response.mean(1) ** 2, "amplitude": np.abs(response).mean(1) ** 2}
     out: dict[str, Any] = {
         "classifier": cfg.classifier.weights or cfg.classifier.target or "bundled",
         "samples": len(w0),
         "inversion_residual_median": float(np.median(residual)), "jacobian_s": t_jac,
         "render_s": t_render, "profiles": {}}
-    for name, energy in stats.items():
-        profile = np.stack([energy[which == j].mean(0) * subspaces[j].shape[1]   # summed
-                            for j in range(len(fg))], 1)                      # over its axes
-        scored = np.sqrt(profile) if name == "amplitude" else profile
+    for name, profile in profiles.items():
+        scored = profile if name == "direct" else np.sqrt(profile)
         share = scored / scored.sum(1, keepdims=True)
         top, top_share = np.asarray(parts, dtype=object)[share.argmax(1)], share.max(1)
         bias = part_energy_bias(profile[evaluated], factor_energy[evaluated])
@@ -206,10 +277,16 @@ def main() -> None:
                          "pixels more than any other part's (total energy)")
     ap.add_argument("--factor-axes", action="store_true",
                     help="each part's own factor axes of z (a diagnosis from the ground truth)")
+    ap.add_argument("--per-sample", action="store_true",
+                    help="each sample's own directions (of --own-part N candidates, up to "
+                         "--subspace per part), enclosed parts owning their borders")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.probes < 12 or args.sd <= 0 or args.floor <= 0:
         ap.error("--probes must be at least 12, --sd and --floor positive")
+    if args.per_sample and not args.own_part:
+        ap.error("--per-sample needs --own-part N: the candidates each part's directions "
+                 "are kept from")
     if args.own_part and args.own_part < args.subspace:
         ap.error("--own-part must be at least --subspace")
     out = measure(args)

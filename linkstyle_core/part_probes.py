@@ -99,6 +99,27 @@ def locality_grams(image: Callable[[int, torch.Tensor], torch.Tensor], labels: t
     return inside, outside, energy
 
 
+def enclosed_borders(labels: torch.Tensor, parts: Sequence[int], background: int,
+                     radius: int = 1, share: float = 0.8) -> torch.Tensor:
+    """labels [H, W] -> a copy in which every part of ``parts`` that another part encloses
+    (at least ``share`` of the pixels within ``radius`` around it carry that one other part's
+    label, and it is not ``background``) takes those border pixels over. An eye that grows
+    changes the face's pixels around it: by the base labels alone that change is the face's,
+    though it is the eye that moved; the enclosing part keeps the rest of its pixels."""
+    out = labels.clone()
+    for part in parts:
+        mask = (labels == part).float()[None, None]
+        if not mask.any():
+            continue
+        near = torch.nn.functional.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+        ring = (near[0, 0] > 0) & (labels != part)
+        values, counts = torch.unique(labels[ring], return_counts=True)
+        if len(values) and int(values[counts.argmax()]) != background \
+                and int(counts.max()) >= share * int(ring.sum()):
+            out[ring & (labels == values[counts.argmax()])] = part
+    return out
+
+
 def most_local(inside: np.ndarray, outside: np.ndarray, columns: np.ndarray,
                k: int, floor: float = 1e-6) -> np.ndarray:
     """The top ``k`` generalized eigenvectors of (inside, outside) [n, n], the outside term

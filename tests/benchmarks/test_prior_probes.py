@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,9 +42,13 @@ def test_invert_finds_a_prior_latent_for_latents_the_mapping_made() -> None:
     assert float(torch.tensor(residual).median()) < 0.05  # from the class average: 1.0
 
 
-def test_command_line_refuses_own_part_below_the_subspace(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--subspace", "4", "--own-part", "2"], "--own-part must be at least --subspace"),
+    (["--per-sample"], "--per-sample needs --own-part N"),
+])
+def test_command_line_refuses_bad_part_options(tmp_path: Path, flags: list[str],
+                                               message: str) -> None:
     done = subprocess.run([sys.executable, "benchmarks/prior_probes.py", "--root", str(tmp_path),
-                           "--subspace", "4", "--own-part", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "--own-part must be at least --subspace" in done.stderr
+    assert message in done.stderr

@@ -9,6 +9,7 @@ import torch
 
 from linkstyle_core.part_probes import (
     direct_profiles,
+    enclosed_borders,
     natural_basis,
     part_energy_bias,
     part_probe_directions,
@@ -186,3 +187,16 @@ def test_probes_with_a_basis_are_one_sd_of_it_long():
     w_length = sd_length(dirs, None)
     assert w_length.min() >= 0.5 - 1e-9 and w_length.max() <= 2.0 + 1e-9
     assert w_length.max() - w_length.min() > 0.5
+
+
+def test_an_enclosed_part_takes_its_border_and_a_part_beside_the_background_does_not() -> None:
+    labels = torch.zeros(12, 12, dtype=torch.long)     # 0 background
+    labels[2:10, 2:10] = 1                              # a face
+    labels[5:7, 5:7] = 2                                # an eye inside it
+    labels[2:10, 10:12] = 3                             # an ear between the face and the edge
+    out = enclosed_borders(labels, [1, 2, 3], background=0)
+    assert (out[4:8, 4:8] == 2).all()                   # the eye's ring is the eye's now
+    assert int((out == 1).sum()) == int((labels == 1).sum()) - 12
+    assert torch.equal(out == 3, labels == 3)           # the ear borders the background too
+    assert (out[labels == 0] == 0).all()                # no part takes the background
+    assert torch.equal(enclosed_borders(labels, [1, 2, 3], background=0, share=1.01), labels)
