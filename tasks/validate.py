@@ -10,10 +10,12 @@ it, ``classifier.kind: python``) gets it measured here, once, and cached as a
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from linkstyle_core.config import AnalysisConfig
 from linkstyle_core.toyworld.ground_truth import (
@@ -69,8 +71,12 @@ def ground_truth(config: AnalysisConfig, models: Models,
         return ground_truth_table(stored), "weights"
     key = ground_truth_key(models)
     if not store.exists(GROUND_TRUTH_STAGE, key):
-        get_run_logger().info("measuring the classifier's ground truth by intervention "
-                              "(%d units; cached for later runs)", models.classifier.feature_dim)
+        try:
+            logger: Any = get_run_logger()
+        except MissingContextError:         # called outside a flow, e.g. by a benchmark
+            logger = logging.getLogger("linkstyle.validate")
+        logger.info("measuring the classifier's ground truth by intervention "
+                    "(%d units; cached for later runs)", models.classifier.feature_dim)
         measured = measure_ground_truth(models.classifier, **GROUND_TRUTH_PARAMS)
         with store.writer(GROUND_TRUTH_STAGE, key, params=GROUND_TRUTH_PARAMS,
                           code_version=GROUND_TRUTH_VERSION, inputs={}) as out:
