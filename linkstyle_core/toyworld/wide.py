@@ -96,14 +96,15 @@ class WideToyClassifier(nn.Module):
     protocol): ``features`` gives r' = M r [N, units] (non-negative), ``head`` the bundled
     head on M⁺ r'. ``unit_kind`` holds the construction's kind of every unit."""
 
-    mixing: torch.Tensor  # buffers, declared for the type checker
-    unmixing: torch.Tensor
+    mixing: torch.Tensor  # a buffer, declared for the type checker
 
     def __init__(self, base: ToyClassifier, layout: WideLayout) -> None:
         super().__init__()
         self.base = base
         self.register_buffer("mixing", layout.mixing.clone())
-        self.register_buffer("unmixing", torch.linalg.pinv(layout.mixing.double()).float())
+        # derived from mixing, so not a buffer: the state dict (and so the fingerprint in every
+        # cache key) would otherwise depend on the thread count LAPACK's pseudo-inverse ran with
+        self._unmixing = torch.linalg.pinv(layout.mixing.double()).float()
         self.unit_kind = layout.kind
         self.num_classes = base.num_classes
         self.feature_dim = int(layout.mixing.shape[0])
@@ -119,7 +120,7 @@ class WideToyClassifier(nn.Module):
 
     def head(self, r: torch.Tensor) -> torch.Tensor:
         """r': [N, units] -> logits [N, num_classes]."""
-        return self.base.head(r @ self.unmixing.T)
+        return self.base.head(r @ self._unmixing.to(r.device).T)
 
 
 def wide_toy_classifier(device: torch.device | str = "cpu",

@@ -3,6 +3,10 @@ construction, whose selective and mixed units are told apart by measurement."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -45,3 +49,16 @@ def test_measured_ground_truth_tells_selective_from_mixed_units(wide) -> None:
 def test_too_few_units_for_an_exact_head_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 384"):
         wide_toy_classifier(units=200)
+
+
+def test_the_fingerprint_does_not_depend_on_the_thread_count() -> None:
+    """Every cache key holds the classifier's fingerprint: a run on 1 thread must find what a
+    run on 2 stored (the pseudo-inverse LAPACK computes differs in its last bits)."""
+    code = ("from linkstyle_core.models.registry import fingerprint; "
+            "from linkstyle_core.toyworld.wide import wide_toy_classifier; "
+            "print(fingerprint(wide_toy_classifier(), 'spec'))")
+    prints = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, check=True,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}).stdout
+              for threads in (1, 2)}
+    assert len(prints) == 1
