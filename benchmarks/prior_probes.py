@@ -87,6 +87,12 @@ def invert(generator: Any, w: Any, c: Any, truncation: float, steps: int = 2000,
         return z.detach(), (residual / (w - avg).norm(dim=1)).numpy()
 
 
+def owned(vectors: np.ndarray, energy: np.ndarray, j: int) -> list[np.ndarray]:
+    """The columns of ``vectors`` [m, n] whose total pixel energy (``energy`` [parts, m, m])
+    is largest on part ``j``, in their order."""
+    return [v for v in vectors.T if int(np.argmax(np.einsum("i,qij,j->q", v, energy, v))) == j]
+
+
 def part_directions(args: argparse.Namespace, gen: Any, mapped: Any, labels: Any,
                     fg: list[int], parts: list[str]) -> list[np.ndarray]:
     """Per part [z_dim, k] orthonormal directions of z, shared by the samples (step 2)."""
@@ -109,10 +115,8 @@ def part_directions(args: argparse.Namespace, gen: Any, mapped: Any, labels: Any
     for j in range(len(fg)):
         vectors = most_local(inside[j], outside[j], np.eye(m), args.own_part or args.subspace,
                              args.floor)
-        if args.own_part:           # only directions whose largest part energy is this part's
-            top = [v for v in vectors.T
-                   if int(np.argmax(np.einsum("i,qij,j->q", v, energy, v))) == j]
-            vectors = np.stack(top or [vectors[:, 0]], 1)
+        if args.own_part:
+            vectors = np.stack(owned(vectors, energy, j) or [vectors[:, 0]], 1)
         subspaces.append(np.linalg.qr(vectors[:, :args.subspace])[0])
     return subspaces
 
@@ -142,9 +146,8 @@ def per_sample_responses(args: argparse.Namespace, gen: Any, clf: Any, z: Any, c
             label, [*fg, background], torch.zeros(m))
         dirs = np.zeros((len(fg), k, m))
         for j in range(len(fg)):
-            kept = [v for v in most_local(inside[j], outside[j], np.eye(m), args.own_part,
-                                          args.floor).T
-                    if int(np.argmax(np.einsum("i,qij,j->q", v, energy, v))) == j][:k]
+            kept = owned(most_local(inside[j], outside[j], np.eye(m), args.own_part,
+                                    args.floor), energy, j)[:k]
             if kept:
                 dirs[j, :len(kept)] = np.stack(kept)
         dz = torch.tensor(dirs.reshape(-1, m) * args.sd / 2, dtype=torch.float32)
