@@ -2,7 +2,7 @@
 
     python benchmarks/prior_probes.py --root DIR [--config FILE] [--subspace 4] [--probes 384]
                                       [--sd 2] [--from paired|link] [--floor F] [--own-part N]
-                                      [--factor-axes] [--per-sample] [--json]
+                                      [--factor-axes] [--per-sample] [--per-class N] [--json]
 
 ``benchmarks/part_probes.py`` finds its probes in W and renders them over the null's median
 latent step, about 200 of their own SDs on the 45 axes of the latents' spread; the ground truth
@@ -11,8 +11,9 @@ generator's own prior instead, each by a known number of its SDs. It reads a fin
 analysis under ``--root`` (the paired data, link, segmenter and null of ``linkstyle run`` with
 the same config) and:
 
-1. Takes the null's samples: their paired latents (``--from paired``, default) or the link's
-   prediction of them (``--from link``, the latents the null itself renders from), and
+1. Takes the null's samples (or ``--per-class`` per class of the same held-out data): their
+   paired latents (``--from paired``, default) or the link's prediction of them (``--from
+   link``, the latents the null itself renders from), and
    inverts each sample's paired latent to a z of the mapping at ``data.truncation`` (least
    squares, Adam).
 2. Per part, the ``--subspace`` directions of z whose image change, through the synthesis at
@@ -182,7 +183,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                  "with the same config first")
     t0 = time.perf_counter()
     gen, clf = models.generator, models.classifier
-    inp = tuning_inputs(cfg, models, keys, per_class=cfg.tuning.null_samples_per_class)
+    inp = tuning_inputs(cfg, models, keys,
+                        per_class=args.per_class or cfg.tuning.null_samples_per_class)
     paired = torch.from_numpy(store.open("paired", keys["test"]).load("w"))[inp["picks"]].float()
     c = torch.nn.functional.one_hot(inp["labels"].long().cpu(), gen.c_dim).float()
     psi = cfg.data.truncation
@@ -283,10 +285,13 @@ def main() -> None:
     ap.add_argument("--per-sample", action="store_true",
                     help="each sample's own directions (of --own-part N candidates, up to "
                          "--subspace per part), enclosed parts owning their borders")
+    ap.add_argument("--per-class", type=int, default=0, metavar="N",
+                    help="samples per class (default: the config's tuning.null_samples_per_class)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if args.probes < 12 or args.sd <= 0 or args.floor <= 0:
-        ap.error("--probes must be at least 12, --sd and --floor positive")
+    if args.probes < 12 or args.sd <= 0 or args.floor <= 0 or args.per_class < 0:
+        ap.error("--probes must be at least 12, --sd and --floor positive, --per-class not "
+                 "negative")
     if args.per_sample and not args.own_part:
         ap.error("--per-sample needs --own-part N: the candidates each part's directions "
                  "are kept from")
