@@ -122,8 +122,8 @@ def part_directions(args: argparse.Namespace, gen: Any, mapped: Any, labels: Any
     return subspaces
 
 
-def per_sample_responses(args: argparse.Namespace, gen: Any, clf: Any, z: Any, c: Any,
-                         psi: float, w0: Any, labels: Any, names: list[str], fg: list[int],
+def per_sample_responses(args: argparse.Namespace, gen: Any, clf: Any, mapped: Any,
+                         labels: Any, names: list[str], fg: list[int],
                          r_std: Any) -> np.ndarray:
     """``--per-sample``: each sample's own part directions of z, each rendered over ``--sd``
     SDs. -> [Ns, parts, --subspace, D] responses in training SDs (zero where a part has fewer
@@ -134,17 +134,14 @@ def per_sample_responses(args: argparse.Namespace, gen: Any, clf: Any, z: Any, c
     from linkstyle_core.render import broadcast_w
 
     m, k, background = gen.z_dim, args.subspace, names.index("background")
-    out = np.zeros((len(w0), len(fg), k, r_std.shape[0]))
-    for i in range(len(w0)):
-        def mapped(dz: torch.Tensor, i: int = i) -> torch.Tensor:   # w0[i] moved by rows dz
-            ci = c[i:i + 1].expand(len(dz), -1)
-            return w0[i] + (gen.mapping(z[i:i + 1] + dz, ci, psi)[:, 0]
-                            - gen.mapping(z[i:i + 1], c[i:i + 1], psi)[:, 0])
+    out = np.zeros((len(labels), len(fg), k, r_std.shape[0]))
+    for i in range(len(labels)):
+        def image(_: int, a: torch.Tensor, i: int = i) -> torch.Tensor:   # the one sample i
+            return gen.synthesis(broadcast_w(mapped(i, a[None]), gen.num_ws))[0]
 
         label = enclosed_borders(labels[i], fg, background)[None]
-        inside, outside, energy = locality_grams(
-            lambda _, a: gen.synthesis(broadcast_w(mapped(a[None]), gen.num_ws))[0],
-            label, [*fg, background], torch.zeros(m))
+        inside, outside, energy = locality_grams(image, label, [*fg, background],
+                                                 torch.zeros(m))
         dirs = np.zeros((len(fg), k, m))
         for j in range(len(fg)):
             kept = owned(most_local(inside[j], outside[j], np.eye(m), args.own_part,
@@ -154,7 +151,7 @@ def per_sample_responses(args: argparse.Namespace, gen: Any, clf: Any, z: Any, c
         dz = torch.tensor(dirs.reshape(-1, m) * args.sd / 2, dtype=torch.float32)
         with torch.no_grad():
             r = clf.features(clf.preprocess(gen.synthesis(
-                broadcast_w(mapped(torch.cat([dz, -dz])), gen.num_ws))))
+                broadcast_w(mapped(i, torch.cat([dz, -dz])), gen.num_ws))))
         out[i] = ((r[:len(dz)] - r[len(dz):]) / r_std).numpy().reshape(len(fg), k, -1)
     return out
 
@@ -197,16 +194,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         _, features = render_with_features(gen, broadcast_w(w0, gen.num_ws))
         labels = inp["segmenter"].predict(features).cpu()
 
-    def mapped(i: int, dz: torch.Tensor) -> torch.Tensor:       # w0[i] moved by dz in z
-        return w0[i] + (gen.mapping(z[i:i + 1] + dz, c[i:i + 1], psi)[:, 0]
-                        - gen.mapping(z[i:i + 1], c[i:i + 1], psi)[:, 0])
-
     m = gen.z_dim
-    r_std = inp["r_std"].cpu().clamp_min(1e-8)
     if args.per_sample:
         z = z * m ** 0.5 / z.norm(dim=1, keepdim=True)    # the prior's norm: a unit move is 1 SD
+
+    def mapped(i: int, dz: torch.Tensor) -> torch.Tensor:      # w0[i] moved by each row of dz
+        ci = c[i:i + 1].expand(len(dz), -1)
+        return w0[i] + (gen.mapping(z[i:i + 1] + dz, ci, psi)[:, 0]
+                        - gen.mapping(z[i:i + 1], c[i:i + 1], psi)[:, 0])
+
+    r_std = inp["r_std"].cpu().clamp_min(1e-8)
+    if args.per_sample:
         t_jac = time.perf_counter() - t0
-        response = per_sample_responses(args, gen, clf, z, c, psi, w0, labels, names, fg, r_std)
+        response = per_sample_responses(args, gen, clf, mapped, labels, names, fg, r_std)
         profiles = {"per-sample": np.abs(response).mean(0).sum(1).T ** 2}   # [D, parts]
     else:
         subspaces = part_directions(args, gen, mapped, labels, fg, parts)

@@ -120,7 +120,9 @@ class WideToyClassifier(nn.Module):
 
     def head(self, r: torch.Tensor) -> torch.Tensor:
         """r': [N, units] -> logits [N, num_classes]."""
-        return self.base.head(r @ self._unmixing.to(r.device).T)
+        if self._unmixing.device != r.device:      # not a buffer, so .to() does not move it
+            self._unmixing = self._unmixing.to(r.device)
+        return self.base.head(r @ self._unmixing.T)
 
 
 def wide_toy_classifier(device: torch.device | str = "cpu",
