@@ -2,7 +2,8 @@
 
     python benchmarks/prior_probes.py --root DIR [--config FILE] [--subspace 4] [--probes 384]
                                       [--sd 2] [--from paired|link] [--floor F] [--own-part N]
-                                      [--factor-axes] [--per-sample] [--per-class N] [--json]
+                                      [--factor-axes] [--per-sample [--split]] [--per-class N]
+                                      [--json]
 
 ``benchmarks/part_probes.py`` finds its probes in W and renders them over the null's median
 latent step, about 200 of their own SDs on the 45 axes of the latents' spread; the ground truth
@@ -36,6 +37,14 @@ the same config) and:
    rendered at its own sample only, and the one profile is each part's sum over its
    directions of the mean absolute response over the samples (the ground truth's form: a
    sum over the part's factors of the mean absolute change).
+   ``--split`` (with ``--per-sample``) adds a profile that needs no direction per part: at
+   each sample, an orthonormal pixel basis of every image change the mapping and synthesis
+   can make (``part_probes.image_tangent_basis``, above ``--rtol`` of the largest), and each
+   unit's first-order response to each part's pixels of each basis change
+   (``part_probes.part_split_responses``); the profile is the root sum of squares over the
+   basis, averaged over the samples. A change the generator spreads over the whole image
+   still counts for the part whose pixels the unit reads. It is printed alone and averaged
+   (shares) with the per-sample profile.
 4. Two profiles per unit from each probe's per-sample response (training SDs): the direct
    profile (the mean response over samples, squared, averaged over the part's probes, times
    the part's number of directions: the sum over its axes, as the ground truth sums) and an
@@ -63,7 +72,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 LINES = {"direct": (0.6, 0.7, 0.8), "amplitude": (0.45, 0.5, 0.55),
-         "per-sample": (0.45, 0.5, 0.55)}
+         "per-sample": (0.45, 0.5, 0.55), "pixel-split": (0.45, 0.5, 0.55),
+         "per-sample + pixel-split": (0.45, 0.5, 0.55)}
 
 
 def invert(generator: Any, w: Any, c: Any, truncation: float, steps: int = 2000,
@@ -156,6 +166,40 @@ def per_sample_responses(args: argparse.Namespace, gen: Any, clf: Any, mapped: A
     return out
 
 
+def split_profiles(gen: Any, clf: Any, mapped: Any, labels: Any, names: list[str],
+                   fg: list[int], r_std: Any, rtol: float) -> np.ndarray:
+    """``--split``: each unit's response to each part's pixels of the image changes the
+    generator can make at each sample (``part_probes.image_tangent_basis`` of the image's
+    Jacobian in z, then ``part_split_responses``), the root sum of squares over that basis,
+    averaged over the samples -> [D, parts] (training SDs)."""
+    import torch
+
+    from linkstyle_core.part_probes import (
+        enclosed_borders,
+        image_tangent_basis,
+        part_split_responses,
+    )
+    from linkstyle_core.render import broadcast_w
+
+    def read(x: torch.Tensor) -> torch.Tensor:
+        return clf.features(clf.preprocess(x)) / r_std
+
+    out = []
+    for i in range(len(labels)):
+        def image(a: torch.Tensor, i: int = i) -> torch.Tensor:
+            return gen.synthesis(broadcast_w(mapped(i, a[None]), gen.num_ws))[0]
+
+        zero = torch.zeros(gen.z_dim)
+        jac = torch.func.jacfwd(image)(zero).detach()                  # [C, H, W, z_dim]
+        basis = image_tangent_basis(jac.permute(3, 0, 1, 2), rtol)
+        label = enclosed_borders(labels[i], fg, names.index("background"))
+        with torch.no_grad():
+            x = image(zero)
+        split = part_split_responses(read, x, basis, label, fg).detach().numpy()
+        out.append(np.sqrt((split ** 2).sum(1)))                       # [parts, D]
+    return np.mean(out, 0).T
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -208,6 +252,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         t_jac = time.perf_counter() - t0
         response = per_sample_responses(args, gen, clf, mapped, labels, names, fg, r_std)
         profiles = {"per-sample": np.abs(response).mean(0).sum(1).T ** 2}   # [D, parts]
+        if args.split:
+            split = split_profiles(gen, clf, mapped, labels, names, fg, r_std, args.rtol)
+            shares = [np.sqrt(p) / np.sqrt(p).sum(1, keepdims=True)
+                      for p in (profiles["per-sample"], split ** 2)]
+            profiles.update({"pixel-split": split ** 2,
+                             "per-sample + pixel-split": ((shares[0] + shares[1]) / 2) ** 2})
     else:
         subspaces = part_directions(args, gen, mapped, labels, fg, parts)
         t_jac = time.perf_counter() - t0
@@ -285,6 +335,11 @@ def main() -> None:
     ap.add_argument("--per-sample", action="store_true",
                     help="each sample's own directions (of --own-part N candidates, up to "
                          "--subspace per part), enclosed parts owning their borders")
+    ap.add_argument("--split", action="store_true",
+                    help="with --per-sample: also split each unit's response to the image "
+                         "changes the generator can make into the parts' pixels")
+    ap.add_argument("--rtol", type=float, default=1e-3,
+                    help="--split keeps the image changes above this share of the largest")
     ap.add_argument("--per-class", type=int, default=0, metavar="N",
                     help="samples per class (default: the config's tuning.null_samples_per_class)")
     ap.add_argument("--json", action="store_true")
@@ -295,6 +350,10 @@ def main() -> None:
     if args.per_sample and not args.own_part:
         ap.error("--per-sample needs --own-part N: the candidates each part's directions "
                  "are kept from")
+    if args.split and not args.per_sample:
+        ap.error("--split needs --per-sample: it splits each sample's own image changes")
+    if not 0 < args.rtol < 1:
+        ap.error("--rtol must be in (0, 1)")
     if args.own_part and args.own_part < args.subspace:
         ap.error("--own-part must be at least --subspace")
     out = measure(args)

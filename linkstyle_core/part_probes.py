@@ -10,7 +10,9 @@ one standard deviation of it long. A unit's direct profile is then its mean squa
 along each part's probes, and ``share_test`` asks whether its top part's share is above a
 line given the probes drawn. ``refine_by_measured_change`` keeps the combinations of rendered
 candidates most local in the profile's own measures, and ``part_energy_bias`` compares each
-part's probe energy with a reference's. ``benchmarks/part_probes.py`` measures them against
+part's probe energy with a reference's. ``part_split_responses`` splits a read-out's response to an
+image change (over ``image_tangent_basis``, the changes the generator can make) into the
+parts' pixels. ``benchmarks/part_probes.py`` measures them against
 the toy world's ground truth.
 """
 
@@ -223,3 +225,34 @@ def share_test(response: np.ndarray, which: np.ndarray, n_parts: int, tau: float
     spread = logit(np.clip(again, eps, 1 - eps)).std(0)
     z = (logit(np.clip(share.max(1), eps, 1 - eps)) - logit(tau)) / np.maximum(spread, eps)
     return share, norm.sf(z)
+
+
+def image_tangent_basis(changes: torch.Tensor, rtol: float = 1e-3) -> torch.Tensor:
+    """changes [n, C, H, W] (the image's change along each of n latent directions, e.g. the
+    columns of its Jacobian) -> [r, C, H, W]: an orthonormal basis (in pixels) of the changes'
+    span, the directions whose singular value is above ``rtol`` of the largest. Each image
+    change the generator can make at the sample counts once, however large its latent gain."""
+    flat = changes.reshape(len(changes), -1).double()
+    u, s, _ = torch.linalg.svd(flat.T, full_matrices=False)
+    keep = s > rtol * s[0] if len(s) and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
+    return u[:, keep].T.to(changes.dtype).reshape(-1, *changes.shape[1:])
+
+
+def part_split_responses(read: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                         changes: torch.Tensor, labels: torch.Tensor, parts: Sequence[int],
+                         chunk: int = 64) -> torch.Tensor:
+    """The first-order response of each read-out to each part's piece of each image change.
+    read: images [B, C, H, W] -> read-outs [B, D]; image [C, H, W]; changes [n, C, H, W];
+    labels [H, W] -> [len(parts), n, D]: d/dt read(image + t * change * (labels == part)) at
+    t = 0 (a Jacobian-vector product). Over parts that tile the image the pieces add up to the
+    response to the whole change. A read-out that ignores a part's pixels gets 0 from it, even
+    where the change spreads over the whole image."""
+    masks = torch.stack([(labels == q).to(changes.dtype) for q in parts])     # [P, H, W]
+    pieces = (changes[None] * masks[:, None, None]).reshape(-1, *changes.shape[1:])
+
+    def along(change: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(lambda x: read(x[None])[0], (image,), (change,))[1]
+
+    out = torch.cat([torch.func.vmap(along)(pieces[s:s + chunk])
+                     for s in range(0, len(pieces), chunk)])
+    return out.reshape(len(parts), len(changes), -1)

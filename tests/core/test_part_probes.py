@@ -10,9 +10,11 @@ import torch
 from linkstyle_core.part_probes import (
     direct_profiles,
     enclosed_borders,
+    image_tangent_basis,
     natural_basis,
     part_energy_bias,
     part_probe_directions,
+    part_split_responses,
     part_subspaces,
     refine_by_measured_change,
     sd_length,
@@ -200,3 +202,42 @@ def test_an_enclosed_part_takes_its_border_and_a_part_beside_the_background_does
     assert torch.equal(out == 3, labels == 3)           # the ear borders the background too
     assert (out[labels == 0] == 0).all()                # no part takes the background
     assert torch.equal(enclosed_borders(labels, [1, 2, 3], background=0, share=1.01), labels)
+
+
+def test_image_tangent_basis_spans_the_changes_once_whatever_their_gain() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a, b, c = torch.randn(3, 3, 8, 8, generator=gen, dtype=torch.float64)
+    changes = torch.stack([a, 100 * b, a + 100 * b, 1e-3 * c])
+    basis = image_tangent_basis(changes, rtol=1e-3)
+    assert basis.shape == (2, 3, 8, 8)            # a, b; the sum adds nothing; the tiny one drops
+    flat = basis.reshape(2, -1)
+    assert torch.allclose(flat @ flat.T, torch.eye(2, dtype=torch.float64), atol=1e-9)
+    for change in (a, b):
+        v = change.reshape(-1)
+        assert torch.allclose(flat.T @ (flat @ v), v, atol=1e-9 * float(v.norm()))
+    assert image_tangent_basis(changes, rtol=1e-7).shape[0] == 3   # a lower line keeps the tiny
+    assert image_tangent_basis(torch.zeros(2, 3, 8, 8)).shape[0] == 0
+
+
+def test_part_split_responses_credit_the_pixels_a_read_out_reads() -> None:
+    gen = torch.Generator().manual_seed(2)
+    weights = torch.randn(2, 3, 8, 8, generator=gen)
+    weights[0, :, 4:] = 0                         # read-out 0 ignores part 2's rows
+
+    def read(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(torch.einsum("bchw,dchw->bd", x, weights) / 10) ** 2
+
+    image = torch.randn(3, 8, 8, generator=gen)
+    changes = torch.randn(5, 3, 8, 8, generator=gen)          # spread over the whole image
+    labels = _labels(1)[0]
+    split = part_split_responses(read, image, changes, labels, [1, 2], chunk=3)
+    assert split.shape == (2, 5, 2)
+    assert torch.all(split[1, :, 0] == 0)                     # nothing from the pixels it ignores
+    assert split[0, :, 0].abs().min() > 0 and split[1, :, 1].abs().min() > 0
+    whole = torch.stack([torch.func.jvp(lambda x: read(x[None])[0], (image,), (c,))[1]
+                         for c in changes])
+    assert torch.allclose(split.sum(0), whole, atol=1e-5)     # the pieces add up to the whole
+    eps = 1e-3                                                # and are the real derivative
+    piece = changes[0] * (labels == 1)
+    finite = (read((image + eps * piece)[None]) - read((image - eps * piece)[None]))[0] / (2 * eps)
+    assert torch.allclose(split[0, 0], finite, atol=1e-3)
