@@ -2,8 +2,8 @@
 
     python benchmarks/prior_probes.py --root DIR [--config FILE] [--subspace 4] [--probes 384]
                                       [--sd 2] [--from paired|link] [--floor F] [--own-part N]
-                                      [--factor-axes] [--per-sample [--split]] [--per-class N]
-                                      [--json]
+                                      [--factor-axes] [--per-class N] [--json]
+                                      [--per-sample [--split [--drop-global N] [--whiten]]]
 
 ``benchmarks/part_probes.py`` finds its probes in W and renders them over the null's median
 latent step, about 200 of their own SDs on the 45 axes of the latents' spread; the ground truth
@@ -38,13 +38,13 @@ the same config) and:
    directions of the mean absolute response over the samples (the ground truth's form: a
    sum over the part's factors of the mean absolute change).
    ``--split`` (with ``--per-sample``) adds a profile that needs no direction per part: at
-   each sample, an orthonormal pixel basis of every image change the mapping and synthesis
-   can make (``part_probes.image_tangent_basis``, above ``--rtol`` of the largest), and each
-   unit's first-order response to each part's pixels of each basis change
-   (``part_probes.part_split_responses``); the profile is the root sum of squares over the
-   basis, averaged over the samples. A change the generator spreads over the whole image
-   still counts for the part whose pixels the unit reads. It is printed alone and averaged
-   (shares) with the per-sample profile.
+   each sample, the image changes of one SD of z along its principal directions
+   (``part_probes.image_change_basis``, above ``--rtol`` of the largest, less the
+   ``--drop-global`` largest; ``--whiten``: each at unit norm), and each unit's first-order
+   response to each part's pixels of each (``part_probes.part_split_responses``); the profile
+   is the root sum of squares over them, averaged over the samples. A change the generator
+   spreads over the whole image still counts for the part whose pixels the unit reads. It is
+   printed alone and averaged (shares) with the per-sample profile.
 4. Two profiles per unit from each probe's per-sample response (training SDs): the direct
    profile (the mean response over samples, squared, averaged over the part's probes, times
    the part's number of directions: the sum over its axes, as the ground truth sums) and an
@@ -166,17 +166,17 @@ def per_sample_responses(args: argparse.Namespace, gen: Any, clf: Any, mapped: A
     return out
 
 
-def split_profiles(gen: Any, clf: Any, mapped: Any, labels: Any, names: list[str],
-                   fg: list[int], r_std: Any, rtol: float) -> np.ndarray:
+def split_profiles(args: argparse.Namespace, gen: Any, clf: Any, mapped: Any, labels: Any,
+                   names: list[str], fg: list[int], r_std: Any) -> np.ndarray:
     """``--split``: each unit's response to each part's pixels of the image changes the
-    generator can make at each sample (``part_probes.image_tangent_basis`` of the image's
+    generator can make at each sample (``part_probes.image_change_basis`` of the image's
     Jacobian in z, then ``part_split_responses``), the root sum of squares over that basis,
     averaged over the samples -> [D, parts] (training SDs)."""
     import torch
 
     from linkstyle_core.part_probes import (
         enclosed_borders,
-        image_tangent_basis,
+        image_change_basis,
         part_split_responses,
     )
     from linkstyle_core.render import broadcast_w
@@ -191,7 +191,8 @@ def split_profiles(gen: Any, clf: Any, mapped: Any, labels: Any, names: list[str
 
         zero = torch.zeros(gen.z_dim)
         jac = torch.func.jacfwd(image)(zero).detach()                  # [C, H, W, z_dim]
-        basis = image_tangent_basis(jac.permute(3, 0, 1, 2), rtol)
+        basis = image_change_basis(jac.permute(3, 0, 1, 2), args.rtol, args.drop_global,
+                                   args.whiten)
         label = enclosed_borders(labels[i], fg, names.index("background"))
         with torch.no_grad():
             x = image(zero)
@@ -253,7 +254,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         response = per_sample_responses(args, gen, clf, mapped, labels, names, fg, r_std)
         profiles = {"per-sample": np.abs(response).mean(0).sum(1).T ** 2}   # [D, parts]
         if args.split:
-            split = split_profiles(gen, clf, mapped, labels, names, fg, r_std, args.rtol)
+            split = split_profiles(args, gen, clf, mapped, labels, names, fg, r_std)
             shares = [np.sqrt(p) / np.sqrt(p).sum(1, keepdims=True)
                       for p in (profiles["per-sample"], split ** 2)]
             profiles.update({"pixel-split": split ** 2,
@@ -340,6 +341,11 @@ def main() -> None:
                          "changes the generator can make into the parts' pixels")
     ap.add_argument("--rtol", type=float, default=1e-3,
                     help="--split keeps the image changes above this share of the largest")
+    ap.add_argument("--drop-global", type=int, default=0, metavar="N",
+                    help="--split leaves out each sample's N largest image changes (the "
+                         "generator's global moves: pose, position, scale, lighting)")
+    ap.add_argument("--whiten", action="store_true",
+                    help="--split counts each image change once (unit norm), not per SD of z")
     ap.add_argument("--per-class", type=int, default=0, metavar="N",
                     help="samples per class (default: the config's tuning.null_samples_per_class)")
     ap.add_argument("--json", action="store_true")
@@ -352,8 +358,8 @@ def main() -> None:
                  "are kept from")
     if args.split and not args.per_sample:
         ap.error("--split needs --per-sample: it splits each sample's own image changes")
-    if not 0 < args.rtol < 1:
-        ap.error("--rtol must be in (0, 1)")
+    if not 0 < args.rtol < 1 or args.drop_global < 0:
+        ap.error("--rtol must be in (0, 1) and --drop-global not negative")
     if args.own_part and args.own_part < args.subspace:
         ap.error("--own-part must be at least --subspace")
     out = measure(args)

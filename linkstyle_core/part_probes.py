@@ -11,7 +11,7 @@ along each part's probes, and ``share_test`` asks whether its top part's share i
 line given the probes drawn. ``refine_by_measured_change`` keeps the combinations of rendered
 candidates most local in the profile's own measures, and ``part_energy_bias`` compares each
 part's probe energy with a reference's. ``part_split_responses`` splits a read-out's response to an
-image change (over ``image_tangent_basis``, the changes the generator can make) into the
+image change (over ``image_change_basis``, the changes the generator can make) into the
 parts' pixels. ``benchmarks/part_probes.py`` measures them against
 the toy world's ground truth.
 """
@@ -227,15 +227,22 @@ def share_test(response: np.ndarray, which: np.ndarray, n_parts: int, tau: float
     return share, norm.sf(z)
 
 
-def image_tangent_basis(changes: torch.Tensor, rtol: float = 1e-3) -> torch.Tensor:
-    """changes [n, C, H, W] (the image's change along each of n latent directions, e.g. the
-    columns of its Jacobian) -> [r, C, H, W]: an orthonormal basis (in pixels) of the changes'
-    span, the directions whose singular value is above ``rtol`` of the largest. Each image
-    change the generator can make at the sample counts once, however large its latent gain."""
+def image_change_basis(changes: torch.Tensor, rtol: float = 1e-3, drop: int = 0,
+                       whiten: bool = False) -> torch.Tensor:
+    """changes [n, C, H, W] (the image's change along each of n orthonormal latent directions,
+    e.g. the columns of its Jacobian, one SD each) -> [r, C, H, W]: the same changes along the
+    principal directions of the latent (left singular vectors of the changes, each scaled by its
+    singular value), those above ``rtol`` of the largest, less the ``drop`` largest. Any linear
+    read-out's root sum of squares over them is its root sum of squares over ``changes`` (less
+    the dropped). The generator's largest image changes are its global moves (pose, position,
+    scale, lighting); ``drop`` removes them. ``whiten``: unit-norm changes instead, each image
+    change the generator can make counting once, however large its latent gain."""
     flat = changes.reshape(len(changes), -1).double()
     u, s, _ = torch.linalg.svd(flat.T, full_matrices=False)
     keep = s > rtol * s[0] if len(s) and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
-    return u[:, keep].T.to(changes.dtype).reshape(-1, *changes.shape[1:])
+    keep[:drop] = False
+    basis = u[:, keep] if whiten else u[:, keep] * s[keep]
+    return basis.T.to(changes.dtype).reshape(-1, *changes.shape[1:])
 
 
 def part_split_responses(read: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,

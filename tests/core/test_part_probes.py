@@ -10,7 +10,7 @@ import torch
 from linkstyle_core.part_probes import (
     direct_profiles,
     enclosed_borders,
-    image_tangent_basis,
+    image_change_basis,
     natural_basis,
     part_energy_bias,
     part_probe_directions,
@@ -204,19 +204,30 @@ def test_an_enclosed_part_takes_its_border_and_a_part_beside_the_background_does
     assert torch.equal(enclosed_borders(labels, [1, 2, 3], background=0, share=1.01), labels)
 
 
-def test_image_tangent_basis_spans_the_changes_once_whatever_their_gain() -> None:
+def test_image_change_basis_keeps_each_read_outs_energy_and_drops_the_largest() -> None:
     gen = torch.Generator().manual_seed(1)
     a, b, c = torch.randn(3, 3, 8, 8, generator=gen, dtype=torch.float64)
     changes = torch.stack([a, 100 * b, a + 100 * b, 1e-3 * c])
-    basis = image_tangent_basis(changes, rtol=1e-3)
-    assert basis.shape == (2, 3, 8, 8)            # a, b; the sum adds nothing; the tiny one drops
-    flat = basis.reshape(2, -1)
+    read = torch.randn(5, 3 * 8 * 8, generator=gen, dtype=torch.float64)   # 5 linear read-outs
+
+    def energy(basis: torch.Tensor) -> torch.Tensor:
+        return ((read @ basis.reshape(len(basis), -1).T) ** 2).sum(1)
+
+    basis = image_change_basis(changes, rtol=1e-7)
+    assert basis.shape == (3, 3, 8, 8)            # a, b, c: the sum adds no direction
+    assert torch.allclose(energy(basis), energy(changes), rtol=1e-9)
+    assert image_change_basis(changes, rtol=1e-3).shape[0] == 2     # the tiny one drops
+    rest = image_change_basis(changes, rtol=1e-7, drop=1)           # the largest (mostly b)
+    assert rest.shape[0] == 2 and torch.all(energy(rest) < energy(basis))
+    b_hat = (b / b.norm()).reshape(-1)
+    assert all(abs(float(v.reshape(-1) @ b_hat)) < 0.3 * float(v.norm()) for v in rest)
+    white = image_change_basis(changes, rtol=1e-3, whiten=True)
+    flat = white.reshape(2, -1)
     assert torch.allclose(flat @ flat.T, torch.eye(2, dtype=torch.float64), atol=1e-9)
-    for change in (a, b):
+    for change in (a, b):                         # an orthonormal basis of a and b's span
         v = change.reshape(-1)
         assert torch.allclose(flat.T @ (flat @ v), v, atol=1e-9 * float(v.norm()))
-    assert image_tangent_basis(changes, rtol=1e-7).shape[0] == 3   # a lower line keeps the tiny
-    assert image_tangent_basis(torch.zeros(2, 3, 8, 8)).shape[0] == 0
+    assert image_change_basis(torch.zeros(2, 3, 8, 8)).shape[0] == 0
 
 
 def test_part_split_responses_credit_the_pixels_a_read_out_reads() -> None:
