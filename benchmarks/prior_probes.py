@@ -3,7 +3,7 @@
     python benchmarks/prior_probes.py --root DIR [--config FILE] [--subspace 4] [--probes 384]
                                       [--sd 2] [--from paired|link] [--floor F] [--own-part N]
                                       [--factor-axes] [--per-class N] [--json]
-                                      [--per-sample [--split [--drop-global N] [--whiten]]]
+                                      [--per-sample [--split [--drop-global N|auto] [--whiten]]]
 
 ``benchmarks/part_probes.py`` finds its probes in W and renders them over the null's median
 latent step, about 200 of their own SDs on the 45 axes of the latents' spread; the ground truth
@@ -40,7 +40,8 @@ the same config) and:
    ``--split`` (with ``--per-sample``) adds a profile that needs no direction per part: at
    each sample, the image changes of one SD of z along its principal directions
    (``part_probes.image_change_basis``, above ``--rtol`` of the largest, less the
-   ``--drop-global`` largest; ``--whiten``: each at unit norm), and each unit's first-order
+   ``--drop-global`` largest, or with ``auto`` as many as ``part_probes.global_move_count``
+   finds; ``--whiten``: each at unit norm), and each unit's first-order
    response to each part's pixels of each (``part_probes.part_split_responses``); the profile
    is the root sum of squares over them, averaged over the samples. A change the generator
    spreads over the whole image still counts for the part whose pixels the unit reads. It is
@@ -166,39 +167,37 @@ def per_sample_responses(args: argparse.Namespace, gen: Any, clf: Any, mapped: A
     return out
 
 
-def split_profiles(args: argparse.Namespace, gen: Any, clf: Any, mapped: Any, labels: Any,
-                   names: list[str], fg: list[int], r_std: Any) -> np.ndarray:
-    """``--split``: each unit's response to each part's pixels of the image changes the
-    generator can make at each sample (``part_probes.image_change_basis`` of the image's
-    Jacobian in z, then ``part_split_responses``), the root sum of squares over that basis,
-    averaged over the samples -> [D, parts] (training SDs)."""
+def split_profiles(args: argparse.Namespace, gen: Any, clf: Any, segmenter: Any, mapped: Any,
+                   labels: Any, names: list[str], fg: list[int],
+                   r_std: Any) -> tuple[np.ndarray, list[int]]:
+    """``--split``: ``part_probes.split_profile`` at each sample (moves of its z), averaged
+    over the samples -> ([D, parts] in training SDs, the changes left out per sample);
+    ``--drop-global auto`` takes the parts' soft centroids from the run's segmenter."""
     import torch
 
-    from linkstyle_core.part_probes import (
-        enclosed_borders,
-        image_change_basis,
-        part_split_responses,
-    )
+    from linkstyle_core.part_probes import enclosed_borders, part_centroids, split_profile
     from linkstyle_core.render import broadcast_w
+    from linkstyle_core.tuning import render_with_features
 
     def read(x: torch.Tensor) -> torch.Tensor:
         return clf.features(clf.preprocess(x)) / r_std
 
-    out = []
+    out, dropped = [], []
     for i in range(len(labels)):
         def image(a: torch.Tensor, i: int = i) -> torch.Tensor:
             return gen.synthesis(broadcast_w(mapped(i, a[None]), gen.num_ws))[0]
 
-        zero = torch.zeros(gen.z_dim)
-        jac = torch.func.jacfwd(image)(zero).detach()                  # [C, H, W, z_dim]
-        basis = image_change_basis(jac.permute(3, 0, 1, 2), args.rtol, args.drop_global,
-                                   args.whiten)
+        def centroids(moves: torch.Tensor, i: int = i) -> torch.Tensor:
+            _, features = render_with_features(gen, broadcast_w(mapped(i, moves), gen.num_ws))
+            return part_centroids(segmenter(features), fg)[..., :2]
+
         label = enclosed_borders(labels[i], fg, names.index("background"))
-        with torch.no_grad():
-            x = image(zero)
-        split = part_split_responses(read, x, basis, label, fg).detach().numpy()
-        out.append(np.sqrt((split ** 2).sum(1)))                       # [parts, D]
-    return np.mean(out, 0).T
+        profile, drop = split_profile(image, read, label, fg, names.index("background"),
+                                      gen.z_dim, args.rtol, args.drop_global, args.whiten,
+                                      centroids)
+        out.append(profile)
+        dropped.append(drop)
+    return np.mean(out, 0).T, dropped
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -249,12 +248,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         - gen.mapping(z[i:i + 1], c[i:i + 1], psi)[:, 0])
 
     r_std = inp["r_std"].cpu().clamp_min(1e-8)
+    dropped: list[int] = []
     if args.per_sample:
         t_jac = time.perf_counter() - t0
         response = per_sample_responses(args, gen, clf, mapped, labels, names, fg, r_std)
         profiles = {"per-sample": np.abs(response).mean(0).sum(1).T ** 2}   # [D, parts]
         if args.split:
-            split = split_profiles(args, gen, clf, mapped, labels, names, fg, r_std)
+            split, dropped = split_profiles(args, gen, clf, inp["segmenter"], mapped, labels,
+                                            names, fg, r_std)
             shares = [np.sqrt(p) / np.sqrt(p).sum(1, keepdims=True)
                       for p in (profiles["per-sample"], split ** 2)]
             profiles.update({"pixel-split": split ** 2,
@@ -292,7 +293,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                .to_numpy() ** 2).sum(1) for p in parts], 1)
     out: dict[str, Any] = {
         "classifier": cfg.classifier.weights or cfg.classifier.target or "bundled",
-        "samples": len(w0),
+        "samples": len(w0), "changes_left_out": dropped,
         "inversion_residual_median": float(np.median(residual)), "jacobian_s": t_jac,
         "render_s": t_render, "profiles": {}}
     for name, profile in profiles.items():
@@ -341,9 +342,10 @@ def main() -> None:
                          "changes the generator can make into the parts' pixels")
     ap.add_argument("--rtol", type=float, default=1e-3,
                     help="--split keeps the image changes above this share of the largest")
-    ap.add_argument("--drop-global", type=int, default=0, metavar="N",
+    ap.add_argument("--drop-global", default="0", metavar="N|auto",
                     help="--split leaves out each sample's N largest image changes (the "
-                         "generator's global moves: pose, position, scale, lighting)")
+                         "generator's global moves: pose, position, scale, lighting); auto: "
+                         "as many as the sample has global moves")
     ap.add_argument("--whiten", action="store_true",
                     help="--split counts each image change once (unit norm), not per SD of z")
     ap.add_argument("--per-class", type=int, default=0, metavar="N",
@@ -358,8 +360,10 @@ def main() -> None:
                  "are kept from")
     if args.split and not args.per_sample:
         ap.error("--split needs --per-sample: it splits each sample's own image changes")
-    if not 0 < args.rtol < 1 or args.drop_global < 0:
-        ap.error("--rtol must be in (0, 1) and --drop-global not negative")
+    if args.drop_global != "auto":
+        args.drop_global = int(args.drop_global) if args.drop_global.isdigit() else -1
+    if not 0 < args.rtol < 1 or args.drop_global == -1:
+        ap.error("--rtol must be in (0, 1) and --drop-global a count or auto")
     if args.own_part and args.own_part < args.subspace:
         ap.error("--own-part must be at least --subspace")
     out = measure(args)
@@ -369,6 +373,10 @@ def main() -> None:
     print(f"{out['classifier']}: {out['samples']} samples (inversion residual, median "
           f"{out['inversion_residual_median']:.2f}), Jacobians {out['jacobian_s']:.0f} s, "
           f"rendering {out['render_s']:.0f} s")
+    if out["changes_left_out"]:
+        counts = np.bincount(out["changes_left_out"])
+        print("largest image changes left out per sample: "
+              + ", ".join(f"{n} at {c}" for n, c in enumerate(counts) if c))
     for name, p in out["profiles"].items():
         print(f"\n{name} profile: correlation of the top share with the ground truth's "
               f"concentration {p['correlation']:.2f}; energy bias (log10) "

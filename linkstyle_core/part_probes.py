@@ -12,7 +12,8 @@ line given the probes drawn. ``refine_by_measured_change`` keeps the combination
 candidates most local in the profile's own measures, and ``part_energy_bias`` compares each
 part's probe energy with a reference's. ``part_split_responses`` splits a read-out's response to an
 image change (over ``image_change_basis``, the changes the generator can make) into the
-parts' pixels. ``benchmarks/part_probes.py`` measures them against
+parts' pixels, and ``split_profile`` sums that up at one sample, less the global moves that
+``global_move_count`` finds. ``benchmarks/part_probes.py`` measures them against
 the toy world's ground truth.
 """
 
@@ -263,3 +264,80 @@ def part_split_responses(read: Callable[[torch.Tensor], torch.Tensor], image: to
     out = torch.cat([torch.func.vmap(along)(pieces[s:s + chunk])
                      for s in range(0, len(pieces), chunk)])
     return out.reshape(len(parts), len(changes), -1)
+
+
+def part_centroids(logits: torch.Tensor, parts: Sequence[int]) -> torch.Tensor:
+    """logits [B, num_parts, H, W] (a segmenter's) -> [B, len(parts), 3]: each part's soft
+    centroid (x, y, in pixels) and soft area (pixels)."""
+    prob = torch.softmax(logits.float(), 1)[:, list(parts)]
+    h, w = prob.shape[-2:]
+    y, x = torch.meshgrid(torch.arange(h, dtype=prob.dtype), torch.arange(w, dtype=prob.dtype),
+                          indexing="ij")
+    area = prob.sum((2, 3)).clamp_min(1e-6)
+    return torch.stack([(prob * x).sum((2, 3)) / area, (prob * y).sum((2, 3)) / area, area], 2)
+
+
+def global_move_count(centroids: np.ndarray, velocity: np.ndarray, background: np.ndarray,
+                      foreground: np.ndarray, explained: float = 0.9, share: float = 0.75,
+                      floor: float = 0.01) -> int:
+    """How many of a sample's latent directions are global moves rather than a part's own:
+    those along which the parts' centroids move as one similarity transform (translation,
+    scaling, rotation about their mean; at least ``explained`` of the centroids' velocity),
+    and those whose image change lies mostly on the background (at least ``share`` of its
+    pixel energy). centroids [P, 2]; velocity [P, 2, m] (d centroid / d latent); background,
+    foreground [m, m] (Gram matrices of the image's Jacobian over the background's and the
+    parts' pixels). Both are generalized eigenproblems, each residual term floored at
+    ``floor`` of the mean energy per direction, so that directions that barely move count
+    for neither."""
+    if not (0 < explained < 1 and 0 < share < 1):
+        raise ValueError(f"explained and share must be in (0, 1), got {explained}, {share}")
+    m = velocity.shape[-1]
+    off = centroids - centroids.mean(0)
+    similar = np.stack([np.tile([1.0, 0.0], len(off)), np.tile([0.0, 1.0], len(off)),
+                        off.reshape(-1), np.stack([-off[:, 1], off[:, 0]], 1).reshape(-1)], 1)
+    q = np.linalg.qr(similar)[0]
+    v = velocity.reshape(-1, m)
+    fit = q.T @ v
+    rest = v - q @ fit
+
+    def count(a: np.ndarray, b: np.ndarray, line: float) -> int:
+        b = b + floor * np.trace(a + b) / m * np.eye(m)
+        return int((eigh(a, b, eigvals_only=True) >= line / (1 - line)).sum())
+
+    return (count(fit.T @ fit, rest.T @ rest, explained)
+            + count(background, foreground, share))
+
+
+def split_profile(image: Callable[[torch.Tensor], torch.Tensor],
+                  read: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
+                  parts: Sequence[int], background: int, dim: int, rtol: float = 1e-3,
+                  drop: int | str = 0, whiten: bool = False,
+                  centroids: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  step: float = 0.05) -> tuple[np.ndarray, int]:
+    """What each read-out reads of each part at one sample. image: a latent move [dim] -> the
+    sample's image [C, H, W]; read: images -> read-outs [B, D]; labels [H, W] -> ([len(parts),
+    D], the changes left out): each read-out's response to each part's pixels of the image
+    changes of the moves (``image_change_basis`` of the image's Jacobian, less ``drop`` of the
+    largest), root sum of squares over the changes. ``drop="auto"``: as many as
+    ``global_move_count`` finds, from ``centroids`` (latent moves [B, dim] -> the parts' soft
+    centroids [B, len(parts), 2], e.g. ``part_centroids`` of a segmenter's logits; their
+    velocity by central differences over ``step`` SDs)."""
+    zero = torch.zeros(dim)
+    jac = torch.func.jacfwd(image)(zero).detach()                        # [C, H, W, dim]
+    if drop == "auto":
+        if centroids is None:
+            raise ValueError('drop="auto" needs centroids: the parts\' centroids of a move')
+        with torch.no_grad():
+            moves = step * torch.cat([torch.eye(dim), -torch.eye(dim), zero[None]])
+            at = centroids(moves).double()
+        velocity = ((at[:dim] - at[dim:2 * dim]) / (2 * step)).permute(1, 2, 0)  # [P, 2, dim]
+        flat = jac.reshape(-1, dim).double()
+        on_bg = (labels == background).repeat(jac.shape[0], 1, 1).reshape(-1)
+        drop = global_move_count(at[-1].numpy(), velocity.numpy(),
+                                 (flat[on_bg].T @ flat[on_bg]).numpy(),
+                                 (flat[~on_bg].T @ flat[~on_bg]).numpy())
+    basis = image_change_basis(jac.permute(3, 0, 1, 2), rtol, int(drop), whiten)
+    with torch.no_grad():
+        x = image(zero)
+    split = part_split_responses(read, x, basis, labels, parts).detach().numpy()
+    return np.sqrt((split ** 2).sum(1)), int(drop)

@@ -48,7 +48,7 @@ def test_invert_finds_a_prior_latent_for_latents_the_mapping_made() -> None:
     (["--split"], "--split needs --per-sample"),
     (["--per-sample", "--own-part", "8", "--split", "--rtol", "1"], "--rtol must be in (0, 1)"),
     (["--per-sample", "--own-part", "8", "--split", "--drop-global", "-1"],
-     "--drop-global not negative"),
+     "--drop-global a count or auto"),
 ])
 def test_command_line_refuses_bad_part_options(tmp_path: Path, flags: list[str],
                                                message: str) -> None:

@@ -10,8 +10,10 @@ import torch
 from linkstyle_core.part_probes import (
     direct_profiles,
     enclosed_borders,
+    global_move_count,
     image_change_basis,
     natural_basis,
+    part_centroids,
     part_energy_bias,
     part_probe_directions,
     part_split_responses,
@@ -19,6 +21,7 @@ from linkstyle_core.part_probes import (
     refine_by_measured_change,
     sd_length,
     share_test,
+    split_profile,
 )
 
 
@@ -252,3 +255,58 @@ def test_part_split_responses_credit_the_pixels_a_read_out_reads() -> None:
     piece = changes[0] * (labels == 1)
     finite = (read((image + eps * piece)[None]) - read((image - eps * piece)[None]))[0] / (2 * eps)
     assert torch.allclose(split[0, 0], finite, atol=1e-3)
+
+
+def test_part_centroids_find_each_parts_soft_centre_and_area() -> None:
+    logits = torch.full((2, 3, 8, 8), -20.0)
+    logits[:, 0] = 0.0                                      # background everywhere else
+    logits[0, 1, 1:3, 2:6] = 20.0                           # part 1: rows 1-2, columns 2-5
+    logits[0, 2, 5:8, 0:2] = 20.0                           # part 2: rows 5-7, columns 0-1
+    logits[1] = logits[0].roll(1, dims=-1)                  # the same, one column to the right
+    c = part_centroids(logits, [1, 2])
+    assert c.shape == (2, 2, 3)
+    assert torch.allclose(c[0], torch.tensor([[3.5, 1.5, 8.0], [0.5, 6.0, 6.0]]), atol=1e-3)
+    assert torch.allclose(c[1, :, 0] - c[0, :, 0], torch.ones(2), atol=1e-3)
+
+
+def test_global_move_count_counts_the_similarity_and_background_moves_only() -> None:
+    centroids = np.array([[10.0, 10.0], [20.0, 12.0], [15.0, 20.0], [8.0, 18.0]])
+    off = centroids - centroids.mean(0)
+    m = 6
+    velocity = np.zeros((4, 2, m))
+    velocity[:, 0, 0] = 1.0                                  # all parts shift right
+    velocity[:, :, 1] = 0.1 * off                            # all grow about their centre
+    velocity[2, 1, 2] = 1.0                                  # one part moves on its own
+    velocity[:, :, 3] = 1e-6 * off                           # barely moves: under the floor
+    fg = np.diag([1.0, 1.0, 1.0, 1.0, 1.0, 0.05])            # move 5 is mostly background,
+    bg = np.diag([0.05, 0.05, 0.05, 0.05, 0.2, 1.0])         # move 4 a little
+    assert global_move_count(centroids, velocity, bg, fg) == 3
+    assert global_move_count(centroids, velocity, bg, fg, share=0.99) == 2
+    velocity[0, :, 1] += 0.5                                 # growth no longer a similarity
+    assert global_move_count(centroids, velocity, bg, fg) == 2
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        global_move_count(centroids, velocity, bg, fg, explained=1.0)
+
+
+def test_split_profile_is_the_root_sum_of_squares_of_the_split_and_drops_on_request() -> None:
+    gen = BandGenerator()
+    w0 = torch.randn(7, generator=torch.Generator().manual_seed(4))
+    weights = torch.randn(3, 3 * 8 * 8, generator=torch.Generator().manual_seed(5))
+
+    def image(a: torch.Tensor) -> torch.Tensor:
+        return gen.synthesis((w0 + a)[None, None].expand(1, 2, 7))[0]
+
+    def read(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), -1) @ weights.T
+
+    labels = _labels(1)[0]
+    profile, dropped = split_profile(image, read, labels, [1, 2], 0, 7)
+    jac = torch.func.jacfwd(image)(torch.zeros(7))                  # [3, 8, 8, 7]
+    want = torch.stack([((weights * (labels == q).repeat(3, 1, 1).reshape(-1)) @
+                         jac.reshape(-1, 7)).pow(2).sum(1).sqrt() for q in (1, 2)])
+    assert dropped == 0 and profile.shape == (2, 3)
+    assert np.allclose(profile, want.numpy(), rtol=1e-4)
+    less, dropped = split_profile(image, read, labels, [1, 2], 0, 7, drop=2)
+    assert dropped == 2 and np.all(less <= profile + 1e-6) and not np.allclose(less, profile)
+    with pytest.raises(ValueError, match="needs centroids"):
+        split_profile(image, read, labels, [1, 2], 0, 7, drop="auto")
