@@ -41,9 +41,9 @@ the same config) and:
    each sample, the image changes of one SD of z along its principal directions
    (``part_probes.image_change_basis``, above ``--rtol`` of the largest, less the
    ``--drop-global`` largest, or with ``auto`` as many as ``part_probes.global_move_count``
-   finds; ``--whiten``: each at unit norm), and each unit's first-order
-   response to each part's pixels of each (``part_probes.part_split_responses``); the profile
-   is the root sum of squares over them, averaged over the samples. A change the generator
+   finds; ``--whiten``: each at unit norm), and each unit's first-order response to each
+   part's pixels of each (``part_probes.part_split_responses``); the profile is the root sum
+   of squares over them, averaged over the samples. A change the generator
    spreads over the whole image still counts for the part whose pixels the unit reads. It is
    printed alone and averaged (shares) with the per-sample profile.
 4. Two profiles per unit from each probe's per-sample response (training SDs): the direct

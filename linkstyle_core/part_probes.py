@@ -10,11 +10,11 @@ one standard deviation of it long. A unit's direct profile is then its mean squa
 along each part's probes, and ``share_test`` asks whether its top part's share is above a
 line given the probes drawn. ``refine_by_measured_change`` keeps the combinations of rendered
 candidates most local in the profile's own measures, and ``part_energy_bias`` compares each
-part's probe energy with a reference's. ``part_split_responses`` splits a read-out's response to an
-image change (over ``image_change_basis``, the changes the generator can make) into the
-parts' pixels, and ``split_profile`` sums that up at one sample, less the global moves that
-``global_move_count`` finds. ``benchmarks/part_probes.py`` measures them against
-the toy world's ground truth.
+part's probe energy with a reference's. ``part_split_responses`` splits a read-out's
+response to an image change (over ``image_change_basis``, the changes the generator can make)
+into the parts' pixels, and ``split_profile`` sums that up at one sample, less the global
+moves that ``global_move_count`` finds. ``benchmarks/part_probes.py`` and
+``benchmarks/prior_probes.py`` measure them against the toy world's ground truth.
 """
 
 from __future__ import annotations
