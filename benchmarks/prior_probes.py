@@ -43,9 +43,9 @@ the same config) and:
    ``--drop-global`` largest, or with ``auto`` as many as ``part_probes.global_move_count``
    finds; ``--whiten``: each at unit norm), and each unit's first-order response to each
    part's pixels of each (``part_probes.part_split_responses``); the profile is the root sum
-   of squares over them, averaged over the samples. A change the generator
-   spreads over the whole image still counts for the part whose pixels the unit reads. It is
-   printed alone and averaged (shares) with the per-sample profile.
+   of squares over them, averaged over the samples. A change the generator spreads over the
+   whole image still counts for the part whose pixels the unit reads. It is printed alone and
+   averaged (shares) with the per-sample profile.
 4. Two profiles per unit from each probe's per-sample response (training SDs): the direct
    profile (the mean response over samples, squared, averaged over the part's probes, times
    the part's number of directions: the sum over its axes, as the ground truth sums) and an
@@ -183,6 +183,7 @@ def split_profiles(args: argparse.Namespace, gen: Any, clf: Any, segmenter: Any,
         return clf.features(clf.preprocess(x)) / r_std
 
     out, dropped = [], []
+    background = names.index("background")
     for i in range(len(labels)):
         def image(a: torch.Tensor, i: int = i) -> torch.Tensor:
             return gen.synthesis(broadcast_w(mapped(i, a[None]), gen.num_ws))[0]
@@ -191,10 +192,9 @@ def split_profiles(args: argparse.Namespace, gen: Any, clf: Any, segmenter: Any,
             _, features = render_with_features(gen, broadcast_w(mapped(i, moves), gen.num_ws))
             return part_centroids(segmenter(features), fg)[..., :2]
 
-        label = enclosed_borders(labels[i], fg, names.index("background"))
-        profile, drop = split_profile(image, read, label, fg, names.index("background"),
-                                      gen.z_dim, args.rtol, args.drop_global, args.whiten,
-                                      centroids)
+        label = enclosed_borders(labels[i], fg, background)
+        profile, drop = split_profile(image, read, label, fg, background, gen.z_dim, args.rtol,
+                                      args.drop_global, args.whiten, centroids)
         out.append(profile)
         dropped.append(drop)
     return np.mean(out, 0).T, dropped
